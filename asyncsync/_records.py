@@ -79,8 +79,18 @@ class Batch:
     def split(self) -> tuple[Batch, Batch]:
         """Halves, for a 413; each keeps ``seq`` (the checkpoint tracks the parent)."""
         mid = len(self.records) // 2
-        left = Batch(self.seq, self.records[:mid], self.positions[:mid], None,
-                     sum(map(len, self.records[:mid])))
-        right = Batch(self.seq, self.records[mid:], self.positions[mid:], self.end_offset,
-                      sum(map(len, self.records[mid:])))
+        left = Batch(
+            self.seq,
+            self.records[:mid],
+            self.positions[:mid],
+            None,
+            sum(map(len, self.records[:mid])),
+        )
+        right = Batch(
+            self.seq,
+            self.records[mid:],
+            self.positions[mid:],
+            self.end_offset,
+            sum(map(len, self.records[mid:])),
+        )
         return left, right

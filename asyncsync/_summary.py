@@ -1,0 +1,107 @@
+"""Run counters (live, read by progress displays) and the run summary (frozen, at the end)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Counters", "RunSummary"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Live counters of a run. The pipeline writes them; hooks and displays only read them.
+
+    Plain attributes, not a lock: everything runs on one event loop thread.
+    """
+
+    records_read: int = 0
+    records_sent: int = 0
+    records_failed: int = 0
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    batches: int = 0
+    requests: int = 0
+    retries: int = 0
+    retries_by_status: Counter[str] = field(default_factory=Counter)
+    auth_requests: int = 0
+    in_flight: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    """What a run did. ``to_dict()`` gives the contract's summary JSON keys."""
+
+    records_read: int
+    records_sent: int
+    records_failed: int
+    batches: int
+    requests: int
+    retries: int
+    retries_by_status: dict[str, int]
+    auth_requests: int
+    duration_s: float
+    bytes_sent: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    job_id: str | None = None
+    interrupted: bool = False
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records_sent / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every record read was delivered."""
+        return self.records_failed == 0 and not self.interrupted
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["records_per_s"] = round(self.records_per_s, 1)
+        data["duration_s"] = round(self.duration_s, 3)
+        return data
+
+    @classmethod
+    def from_counters(
+        cls,
+        counters: Counters,
+        *,
+        duration_s: float,
+        job_id: str | None = None,
+        interrupted: bool = False,
+    ) -> RunSummary:
+        lat = sorted(counters.latencies)
+
+        def ms(q: float) -> float | None:
+            v = _percentile(lat, q)
+            return None if v is None else round(v * 1000, 2)
+
+        return cls(
+            records_read=counters.records_read,
+            records_sent=counters.records_sent,
+            records_failed=counters.records_failed,
+            batches=counters.batches,
+            requests=counters.requests,
+            retries=counters.retries,
+            retries_by_status=dict(counters.retries_by_status),
+            auth_requests=counters.auth_requests,
+            duration_s=duration_s,
+            bytes_sent=counters.bytes_sent,
+            latency_p50_ms=ms(0.50),
+            latency_p95_ms=ms(0.95),
+            latency_p99_ms=ms(0.99),
+            job_id=job_id,
+            interrupted=interrupted,
+        )
