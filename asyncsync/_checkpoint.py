@@ -669,6 +669,7 @@ class Checkpointer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         previous: CheckpointState | None = None,
+        before_save: Callable[[], None] | None = None,
     ) -> None:
         if not interval >= 0:
             raise ValueError(f"interval must be >= 0, got {interval!r}")
@@ -686,6 +687,9 @@ class Checkpointer:
         #: saves written, and seconds spent in them (for the cost of checkpointing)
         self.saves = 0
         self.save_seconds = 0.0
+        #: blocking work that must be durable before a save claims it (the dead-letter
+        #: file's fsync): run in a worker thread just before each save
+        self.before_save = before_save
 
     @classmethod
     def open(
@@ -810,6 +814,8 @@ class Checkpointer:
         if self.store is None:
             return
         started = time.perf_counter()
+        if self.before_save is not None:
+            await anyio.to_thread.run_sync(self.before_save)
         await self.store.asave(state)
         self.saves += 1
         self.save_seconds += time.perf_counter() - started

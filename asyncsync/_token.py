@@ -1,0 +1,770 @@
+"""The token manager: one token per lifetime, shared by every sender, fetched single-flight.
+
+Timeline of one token (monotonic clock; ``L`` = lifetime, ``skew' = min(skew, L / 4)``)::
+
+    sent        refresh_at = max(sent + L - skew', sent + min_interval)      hard_at
+     |-------------- fast path -------------|--- advisory window ---------------|-- mandatory
+                                             get() returns the current token   get() waits for
+                                             and starts ONE background refresh  the refresh
+                                             (failures back off, not raised)    (errors raised)
+
+``hard_at = max(sent + L, sent + min_interval)``: a fresh token is served for at least
+``min_interval`` even when the server calls it short-lived, so a token endpoint that answers
+``expires_in: 0`` (or the same token again) cannot cause a fetch per call. When such tokens
+keep coming (typically a client clock far off an absolute expiry) that floor doubles with
+each one, up to ``skew``; a 401 from the API still refreshes (min_interval after the last
+request). A token without a lifetime is kept until :meth:`TokenManager.invalidate` says the
+API refused it.
+
+Invariants:
+
+* at most one fetch task exists at any time (``_task``); it is created and cleared without an
+  ``await`` in between the check and the assignment, so no lock is needed on one event loop;
+* waiters await the task through :func:`asyncio.shield`: cancelling any caller, including the
+  one that started the fetch, never cancels the fetch the others wait on;
+* token requests are at least ``min_interval`` apart, except for the retries of one fetch,
+  which follow the backoff policy;
+* a permanent failure (bad credentials...), or any failure that left callers without a
+  usable token, is remembered for ``failure_cooldown`` seconds: callers who need a new token
+  in that time get the same error without a request. A failed *proactive* refresh is not
+  raised at all; it only delays the next one (doubling from ``failure_cooldown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, Literal, Protocol
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from ._auth import AuthProvider, TransientAuthError, clamp_lifetime, token_value_problem
+from ._exceptions import AuthError, ConfigError
+
+__all__ = [
+    "DEFAULT_SKEW",
+    "MemoryTokenStore",
+    "Token",
+    "TokenManager",
+    "TokenStats",
+    "TokenStore",
+]
+
+logger = logging.getLogger("asyncsync.token")
+
+DEFAULT_SKEW: Final = 300.0
+DEFAULT_FETCH_TIMEOUT: Final = 30.0
+DEFAULT_MIN_INTERVAL: Final = 1.0
+DEFAULT_MAX_ATTEMPTS: Final = 5
+DEFAULT_MAX_FETCH_TIME: Final = 60.0
+DEFAULT_BACKOFF_INITIAL: Final = 0.5
+DEFAULT_BACKOFF_MAX: Final = 30.0
+DEFAULT_FAILURE_COOLDOWN: Final = 30.0
+#: Cap on the pause between two failed *proactive* refreshes (it doubles from the cooldown).
+PROACTIVE_BACKOFF_MAX: Final = 600.0
+
+_NEG_INF: Final = -math.inf
+_INF: Final = math.inf
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+Reason = Literal["initial", "expiry", "401"]
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Token:
+    """A token as the senders use it. ``value`` and ``authorization`` never appear in ``repr``.
+
+    ``obtained_at`` and ``expires_at`` are on the manager's monotonic clock; ``obtained_at``
+    is when the token request was sent. ``fingerprint`` is a short hash, safe to log.
+    """
+
+    value: str
+    obtained_at: float
+    expires_at: float | None
+    token_type: str = "Bearer"
+    authorization: str = field(init=False, compare=False)
+    fingerprint: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "authorization", f"{self.token_type} {self.value}")
+        object.__setattr__(self, "fingerprint", fingerprint(self.value))
+
+    @property
+    def lifetime(self) -> float | None:
+        """Seconds from request to expiry, or None when the server gave none."""
+        return None if self.expires_at is None else self.expires_at - self.obtained_at
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(value='***', fingerprint={self.fingerprint!r}, "
+            f"obtained_at={self.obtained_at!r}, expires_at={self.expires_at!r}, "
+            f"token_type={self.token_type!r})"
+        )
+
+
+def fingerprint(value: str) -> str:
+    """First 12 hex digits of the token's SHA-256: tells tokens apart in logs, reveals nothing."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStats:
+    """Counters: token HTTP requests (every attempt), refreshes by reason, failed fetches."""
+
+    requests: int = 0
+    refreshes_expiry: int = 0
+    refreshes_401: int = 0
+    failures: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Expiry arithmetic (pure; property-tested)
+
+
+def effective_skew(lifetime: float, skew: float) -> float:
+    """How early before expiry a refresh starts: ``min(skew, 25% of the lifetime)``."""
+    return min(skew, 0.25 * max(lifetime, 0.0))
+
+
+def refresh_at(
+    obtained_at: float, expires_at: float | None, *, skew: float, min_interval: float
+) -> float:
+    """When ``get()`` starts a (background) refresh of a token; ``inf`` if it never expires."""
+    if expires_at is None:
+        return _INF
+    lifetime = expires_at - obtained_at
+    return max(expires_at - effective_skew(lifetime, skew), obtained_at + min_interval)
+
+
+def usable_until(obtained_at: float, expires_at: float | None, *, min_interval: float) -> float:
+    """Until when ``get()`` may return a token without waiting for a new one."""
+    if expires_at is None:
+        return _INF
+    return max(expires_at, obtained_at + min_interval)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared store seam
+
+
+class TokenStore(Protocol):
+    """A token shared across processes or hosts (memory, file, Redis).
+
+    The manager takes ``lock()``, then ``load()``s: a valid token another process saved is
+    adopted; otherwise it fetches and ``save()``s. Expiry is absolute wall-clock time (epoch
+    seconds) or None. The store is an optimisation: its errors are logged, never fatal.
+    A lock held across processes must expire if its holder dies (a lease longer than the
+    worst fetch).
+    """
+
+    async def load(self) -> tuple[str, float | None] | None:
+        """The stored token and its absolute expiry, or None."""
+        ...
+
+    async def save(self, token: str, expires_at_wall: float | None) -> None:
+        """Store ``token`` for the other processes."""
+        ...
+
+    def lock(self) -> AbstractAsyncContextManager[object]:
+        """An exclusive lock around load-fetch-save."""
+        ...
+
+
+class MemoryTokenStore:
+    """A :class:`TokenStore` in this process's memory (for tests and several managers)."""
+
+    __slots__ = ("_entry", "_lock", "loads", "saves")
+
+    def __init__(self) -> None:
+        self._entry: tuple[str, float | None] | None = None
+        self._lock = asyncio.Lock()
+        self.loads = 0
+        self.saves = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore(holds_token={self._entry is not None})"
+
+    async def load(self) -> tuple[str, float | None] | None:
+        self.loads += 1
+        return self._entry
+
+    async def save(self, token: str, expires_at_wall: float | None) -> None:
+        self.saves += 1
+        self._entry = (token, expires_at_wall)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[object]:
+        async with self._lock:
+            yield self
+
+    def lock(self) -> AbstractAsyncContextManager[object]:
+        return self._locked()
+
+
+# --------------------------------------------------------------------------------------------
+# The manager
+
+
+def _copy_error(error: AuthError) -> AuthError:
+    """A new exception per caller: re-raising one instance from many tasks tangles tracebacks."""
+    return AuthError(
+        str(error), endpoint=error.endpoint, status=error.status, permanent=error.permanent
+    )
+
+
+class TokenManager:
+    """Hands every sender a valid token; fetches one per lifetime, single-flight.
+
+    ``await get()`` returns the current :class:`Token`; after a 401, ``invalidate(token)``
+    with the token that was refused. ``async with`` closes it; ``aclose()`` revokes the
+    current token first when ``revoke_on_close`` is set. See the module docstring for the
+    timeline and the invariants.
+
+    Retries of one fetch: transient failures (connection errors, timeouts, 408, 429, 5xx)
+    wait ``uniform(0, min(backoff_max, backoff_initial * 2 ** (n - 1)))`` after attempt ``n``,
+    or the server's ``Retry-After``; the fetch gives up after ``max_attempts`` requests or
+    when the next wait would pass ``max_fetch_time`` seconds since its first request. Each
+    request is bounded by ``fetch_timeout``.
+    """
+
+    __slots__ = (
+        "_backoff_initial",
+        "_backoff_max",
+        "_clock",
+        "_closed",
+        "_consecutive_failures",
+        "_failure",
+        "_failure_cooldown",
+        "_failure_until",
+        "_failures",
+        "_fetch_timeout",
+        "_hard_at",
+        "_last_request_at",
+        "_max_attempts",
+        "_max_fetch_time",
+        "_min_interval",
+        "_next_proactive_at",
+        "_owns_session",
+        "_provider",
+        "_refresh_at",
+        "_refreshes_401",
+        "_refreshes_expiry",
+        "_requests",
+        "_revoke_on_close",
+        "_revoked",
+        "_session",
+        "_short_streak",
+        "_skew",
+        "_sleep",
+        "_stale",
+        "_store",
+        "_task",
+        "_token",
+        "_wall_clock",
+    )
+
+    def __init__(
+        self,
+        provider: AuthProvider,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        skew: float = DEFAULT_SKEW,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_fetch_time: float = DEFAULT_MAX_FETCH_TIME,
+        backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        failure_cooldown: float = DEFAULT_FAILURE_COOLDOWN,
+        revoke_on_close: bool = False,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        store: TokenStore | None = None,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        for name, value, allow_zero in (
+            ("skew", skew, True),
+            ("fetch_timeout", fetch_timeout, False),
+            ("min_interval", min_interval, True),
+            ("max_fetch_time", max_fetch_time, False),
+            ("backoff_initial", backoff_initial, True),
+            ("backoff_max", backoff_max, True),
+            ("failure_cooldown", failure_cooldown, True),
+        ):
+            if not isinstance(value, int | float) or math.isnan(value) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}", field=name)
+            if value == 0 and not allow_zero:
+                raise ConfigError(f"{name} must be > 0, got {value!r}", field=name)
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigError(
+                f"max_attempts must be an int >= 1, got {max_attempts!r}", field="max_attempts"
+            )
+        self._provider = provider
+        self._session = session
+        self._owns_session = session is None
+        self._skew = float(skew)
+        self._fetch_timeout = float(fetch_timeout)
+        self._min_interval = float(min_interval)
+        self._max_attempts = max_attempts
+        self._max_fetch_time = float(max_fetch_time)
+        self._backoff_initial = float(backoff_initial)
+        self._backoff_max = float(backoff_max)
+        self._failure_cooldown = float(failure_cooldown)
+        self._revoke_on_close = revoke_on_close
+        self._clock = clock
+        self._sleep = sleep
+        self._store = store
+        self._wall_clock = wall_clock
+
+        self._token: Token | None = None
+        # The fast path's only test: before _refresh_at, get() has nothing to do but return.
+        self._refresh_at = _NEG_INF
+        self._hard_at = _NEG_INF
+        self._stale = False
+        self._task: asyncio.Task[Token | AuthError] | None = None
+        self._last_request_at = _NEG_INF
+        self._next_proactive_at = _NEG_INF
+        self._consecutive_failures = 0
+        self._short_streak = 0
+        self._failure: AuthError | None = None
+        self._failure_until = _NEG_INF
+        self._closed = False
+        self._revoked = False
+        self._requests = 0
+        self._refreshes_expiry = 0
+        self._refreshes_401 = 0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        token = self._token
+        return (
+            f"TokenManager(provider={self._provider!r}, "
+            f"token={'none' if token is None else token.fingerprint}, "
+            f"stale={self._stale}, closed={self._closed})"
+        )
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str | None:
+        """The provider's endpoint, for messages."""
+        return getattr(self._provider, "endpoint", None)
+
+    @property
+    def current(self) -> Token | None:
+        """The token ``get()`` would hand out now (possibly stale or expired), or None."""
+        return self._token
+
+    @property
+    def stats(self) -> TokenStats:
+        return TokenStats(
+            requests=self._requests,
+            refreshes_expiry=self._refreshes_expiry,
+            refreshes_401=self._refreshes_401,
+            failures=self._failures,
+        )
+
+    async def get(self) -> Token:
+        """A token valid beyond the refresh skew; waits only when there is none usable.
+
+        Raises ``AuthError`` when no token can be obtained (bad credentials, endpoint down
+        past the retry budget, or within the cool-down after either), ``RuntimeError`` once
+        closed.
+        """
+        token = self._token
+        if token is not None and self._clock() < self._refresh_at:
+            return token
+        return await self._get_slow()
+
+    def invalidate(self, token: Token) -> bool:
+        """The API refused ``token`` (401): stale it if it is still current; True if it was.
+
+        A 401 for a token that has since been replaced is the stale-401 race: nothing
+        happens, the caller retries with the current token.
+        """
+        current = self._token
+        if current is None or self._closed or current.value != token.value:
+            return False
+        if not self._stale:
+            logger.info("token %s invalidated after a 401", current.fingerprint)
+        self._stale = True
+        self._refresh_at = _NEG_INF
+        return True
+
+    async def aclose(self) -> None:
+        """Stop: cancel a fetch in flight, revoke the token if asked (once), close the session."""
+        if self._closed:
+            return
+        self._closed = True
+        self._refresh_at = _NEG_INF
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        token = self._token
+        if self._revoke_on_close and token is not None and not self._revoked:
+            self._revoked = True
+            await self._revoke(token)
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> TokenManager:
+        if self._closed:
+            raise RuntimeError("Cannot open a TokenManager that has been closed.")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- slow path ---------------------------------------------------------------------------
+
+    async def _get_slow(self) -> Token:
+        if self._closed:
+            raise RuntimeError("Cannot get a token, as the TokenManager has been closed.")
+        now = self._clock()
+        token = self._token
+        if token is not None and not self._stale and now < self._hard_at:
+            # Advisory window: serve the current token; at most one background refresh, and
+            # none while a failed one is backing off.
+            if self._task is None:
+                if now >= self._next_proactive_at:
+                    self._start_fetch("expiry")
+                    self._refresh_at = self._hard_at
+                else:
+                    self._refresh_at = min(self._next_proactive_at, self._hard_at)
+            return token
+        task = self._task
+        if task is None:
+            failure = self._failure
+            if failure is not None and now < self._failure_until:
+                raise _copy_error(failure) from failure
+            reason: Reason = "initial" if token is None else ("401" if self._stale else "expiry")
+            task = self._start_fetch(reason)
+        return await self._wait(task)
+
+    def _start_fetch(self, reason: Reason) -> asyncio.Task[Token | AuthError]:
+        if reason == "expiry":
+            self._refreshes_expiry += 1
+        elif reason == "401":
+            self._refreshes_401 += 1
+        task = asyncio.get_running_loop().create_task(
+            self._run_fetch(reason), name=f"asyncsync-token-fetch-{reason}"
+        )
+        self._task = task
+        return task
+
+    async def _wait(self, task: asyncio.Task[Token | AuthError]) -> Token:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and self._closed and (current is None or not current.cancelling()):
+                raise RuntimeError(
+                    "The TokenManager was closed while waiting for a token."
+                ) from None
+            raise
+        if isinstance(result, AuthError):
+            raise _copy_error(result) from result
+        return result
+
+    async def _run_fetch(self, reason: Reason) -> Token | AuthError:
+        """The one fetch in flight. Never raises (but CancelledError): waiters get the result."""
+        try:
+            wait = self._last_request_at + self._min_interval - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            token = await self._obtain()
+        except AuthError as error:
+            self._on_failure(error, reason)
+            return error
+        except Exception as exc:
+            # A bug in a provider or store: still release every waiter with an AuthError.
+            wrapped = AuthError(
+                f"obtaining a token from {self.endpoint or 'the provider'} failed: "
+                f"{type(exc).__name__}",
+                endpoint=self.endpoint,
+            )
+            wrapped.__cause__ = exc
+            self._on_failure(wrapped, reason)
+            return wrapped
+        else:
+            self._install(token, reason)
+            return token
+        finally:
+            self._task = None
+
+    def _install(self, token: Token, reason: str) -> None:
+        lifetime = token.lifetime
+        if lifetime is not None and lifetime < self._min_interval:
+            self._short_streak += 1
+        else:
+            self._short_streak = 0
+        # Tokens that keep arriving "already expired" (a client clock hours off an absolute
+        # expiry, a server answering expires_in: 0) are served for a doubling floor, up to
+        # the skew: FIELD-NOTES 11, no renew loop. A real expiry still surfaces as a 401.
+        floor = self._min_interval
+        if self._short_streak > 1:
+            floor = min(
+                self._min_interval * 2.0 ** min(self._short_streak - 1, 30),
+                max(self._skew, self._min_interval),
+            )
+        if self._short_streak == 1:
+            logger.warning(
+                "token endpoint %s gave token %s a lifetime of %.1fs (a clock off, or a "
+                "broken expiry?); serving each such token for at least %.1fs",
+                self.endpoint or "-",
+                token.fingerprint,
+                lifetime,
+                floor,
+            )
+        self._token = token
+        self._stale = False
+        self._refresh_at = refresh_at(
+            token.obtained_at, token.expires_at, skew=self._skew, min_interval=floor
+        )
+        self._hard_at = usable_until(token.obtained_at, token.expires_at, min_interval=floor)
+        if self._store is not None and token.expires_at is not None:
+            # FIELD-NOTES 14: processes sharing a token would all reach for the store's lock
+            # at the same second; spread them over the first tenth of the window.
+            spread = 0.1 * (self._hard_at - self._refresh_at)
+            self._refresh_at -= random.uniform(0.0, spread)
+            self._refresh_at = max(self._refresh_at, token.obtained_at + floor)
+        self._next_proactive_at = _NEG_INF
+        self._consecutive_failures = 0
+        self._failure = None
+        self._failure_until = _NEG_INF
+        refresh_in = self._refresh_at - self._clock()
+        logger.info(
+            "token %s obtained (reason=%s, lifetime=%s, refresh %s)",
+            token.fingerprint,
+            reason,
+            "unknown" if lifetime is None else f"{lifetime:.0f}s",
+            "on 401 only" if math.isinf(refresh_in) else f"in {refresh_in:.0f}s",
+        )
+
+    def _on_failure(self, error: AuthError, reason: str) -> None:
+        self._failures += 1
+        self._consecutive_failures += 1
+        now = self._clock()
+        token = self._token
+        still_usable = token is not None and not self._stale and now < self._hard_at
+        if error.permanent or not still_usable:
+            # Somebody needs a token and cannot get one; or the credentials are refused.
+            # Either way later callers fail fast instead of hammering the endpoint.
+            self._failure = error
+            self._failure_until = now + self._failure_cooldown
+        if still_usable:
+            # FIELD-NOTES 7: keep serving the token we have; try again later, with backoff.
+            pause = min(
+                self._failure_cooldown * 2 ** min(self._consecutive_failures - 1, 30),
+                PROACTIVE_BACKOFF_MAX,
+            )
+            pause = max(pause * random.uniform(0.5, 1.0), self._min_interval)
+            if error.permanent:
+                pause = max(pause, self._failure_cooldown)
+            self._next_proactive_at = now + pause
+            self._refresh_at = min(self._next_proactive_at, self._hard_at)
+            logger.warning(
+                "proactive token refresh failed (%s); keeping token %s for up to %.0fs, "
+                "next try in %.0fs",
+                error,
+                token.fingerprint if token else "-",
+                self._hard_at - now,
+                pause,
+            )
+        else:
+            logger.error(
+                "token %s failed: %s", "fetch" if reason == "initial" else "refresh", error
+            )
+
+    # -- obtaining a token -------------------------------------------------------------------
+
+    async def _obtain(self) -> Token:
+        """Obtain a new token: from the shared store if one holds a usable token, else fetch.
+
+        With a store, load-fetch-save happens under its lock, and the store is re-read after
+        taking it: another process may have refreshed while we waited.
+        """
+        store = self._store
+        if store is None:
+            return await self._fetch()
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(store.lock())
+            except Exception as exc:
+                logger.warning(
+                    "token store lock failed (%s); fetching without it", type(exc).__name__
+                )
+                return await self._fetch()
+            adopted = await self._load_from_store(store)
+            if adopted is not None:
+                return adopted
+            token = await self._fetch()
+            await self._save_to_store(store, token)
+            return token
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _load_from_store(self, store: TokenStore) -> Token | None:
+        try:
+            entry = await store.load()
+        except Exception as exc:
+            logger.warning("token store load failed (%s); fetching", type(exc).__name__)
+            return None
+        if entry is None:
+            return None
+        value, expires_at_wall = entry
+        current = self._token
+        if token_value_problem(value) is not None or (
+            current is not None and current.value == value
+        ):
+            # Never adopt the token we are replacing: it is expiring or was refused.
+            return None
+        now = self._clock()
+        expires_at: float | None = None
+        if expires_at_wall is not None:
+            remaining = expires_at_wall - self._wall_clock()
+            if math.isnan(remaining) or remaining <= self._min_interval:
+                return None
+            expires_at = now + clamp_lifetime(remaining)
+        token = Token(value, obtained_at=now, expires_at=expires_at)
+        logger.info("token %s adopted from the shared store", token.fingerprint)
+        return token
+
+    async def _save_to_store(self, store: TokenStore, token: Token) -> None:
+        expires_at_wall = None
+        if token.expires_at is not None:
+            expires_at_wall = self._wall_clock() + (token.expires_at - self._clock())
+        try:
+            await store.save(token.value, expires_at_wall)
+        except Exception as exc:
+            logger.warning("token store save failed (%s)", type(exc).__name__)
+
+    async def _fetch(self) -> Token:
+        """Request a token from the provider, retrying transient failures (tenacity)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        session = self._session
+        started = self._clock()
+        attempts = 0
+
+        def stop(state: RetryCallState) -> bool:
+            budget_left = self._max_fetch_time - (self._clock() - started)
+            return state.attempt_number >= self._max_attempts or state.upcoming_sleep > budget_left
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(error, TransientAuthError) and error.retry_after is not None:
+                return error.retry_after
+            exponent = min(state.attempt_number - 1, 60)
+            ceiling = min(self._backoff_max, self._backoff_initial * 2.0**exponent)
+            return random.uniform(0.0, ceiling)
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            logger.debug(
+                "token request attempt %d failed (%s); retrying in %.2fs",
+                state.attempt_number,
+                error,
+                state.upcoming_sleep,
+            )
+
+        async def attempt() -> Token:
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt(session)
+
+        retrying = AsyncRetrying(
+            sleep=self._sleep,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception_type(TransientAuthError),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return await retrying(attempt)
+        except TransientAuthError as error:
+            raise AuthError(
+                f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})",
+                endpoint=error.endpoint,
+                status=error.status,
+                permanent=False,
+            ) from error
+
+    async def _attempt(self, session: aiohttp.ClientSession) -> Token:
+        """One token request. Lifetime counts from when it was sent (FIELD-NOTES 11)."""
+        self._requests += 1
+        sent_at = self._clock()
+        self._last_request_at = sent_at
+        endpoint = self.endpoint
+        try:
+            async with asyncio.timeout(self._fetch_timeout):
+                response = await self._provider.fetch(session, timeout=self._fetch_timeout)
+        except AuthError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            what = (
+                f"timed out after {self._fetch_timeout:g}s"
+                if isinstance(exc, TimeoutError)
+                else type(exc).__name__
+            )
+            raise TransientAuthError(
+                f"token request to {endpoint or 'the provider'} failed: {what}", endpoint=endpoint
+            ) from exc
+        problem = token_value_problem(response.access_token)
+        if problem is not None:
+            raise AuthError(f"{endpoint or 'the provider'}: {problem}", endpoint=endpoint)
+        lifetime = response.expires_in
+        if lifetime is not None:
+            lifetime = None if math.isnan(lifetime) else clamp_lifetime(lifetime)
+        return Token(
+            response.access_token,
+            obtained_at=sent_at,
+            expires_at=None if lifetime is None else sent_at + lifetime,
+            token_type=response.token_type or "Bearer",
+        )
+
+    async def _revoke(self, token: Token) -> None:
+        session = self._session
+        if session is None:
+            if not self._owns_session:
+                return
+            session = self._session = aiohttp.ClientSession()
+        try:
+            async with asyncio.timeout(self._fetch_timeout):
+                await self._provider.revoke(session, token.value)
+        except Exception as exc:
+            logger.warning("revoking token %s failed: %s", token.fingerprint, _safe(exc))
+        else:
+            logger.info("token %s revoked", token.fingerprint)
+
+
+def _safe(exc: BaseException) -> str:
+    """An exception for a log line: our own errors are secret-free, others by type only."""
+    if isinstance(exc, AuthError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return type(exc).__name__
