@@ -5,6 +5,15 @@ The public face is re-exported here; every concept lives in a private module.
 
 from __future__ import annotations
 
+from ._auth import (
+    AuthProvider,
+    CallableProvider,
+    JsonLogin,
+    OAuth2ClientCredentials,
+    StaticToken,
+    TokenResponse,
+)
+from ._checkpoint import CheckpointStore, Fingerprint, default_checkpoint_path
 from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, Action, BatchLimits, RetryPolicy
 from ._exceptions import (
     AsyncSyncError,
@@ -15,7 +24,12 @@ from ._exceptions import (
     Interrupted,
     SourceError,
 )
+from ._hooks import RetryDetails, UploadHooks
 from ._records import Batch, RecordBlock, Rejected
+from ._sources import CsvSource, IterableSource, JsonlSource, Source, StdinSource, open_source
+from ._summary import Counters, RunSummary
+from ._token import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
+from ._uploader import Uploader, upload
 
 __version__ = "0.1.0"
 
@@ -25,15 +39,41 @@ __all__ = [
     "Action",
     "AsyncSyncError",
     "AuthError",
+    "AuthProvider",
     "Batch",
     "BatchLimits",
+    "CallableProvider",
     "CheckpointError",
+    "CheckpointStore",
     "ConfigError",
+    "Counters",
+    "CsvSource",
     "DeliveryError",
+    "Fingerprint",
     "Interrupted",
+    "IterableSource",
+    "JsonLogin",
+    "JsonlSource",
+    "MemoryTokenStore",
+    "OAuth2ClientCredentials",
     "RecordBlock",
     "Rejected",
+    "RetryDetails",
     "RetryPolicy",
+    "RunSummary",
+    "Source",
     "SourceError",
+    "StaticToken",
+    "StdinSource",
+    "Token",
+    "TokenManager",
+    "TokenResponse",
+    "TokenStats",
+    "TokenStore",
+    "UploadHooks",
+    "Uploader",
     "__version__",
+    "default_checkpoint_path",
+    "open_source",
+    "upload",
 ]

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Counters", "RunSummary"]
+__all__ = ["Counters", "LatencySample", "RunSummary"]
+
+
+class LatencySample:
+    """A bounded uniform sample of request latencies (reservoir sampling, algorithm R).
+
+    Memory stays fixed however many requests a run makes; percentiles over 10 000 samples
+    are accurate to well under a percent.
+    """
+
+    __slots__ = ("_rng", "count", "size", "values")
+
+    def __init__(self, size: int = 10_000, *, seed: int | None = 0) -> None:
+        self.size = size
+        self.count = 0
+        self.values: list[float] = []
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if len(self.values) < self.size:
+            self.values.append(value)
+        else:
+            j = self._rng.randrange(self.count)
+            if j < self.size:
+                self.values[j] = value
 
 
 @dataclass(slots=True)
@@ -28,7 +54,7 @@ class Counters:
     retries_by_status: Counter[str] = field(default_factory=Counter)
     auth_requests: int = 0
     in_flight: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: LatencySample = field(default_factory=LatencySample)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -82,7 +108,7 @@ class RunSummary:
         job_id: str | None = None,
         interrupted: bool = False,
     ) -> RunSummary:
-        lat = sorted(counters.latencies)
+        lat = sorted(counters.latencies.values)
 
         def ms(q: float) -> float | None:
             v = _percentile(lat, q)

@@ -1,0 +1,111 @@
+"""The dead-letter file: every record that could not be delivered, with the reason.
+
+JSON Lines, one object per record (the contract in DESIGN.md)::
+
+    {"record": <the original object, or the raw line as a string>, "line": 12,
+     "position": 12, "status": 400, "error": "status 400 Bad Request: ...",
+     "attempts": 1, "idempotency_key": "job-12-40"}
+
+``line`` is present for file sources (where a position is a line number), ``position``
+always. The file is opened for append: a resumed run adds to it, never truncates it.
+Records are embedded as their original bytes (``orjson.Fragment``), never re-serialised.
+
+Writes go to a buffer; :meth:`DeadLetterFile.sync` (called off the event loop before every
+checkpoint save) flushes and fsyncs it, so a checkpoint never covers a dead-lettered record
+that is not durably in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from ._exceptions import ConfigError
+from ._records import Rejected
+from ._redact import redact
+from ._sender import BatchResult
+
+__all__ = ["DeadLetterFile"]
+
+
+class DeadLetterFile:
+    """Append-only writer of dead-lettered records."""
+
+    def __init__(self, path: str | os.PathLike[str], *, lines: bool = True) -> None:
+        self.path = Path(path)
+        self._lines = lines
+        self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()  # sync() runs in a worker thread
+        self.count = 0
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            try:
+                self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot open dead-letter file {self.path}: {exc.strerror}", field="failed"
+                ) from exc
+        return self._file
+
+    def _entry(
+        self,
+        record: Any,
+        position: int,
+        status: int | None,
+        error: str,
+        attempts: int,
+        key: str | None,
+    ) -> bytes:
+        obj: dict[str, Any] = {"record": record}
+        if self._lines:
+            obj["line"] = position
+        obj["position"] = position
+        obj["status"] = status
+        obj["error"] = redact(error)
+        obj["attempts"] = attempts
+        obj["idempotency_key"] = key
+        return orjson.dumps(obj) + b"\n"
+
+    def write_result(self, result: BatchResult) -> None:
+        """Every record of a batch that was not delivered."""
+        out = b"".join(
+            self._entry(
+                orjson.Fragment(raw),
+                pos,
+                result.status,
+                result.error,
+                result.attempts,
+                result.key,
+            )
+            for raw, pos in zip(result.batch.records, result.batch.positions, strict=True)
+        )
+        with self._lock:
+            self._open().write(out)
+            self.count += len(result.batch)
+
+    def write_rejects(self, rejects: list[Rejected]) -> None:
+        """Input records that never got into a batch (malformed, too large, ragged)."""
+        out = b"".join(self._entry(r.raw, r.position, None, r.reason, 0, None) for r in rejects)
+        with self._lock:
+            self._open().write(out)
+            self.count += len(rejects)
+
+    def sync(self) -> None:
+        """Flush and fsync (blocking: call it in a thread)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None

@@ -1,0 +1,208 @@
+"""The pipeline: one reader, a bounded queue, N sender workers, in one task group.
+
+Data flows one way::
+
+    source.blocks() ─> batcher ─> reader ─> [bounded stream] ─> workers ─> sender
+                                    │                              │
+                                    └─> dead-letter (rejects)      ├─> dead-letter (failures)
+                                                                   └─> ledger.settled (ack)
+                                         ledger ─> checkpoint (contiguous watermark)
+
+Invariants:
+
+* Memory is bounded by the queue: the reader blocks on a full stream (backpressure), so a
+  10 M-record file needs the memory of ``queue_size + concurrency`` batches.
+* Every record read is settled exactly once: acknowledged, or written to the dead-letter
+  file. The ledger (checkpoint) only ever hears of settled batches.
+* A fatal error (authentication refused, checkpoint unwritable, TLS failure) in any task
+  cancels the others; the first one is re-raised alone, not wrapped in a group.
+* :meth:`Pipeline.stop` (first Ctrl-C) stops the reader; workers finish the batch they hold
+  and take no new one; queued batches are left for the resumed run. :meth:`Pipeline.abort`
+  (second Ctrl-C, or the grace period over) cancels in-flight requests: they are not settled,
+  so the checkpoint stays behind them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from ._deadletter import DeadLetterFile
+from ._hooks import UploadHooks
+from ._records import Batch, Rejected
+from ._sender import Sender
+from ._summary import Counters
+
+__all__ = ["Ledger", "NullLedger", "Pipeline"]
+
+log = logging.getLogger("asyncsync.pipeline")
+
+
+class Ledger(Protocol):
+    """Where settled batches are recorded (the checkpoint); the pipeline knows nothing more."""
+
+    def skip(self, batch: Batch) -> bool:
+        """True when a resumed run already settled this batch."""
+        ...
+
+    def skip_reject(self, reject: Rejected) -> bool:
+        """True when a resumed run already dead-lettered this input record."""
+        ...
+
+    def dispatched(self, batch: Batch) -> None: ...
+
+    def settled(self, seq: int, *, delivered: bool) -> None: ...
+
+    def rejected_through(self, position: int) -> None: ...
+
+    async def tick(self, counters: Counters) -> None:
+        """Called after settlements; persists at most every so often."""
+        ...
+
+
+class NullLedger:
+    """No checkpoint: nothing to skip, nothing to record."""
+
+    def skip(self, batch: Batch) -> bool:
+        return False
+
+    def skip_reject(self, reject: Rejected) -> bool:
+        return False
+
+    def dispatched(self, batch: Batch) -> None:
+        pass
+
+    def settled(self, seq: int, *, delivered: bool) -> None:
+        pass
+
+    def rejected_through(self, position: int) -> None:
+        pass
+
+    async def tick(self, counters: Counters) -> None:
+        pass
+
+
+class Pipeline:
+    """Runs batches through ``sender`` with ``concurrency`` workers. Single use."""
+
+    def __init__(
+        self,
+        batches: AsyncIterator[Batch | list[Rejected]],
+        *,
+        sender: Sender,
+        concurrency: int,
+        queue_size: int,
+        dead_letter: DeadLetterFile,
+        counters: Counters,
+        hooks: UploadHooks,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self._batches = batches
+        self._sender = sender
+        self._concurrency = concurrency
+        self._queue_size = queue_size
+        self._dead = dead_letter
+        self._counters = counters
+        self._hooks = hooks
+        self._ledger: Ledger = ledger or NullLedger()
+        self._stopping = False
+        self._scope: anyio.CancelScope | None = None
+        self.stopped = False  # True when stop() or abort() ended the run early
+
+    def stop(self) -> None:
+        """Stop reading; let in-flight batches finish; leave queued ones for a resume."""
+        if not self._stopping:
+            log.warning("stopping: finishing in-flight batches")
+        self._stopping = True
+        self.stopped = True
+
+    def abort(self) -> None:
+        """Cancel everything now, in-flight requests included."""
+        self.stopped = True
+        self._stopping = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self) -> None:
+        send, receive = anyio.create_memory_object_stream[Batch](self._queue_size)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                tg.start_soon(self._read, send)
+                for _ in range(self._concurrency):
+                    tg.start_soon(self._work, receive.clone())
+                receive.close()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            self._scope = None
+
+    async def _read(self, send: anyio.abc.ObjectSendStream[Batch]) -> None:
+        counters = self._counters
+        ledger = self._ledger
+        async with send:
+            async for item in self._batches:
+                if self._stopping:
+                    break
+                if isinstance(item, list):
+                    fresh = [r for r in item if not ledger.skip_reject(r)]
+                    if fresh:
+                        self._dead.write_rejects(fresh)
+                        counters.records_read += len(fresh)
+                        counters.records_failed += len(fresh)
+                    if item:
+                        ledger.rejected_through(item[-1].position)
+                    continue
+                if ledger.skip(item):
+                    continue
+                ledger.dispatched(item)
+                await send.send(item)
+        # the batcher may hold an open file: close it now, not at garbage collection
+        aclose = getattr(self._batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _work(self, receive: ObjectReceiveStream[Batch]) -> None:
+        counters = self._counters
+        hooks = self._hooks
+        ledger = self._ledger
+        async with receive:
+            async for batch in receive:
+                if self._stopping:
+                    break
+                results = await self._sender.send(batch)
+                delivered = True
+                for result in results:
+                    n = len(result.batch)
+                    counters.records_read += n
+                    if result.delivered:
+                        counters.records_sent += n
+                    else:
+                        delivered = False
+                        counters.records_failed += n
+                        self._dead.write_result(result)
+                    hooks.on_batch_done(
+                        result.batch, delivered=result.delivered, status=result.status
+                    )
+                ledger.settled(batch.seq, delivered=delivered)
+                await ledger.tick(counters)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended the run, not the cancellations it caused in the other tasks."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
+
+
+def default_queue_size(concurrency: int) -> int:
+    """Two batches per worker: enough to keep every worker busy, small enough to bound memory."""
+    return max(2, math.ceil(2 * concurrency))

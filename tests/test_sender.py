@@ -1,0 +1,370 @@
+"""The sender: response classification, retries, Retry-After gate, 401 handling, 413 splits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from asyncsync import Action, AuthError, RetryPolicy
+from asyncsync._auth import StaticToken, TokenResponse
+from asyncsync._body import BodyEncoder
+from asyncsync._hooks import RetryDetails, UploadHooks
+from asyncsync._records import Batch
+from asyncsync._sender import PauseGate, RateLimiter, Sender, parse_retry_after
+from asyncsync._summary import Counters
+from asyncsync._token import TokenManager
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FakeTime:
+    """A clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class Recorder(UploadHooks):
+    def __init__(self) -> None:
+        self.retries: list[RetryDetails] = []
+
+    def on_retry(self, details: RetryDetails) -> None:
+        self.retries.append(details)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}/ingest"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def make_batch(n: int = 4, first: int = 1) -> Batch:
+    records = [b'{"i":%d}' % i for i in range(first, first + n)]
+    return Batch(0, records, list(range(first, first + n)), None, sum(map(len, records)))
+
+
+async def make_sender(
+    url: str,
+    *,
+    tokens: TokenManager | None = None,
+    policy: RetryPolicy | None = None,
+    time_: FakeTime | None = None,
+    hooks: UploadHooks | None = None,
+) -> tuple[Sender, Counters, aiohttp.ClientSession]:
+    session = aiohttp.ClientSession()
+    counters = Counters()
+    t = time_ or FakeTime()
+    sender = Sender(
+        session,
+        url,
+        tokens=tokens,
+        encoder=BodyEncoder("json"),
+        job_id="job",
+        retry=policy or RetryPolicy(max_attempts=4, backoff_initial=0.5, backoff_max=4.0),
+        counters=counters,
+        hooks=hooks or UploadHooks(),
+        clock=t.clock,
+        sleep=t.sleep,
+        gate=PauseGate(clock=t.clock, sleep=t.sleep),
+        rng=random.Random(7),
+    )
+    return sender, counters, session
+
+
+async def test_ack_sends_body_key_and_token(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """A 2xx acknowledges; the request carries the JSON array, the key and the bearer token."""
+    seen: list[tuple[bytes, dict[str, str]]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((await request.read(), dict(request.headers)))
+        return web.json_response({"ok": True})
+
+    url = await serve(handler)
+    tokens = TokenManager(StaticToken("tok-123456"))
+    sender, counters, session = await make_sender(url, tokens=tokens)
+    async with session:
+        [result] = await sender.send(make_batch(3, first=10))
+    await tokens.aclose()
+    assert result.delivered and result.status == 200 and result.attempts == 1
+    body, headers = seen[0]
+    assert body == b'[{"i":10},{"i":11},{"i":12}]'
+    assert headers["Authorization"] == "Bearer tok-123456"
+    assert headers["Idempotency-Key"] == "job-10-12"
+    assert headers["Content-Type"] == "application/json"
+    assert counters.requests == 1 and counters.retries == 0
+
+
+async def test_retries_transient_statuses_with_same_key(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """503 then 500 then 200: three requests, the same key each time, backoff within jitter caps."""
+    statuses = [503, 500, 200]
+    keys: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        return web.Response(status=statuses[len(keys) - 1])
+
+    url = await serve(handler)
+    t = FakeTime()
+    hooks = Recorder()
+    sender, counters, session = await make_sender(url, time_=t, hooks=hooks)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.attempts == 3
+    assert len(set(keys)) == 1 and len(keys) == 3
+    assert counters.retries == 2 and counters.retries_by_status == {"503": 1, "500": 1}
+    # full jitter: wait before attempt n lies in [0, min(max, initial * 2**(n-2))]
+    assert 0 <= t.sleeps[0] <= 0.5 and 0 <= t.sleeps[1] <= 1.0
+    assert [d.attempt for d in hooks.retries] == [2, 3]
+
+
+async def test_gives_up_after_max_attempts(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """Retries exhausted: the batch fails with the attempt count and the last status."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="bad gateway upstream")
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert not result.delivered and result.status == 502 and result.attempts == 4
+    assert "gave up after 4 attempts" in result.error and "bad gateway" in result.error
+
+
+async def test_permanent_4xx_is_not_retried(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """A 400 goes to the dead-letter path at once, with an excerpt of the response."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.json_response({"error": "field x is required"}, status=400)
+
+    url = await serve(handler)
+    sender, _, session = await make_sender(url)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert calls == 1 and not result.delivered and result.attempts == 1
+    assert "field x is required" in result.error
+
+
+async def test_policy_is_data(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """A user's table can make 409 a success and 400 retryable."""
+    statuses = [400, 409]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=statuses.pop(0))
+
+    url = await serve(handler)
+    policy = RetryPolicy(statuses={400: Action.RETRY, 409: Action.ACK}, max_attempts=3)
+    sender, _, session = await make_sender(url, policy=policy)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.status == 409 and result.attempts == 2
+
+
+async def test_413_splits_until_single_records(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """413 above 2 records: a batch of 5 is split into parts of <= 2; a single record never 413s."""
+    sizes: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        n = len(await request.json())
+        sizes.append(n)
+        return web.Response(status=413 if n > 2 else 200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(5))
+    assert all(r.delivered for r in results)
+    assert sorted(p for r in results for p in r.batch.positions) == [1, 2, 3, 4, 5]
+    assert len({r.key for r in results}) == len(results)
+    assert all(len(r.batch) <= 2 for r in results)
+    assert sizes == [5, 2, 3, 1, 2]  # 5 -> 2 + 3, 3 -> 1 + 2
+
+
+async def test_single_record_413_is_dead(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """A record that is too large on its own is dead-lettered, not split forever."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=413)
+
+    url = await serve(handler)
+    sender, _, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(2))
+    assert [r.delivered for r in results] == [False, False]
+    assert all(r.status == 413 for r in results)
+
+
+async def test_redirect_not_followed(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """A 307 is an error naming the location; the other origin never sees the request."""
+    other_hits = 0
+
+    async def other(request: web.Request) -> web.Response:
+        nonlocal other_hits
+        other_hits += 1
+        return web.Response()
+
+    other_url = await serve(other)
+
+    async def handler(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(other_url)
+
+    url = await serve(handler)
+    tokens = TokenManager(StaticToken("tok-abcdef"))
+    sender, _, session = await make_sender(url, tokens=tokens)
+    async with session:
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert not result.delivered and result.status == 307
+    assert other_url in result.error and other_hits == 0
+
+
+async def test_stale_401_resends_without_spending_attempts(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A 401 for token A: invalidate A, resend with B; one token fetch, attempts stay 1."""
+    issued: list[str] = []
+
+    async def fetch() -> TokenResponse:
+        issued.append(f"token-{len(issued)}")
+        return TokenResponse(access_token=issued[-1], expires_in=3600)
+
+    async def handler(request: web.Request) -> web.Response:
+        ok = request.headers["Authorization"] == "Bearer token-1"
+        return web.Response(status=200 if ok else 401)
+
+    from asyncsync._auth import CallableProvider
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch))
+    sender, counters, session = await make_sender(url, tokens=tokens)
+    async with session:
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert result.delivered and result.attempts == 1
+    assert issued == ["token-0", "token-1"] and counters.requests == 2
+
+
+async def test_401_on_fresh_token_is_auth_error(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """The API refuses a token fetched after the first 401: AuthError, after 2 token fetches."""
+    fetches = 0
+
+    async def fetch() -> TokenResponse:
+        nonlocal fetches
+        fetches += 1
+        return TokenResponse(access_token=f"token-{fetches}", expires_in=3600)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=401)
+
+    from asyncsync._auth import CallableProvider
+
+    url = await serve(handler)
+    t = FakeTime()
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    sender, _, session = await make_sender(url, tokens=tokens, time_=t)
+    async with session:
+        with pytest.raises(AuthError) as info:
+            await sender.send(make_batch())
+    await tokens.aclose()
+    assert info.value.status == 401 and fetches == 2
+    assert "token-" not in str(info.value)
+
+
+async def test_connection_errors_retry(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """A refused connection is transient: retried, then failed with a transport reason."""
+    sender, counters, session = await make_sender("http://127.0.0.1:9/ingest")
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert not result.delivered and result.status is None and result.attempts == 4
+    assert "cannot connect" in result.error and counters.retries_by_status["error"] == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("5", 5.0), (" 0 ", 0.0), ("-3", 0.0), ("1.5", 1.5), ("soon", None), ("", None), (None, None)],
+)
+def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    """Retry-After as delta-seconds; nonsense is ignored rather than trusted."""
+    assert parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date() -> None:
+    """Retry-After as an HTTP-date is converted once against the wall clock."""
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    header = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(header, now_wall=now.timestamp()) == 30.0
+    past = format_datetime(now - timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(past, now_wall=now.timestamp()) == 0.0
+
+
+async def test_retry_after_pauses_every_worker(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """One 429 with Retry-After: 7 holds back the gate for all senders, and is the wait used."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return web.Response(status=429, headers={"Retry-After": "7"})
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    t = FakeTime()
+    sender, _, session = await make_sender(url, time_=t)
+    async with session:
+        [result] = await sender.send(make_batch())
+        start = t.now
+        # the gate is shared: another worker arriving now waits until the pause ends
+        assert sender._gate.paused_until <= t.now
+    assert result.delivered and result.attempts == 2
+    assert t.sleeps == [7.0] and start >= 1007.0
+
+
+async def test_rate_limiter_spaces_requests() -> None:
+    """--rate 10: ten acquisitions span 0.9 s of slots."""
+    t = FakeTime()
+    limiter = RateLimiter(10, clock=t.clock, sleep=t.sleep)
+    for _ in range(10):
+        await limiter.acquire()
+    assert t.now - 1000.0 == pytest.approx(0.9)
