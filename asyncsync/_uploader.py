@@ -14,6 +14,7 @@ refuses work with a ``RuntimeError``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import enum
 import logging
@@ -22,7 +23,7 @@ import signal
 import ssl as ssl_module
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -32,11 +33,13 @@ import aiohttp
 from ._auth import AuthProvider
 from ._batcher import batch as make_batches
 from ._body import BodyEncoder
+from ._checkpoint import Checkpointer, CheckpointStore, Fingerprint
 from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from ._deadletter import DeadLetterFile
 from ._exceptions import ConfigError, Interrupted
 from ._hooks import UploadHooks
-from ._pipeline import Ledger, Pipeline, default_queue_size
+from ._pipeline import Pipeline, default_queue_size
+from ._records import RecordBlock
 from ._sender import PauseGate, RateLimiter, Sender
 from ._sources import Source, open_source
 from ._summary import Counters, RunSummary
@@ -114,6 +117,7 @@ class Uploader:
         self._limits = limits
         self._retry = retry
         self._encoder = BodyEncoder(body, wrap=wrap, gzip=gzip)
+        self._wrap = wrap
         self._headers = _check_headers(headers or {})
         self._timeout = timeout
         self._rate = rate
@@ -204,11 +208,28 @@ class Uploader:
             await self._open()
         assert self._session is not None
         src = open_source(source)  # SourceError here, before any request
-        job_id = self._job_id or uuid.uuid4().hex[:16]
         counters = Counters()
-        auth_base = self._tokens.stats.requests if self._tokens is not None else 0
         dead = DeadLetterFile(self._failed_path(src), lines=src.kind in ("jsonl", "csv", "stdin"))
-        ledger: Ledger | None = None
+        ckpt = self._open_checkpoint(src)
+        start_seq = 0
+        if ckpt is not None:
+            ckpt.before_save = dead.sync
+            job_id = ckpt.job_id
+            if ckpt.previous is not None:
+                ckpt.previous.restore_counters(counters)
+                mark = ckpt.tracker.watermark
+                start_seq = mark.next_seq
+                src = _resume_source(src, position=mark.position, offset=mark.offset)
+                log.info(
+                    "resuming job %s after position %d (%d records already sent)",
+                    job_id,
+                    mark.position,
+                    counters.records_sent,
+                )
+        else:
+            job_id = self._job_id or uuid.uuid4().hex
+        auth_base = self._tokens.stats.requests if self._tokens is not None else 0
+        auth_before = counters.auth_requests
         sender = Sender(
             self._session,
             self.url,
@@ -223,7 +244,13 @@ class Uploader:
             gate=self._gate,
             rate=RateLimiter(self._rate) if self._rate else None,
         )
-        batches = make_batches(src.blocks(), self._limits, linger=src.kind in ("stdin", "iterable"))
+        batches = make_batches(
+            src.blocks(),
+            self._limits,
+            linger=src.kind in ("stdin", "iterable"),
+            start_seq=start_seq,
+            overhead=self._encoder.overhead,
+        )
         pipeline = Pipeline(
             batches,
             sender=sender,
@@ -232,7 +259,7 @@ class Uploader:
             dead_letter=dead,
             counters=counters,
             hooks=self._hooks,
-            ledger=ledger,
+            ledger=ckpt,
         )
         self._hooks.on_start(counters, total_bytes=src.size)
         started = time.monotonic()
@@ -243,8 +270,12 @@ class Uploader:
             interrupted = pipeline.stopped
         finally:
             if self._tokens is not None:
-                counters.auth_requests = self._tokens.stats.requests - auth_base
+                counters.auth_requests = auth_before + self._tokens.stats.requests - auth_base
+            # the dead-letter file is made durable before the checkpoint that covers it
             dead.close()
+            if ckpt is not None:
+                complete = not pipeline.stopped and ckpt.tracker.in_flight == 0
+                await ckpt.final_save(counters, complete=complete)
             summary = RunSummary.from_counters(
                 counters,
                 duration_s=time.monotonic() - started,
@@ -258,6 +289,23 @@ class Uploader:
                 + ("; run again to resume from the checkpoint" if self._checkpoint else "")
             )
         return summary
+
+    def _open_checkpoint(self, src: Source) -> Checkpointer | None:
+        if self._checkpoint is None:
+            return None
+        settings: dict[str, str | int | float | bool | None] = {
+            "batch_size": self._limits.max_records,
+            "max_batch_bytes": self._limits.max_bytes,
+            "body": self._encoder.format,
+            "wrap": self._wrap,
+        }
+        if src.kind in ("jsonl", "csv"):
+            fingerprint = Fingerprint.of_file(src.name, settings)
+        else:
+            fingerprint = Fingerprint.of_stream(src.name, settings)
+        return Checkpointer.open(
+            CheckpointStore(self._checkpoint), fingerprint, resume=self._resume
+        )
 
     def _failed_path(self, src: Source) -> Path:
         if self._failed is not None:
@@ -294,6 +342,40 @@ class Uploader:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+
+def _resume_source(src: Source, *, position: int, offset: int | None) -> Source:
+    """``src`` from just after ``position``: by seeking for files, by skipping otherwise."""
+    if position <= 0:
+        return src
+    if offset is not None and src.kind in ("jsonl", "csv"):
+        # JSONL: the line after the watermark's last record is the next one; CSV rows may
+        # span lines, so let the source count them
+        start_line = position + 1 if src.kind == "jsonl" else None
+        return open_source(src.name, kind=src.kind, start_offset=offset, start_line=start_line)
+    return _SkipThrough(src, position)
+
+
+class _SkipThrough:
+    """A source without offsets (stdin, iterables), resumed by skipping records by position."""
+
+    def __init__(self, inner: Source, position: int) -> None:
+        self._inner = inner
+        self._through = position
+        self.name = inner.name
+        self.size = inner.size
+        self.kind = inner.kind
+
+    async def blocks(self) -> AsyncIterator[RecordBlock]:
+        through = self._through
+        async for block in self._inner.blocks():
+            if block.positions and block.positions[-1] <= through:
+                block.records, block.positions = [], []
+            elif block.positions and block.positions[0] <= through:
+                cut = bisect.bisect_right(block.positions, through)
+                block.records, block.positions = block.records[cut:], block.positions[cut:]
+            block.rejects = [r for r in block.rejects if r.position > through]
+            yield block
 
 
 def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
