@@ -1,0 +1,78 @@
+"""Smoke test of the benchmark harness: a tiny run produces the table with sane numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = 2_000
+
+
+@pytest.mark.slow
+def test_quick_run_produces_table(tmp_path: Path) -> None:
+    """`python -m benchmarks.run --quick` on 2k records: every contender row is there, sane."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--scenarios",
+            "a",
+            "--records",
+            str(RECORDS),
+            "--reps",
+            "1",
+            "--sink",
+            "aiohttp",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    report = proc.stdout
+    assert "### (a)" in report
+    assert "| contender | records | records/s | requests/s | peak RSS MB |" in report
+    for label in ("plain aiohttp loop", "requests + 32 threads", "httpx.AsyncClient"):
+        assert f"| {label}" in report
+    assert "| uvloop |" in report
+
+    [md] = out.glob("*-a-quick.md")
+    assert md.read_text().strip() == report.strip()
+    [raw] = out.glob("*-a-quick.json")
+    runs = {r["contender"]: r for r in json.loads(raw.read_text())["runs"]}
+
+    # The harness's own contenders must run and deliver everything.
+    for key in ("plain", "requests", "httpx"):
+        run = runs[key]
+        assert run["status"] == "ok", run["reason"]
+        assert run["records"] == RECORDS
+        assert run["requests"] == RECORDS // 200
+        assert run["errors"] == 0
+        assert 1_000 < run["records_per_s"] < 50_000_000
+        assert 5 < run["peak_rss_mb"] < 1_000
+        assert run["sink"]["requests"] == run["requests"]
+        assert run["sink"]["unauthorized"] == 0
+
+    # asyncsync is being written alongside: its rows may say skipped (or show its error), but
+    # when it ran, its figures must be as sane as the others'.
+    for key in ("lib", "cli"):
+        run = runs[key]
+        assert run["status"] in ("ok", "skipped", "error")
+        if run["status"] == "ok":
+            assert run["records"] == RECORDS
+            assert run["records_per_s"] > 0
