@@ -770,6 +770,10 @@ class Checkpointer:
     def rejected_through(self, position: int) -> None:
         self.tracker.rejected_through(position)
 
+    def due(self) -> bool:
+        """True when :meth:`tick` would save: the interval has passed and no save is running."""
+        return self._clock() - self._last_save >= self.interval and not self._lock.locked()
+
     async def tick(self, counters: Counters) -> None:
         """Called after each settlement: :meth:`maybe_save`, inlined (this is per batch)."""
         if self._clock() - self._last_save >= self.interval and not self._lock.locked():

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._deadletter import DeadLetterFile
 from ._hooks import UploadHooks
@@ -60,8 +60,12 @@ class Ledger(Protocol):
 
     def rejected_through(self, position: int) -> None: ...
 
+    def due(self) -> bool:
+        """True when a save is due (checked after every settlement: keep it cheap)."""
+        ...
+
     async def tick(self, counters: Counters) -> None:
-        """Called after settlements; persists at most every so often."""
+        """Persist now if still due."""
         ...
 
 
@@ -82,6 +86,9 @@ class NullLedger:
 
     def rejected_through(self, position: int) -> None:
         pass
+
+    def due(self) -> bool:
+        return False
 
     async def tick(self, counters: Counters) -> None:
         pass
@@ -142,7 +149,7 @@ class Pipeline:
         finally:
             self._scope = None
 
-    async def _read(self, send: anyio.abc.ObjectSendStream[Batch]) -> None:
+    async def _read(self, send: MemoryObjectSendStream[Batch]) -> None:
         counters = self._counters
         ledger = self._ledger
         async with send:
@@ -161,19 +168,33 @@ class Pipeline:
                 if ledger.skip(item):
                     continue
                 ledger.dispatched(item)
-                await send.send(item)
+                # fast path: anyio's send() yields to the loop even when there is room
+                try:
+                    send.send_nowait(item)
+                except anyio.WouldBlock:
+                    await send.send(item)
         # the batcher may hold an open file: close it now, not at garbage collection
         aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:
             await aclose()
 
-    async def _work(self, receive: ObjectReceiveStream[Batch]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[Batch]) -> None:
         counters = self._counters
         hooks = self._hooks
         ledger = self._ledger
         async with receive:
-            async for batch in receive:
-                if self._stopping:
+            while not self._stopping:
+                # fast path: anyio's receive() yields to the loop even when a batch is ready
+                try:
+                    batch = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        batch = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                except anyio.EndOfStream:
+                    break
+                if self.stopped:  # stop() came while we waited for the batch
                     break
                 results = await self._sender.send(batch)
                 delivered = True
@@ -190,7 +211,8 @@ class Pipeline:
                         result.batch, delivered=result.delivered, status=result.status
                     )
                 ledger.settled(batch.seq, delivered=delivered)
-                await ledger.tick(counters)
+                if ledger.due():
+                    await ledger.tick(counters)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -38,6 +38,7 @@ __all__ = ["BatchResult", "PauseGate", "RateLimiter", "Sender", "parse_retry_aft
 
 log = logging.getLogger("asyncsync.sender")
 
+USER_AGENT = "asyncsync"
 EXCERPT_LIMIT = 1024  # bytes of a failed response kept for the dead-letter file
 OK_BODY_LIMIT = 64 * 1024  # bytes of a 2xx body read so the connection can be reused
 MAX_REAUTH = 3  # 401s per batch answered by a refresh; past that the API refuses us
@@ -153,6 +154,9 @@ def _fatal_transport_error(exc: BaseException, url: str) -> Exception | None:
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """At most ``limit`` bytes of the body; a longer body is left unread (the connection closes)."""
+    length = resp.content_length
+    if length is not None and length <= limit:
+        return await resp.read()  # the common case: one read, the connection is reused
     chunks: list[bytes] = []
     size = 0
     while size < limit:
@@ -179,7 +183,7 @@ class Sender:
         counters: Counters,
         hooks: UploadHooks,
         headers: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
         gate: PauseGate | None = None,
         rate: RateLimiter | None = None,
         clock: Clock = time.monotonic,
@@ -194,8 +198,9 @@ class Sender:
         self._retry = retry
         self._counters = counters
         self._hooks = hooks
-        self._base_headers = {**encoder.headers, **(headers or {})}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._base_headers = {"User-Agent": USER_AGENT, **encoder.headers, **(headers or {})}
+        # None: the session's timeout applies (cheaper than a per-request one)
+        self._timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None
         self._gate = gate or PauseGate(clock=clock, sleep=sleep)
         self._rate = rate
         self._clock = clock
@@ -236,8 +241,10 @@ class Sender:
         started = self._clock()
         status: int | None = None
         reason = ""
+        gate = self._gate
         while True:
-            await self._gate.wait()
+            if gate.paused_until > 0:  # a Retry-After was seen at some point
+                await gate.wait()
             if self._rate is not None:
                 await self._rate.acquire()
             token: Token | None = None
@@ -252,13 +259,7 @@ class Sender:
             sent_at = self._clock()
             retry_after: float | None = None
             try:
-                async with self._session.post(
-                    self._url,
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=self._timeout,
-                ) as resp:
+                async with self._post(body, headers) as resp:
                     status = resp.status
                     action = policy.action_for(status)
                     if action is Action.ACK:
@@ -332,6 +333,13 @@ class Sender:
             self._hooks.on_retry(details)
             if retry_after is None and wait > 0:
                 await self._sleep(wait)
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> aiohttp.client._RequestContextManager:
+        if self._timeout is None:
+            return self._session.post(self._url, data=body, headers=headers, allow_redirects=False)
+        return self._session.post(
+            self._url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+        )
 
     def _describe_status(
         self, resp: aiohttp.ClientResponse, excerpt: bytes, token: Token | None

@@ -170,8 +170,7 @@ class Uploader:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            skip_auto_headers=("User-Agent",),
-            headers={"User-Agent": "asyncsync"},
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
             raise_for_status=False,
         )
         if isinstance(self._auth, TokenManager):
@@ -240,7 +239,6 @@ class Uploader:
             counters=counters,
             hooks=self._hooks,
             headers=self._headers,
-            timeout=self._timeout,
             gate=self._gate,
             rate=RateLimiter(self._rate) if self._rate else None,
         )
