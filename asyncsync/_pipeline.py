@@ -170,9 +170,14 @@ class Pipeline:
                 ledger.dispatched(item)
                 # fast path: anyio's send() yields to the loop even when there is room
                 try:
-                    send.send_nowait(item)
-                except anyio.WouldBlock:
-                    await send.send(item)
+                    try:
+                        send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await send.send(item)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    if self.stopped:  # the workers stopped taking batches: so do we
+                        break
+                    raise
         # the batcher may hold an open file: close it now, not at garbage collection
         aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:

@@ -243,7 +243,7 @@ class Uploader:
             rate=RateLimiter(self._rate) if self._rate else None,
         )
         batches = make_batches(
-            src.blocks(),
+            _count_bytes(src.blocks(), counters),
             self._limits,
             linger=src.kind in ("stdin", "iterable"),
             start_seq=start_seq,
@@ -340,6 +340,20 @@ class Uploader:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+
+async def _count_bytes(
+    blocks: AsyncIterator[RecordBlock], counters: Counters
+) -> AsyncIterator[RecordBlock]:
+    """Input bytes consumed, for progress and ETA (one addition per block, not per record)."""
+    try:
+        async for block in blocks:
+            counters.bytes_read += block.bytes_read
+            yield block
+    finally:
+        aclose = getattr(blocks, "aclose", None)
+        if aclose is not None:  # the source's file and reader thread, now
+            await aclose()
 
 
 def _resume_source(src: Source, *, position: int, offset: int | None) -> Source:
