@@ -8,6 +8,7 @@ must not block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from ._records import Batch
 from ._summary import Counters, RunSummary
 
