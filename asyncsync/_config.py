@@ -106,9 +106,9 @@ class RetryPolicy:
 class BatchLimits:
     """Where the batcher cuts: record count, encoded bytes, and linger time.
 
-    ``linger`` (seconds) only applies to slow streams (stdin, iterables): a partial batch is
-    sent when no new record arrived for that long. File sources cut by count and bytes only,
-    so a resumed run re-forms exactly the same batches.
+    ``linger`` (seconds) only applies to slow streams (stdin, iterables): an open batch is
+    sent at the latest ``linger`` seconds after its first record arrived, full or not. File
+    sources cut by count and bytes only, so a resumed run re-forms exactly the same batches.
     """
 
     max_records: int = 200

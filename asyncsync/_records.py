@@ -37,8 +37,9 @@ class RecordBlock:
 
     ``records[i]`` is the exact JSON encoding of one object (no trailing newline), at
     position ``positions[i]``. ``rejects`` are inputs from the same stretch of the source
-    that cannot be sent. ``end_offset`` is the byte offset just after the block in a file
-    source (``None`` elsewhere): the place a resumed run seeks to.
+    that cannot be sent. In a file source, ``offsets[i]`` is the byte offset just after
+    record ``i`` and ``end_offset`` the one just after the block's last record (``None``
+    elsewhere): the places a resumed run seeks to, so every batch gets an exact offset.
     """
 
     records: list[bytes]
@@ -47,6 +48,7 @@ class RecordBlock:
     end_offset: int | None = None
     #: bytes of input consumed, for progress (ETA on files)
     bytes_read: int = 0
+    offsets: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
