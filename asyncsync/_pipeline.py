@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import anyio
@@ -185,7 +185,10 @@ class Pipeline:
 
     async def _work(self, receive: MemoryObjectReceiveStream[Batch]) -> None:
         counters = self._counters
-        hooks = self._hooks
+        # a hook that does not override on_batch_done costs nothing per batch
+        on_done: Callable[..., None] | None = self._hooks.on_batch_done
+        if type(self._hooks).on_batch_done is UploadHooks.on_batch_done:
+            on_done = None
         ledger = self._ledger
         async with receive:
             while not self._stopping:
@@ -212,9 +215,8 @@ class Pipeline:
                         delivered = False
                         counters.records_failed += n
                         self._dead.write_result(result)
-                    hooks.on_batch_done(
-                        result.batch, delivered=result.delivered, status=result.status
-                    )
+                    if on_done is not None:
+                        on_done(result.batch, delivered=result.delivered, status=result.status)
                 ledger.settled(batch.seq, delivered=delivered)
                 if ledger.due():
                     await ledger.tick(counters)

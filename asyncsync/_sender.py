@@ -206,6 +206,8 @@ class Sender:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        #: the policy table for every status, looked up once per response
+        self._actions = {status: retry.action_for(status) for status in range(100, 600)}
 
     def key_for(self, batch: Batch) -> str:
         """The Idempotency-Key: the same on every retry and on a resumed run of this job."""
@@ -213,7 +215,10 @@ class Sender:
 
     async def send(self, batch: Batch) -> list[BatchResult]:
         """Deliver ``batch``; one result, or one per part when a 413 split it."""
-        pending = [batch]
+        first = await self._send_one(batch)
+        if isinstance(first, BatchResult):  # the common case: no split
+            return [first]
+        pending = list(reversed(first))
         results: list[BatchResult] = []
         while pending:
             part = pending.pop()
@@ -235,6 +240,7 @@ class Sender:
         counters = self._counters
         counters.batches += 1
         policy = self._retry
+        actions = self._actions
         attempts = 0
         reauths = 0
         first_unauthorized: float | None = None
@@ -261,7 +267,7 @@ class Sender:
             try:
                 async with self._post(body, headers) as resp:
                     status = resp.status
-                    action = policy.action_for(status)
+                    action = actions.get(status) or policy.action_for(status)
                     if action is Action.ACK:
                         await _read_bounded(resp, OK_BODY_LIMIT)
                         counters.latencies.add(self._clock() - sent_at)

@@ -31,7 +31,7 @@ class LatencySample:
         if len(self.values) < self.size:
             self.values.append(value)
         else:
-            j = self._rng.randrange(self.count)
+            j = int(self._rng.random() * self.count)
             if j < self.size:
                 self.values[j] = value
 
