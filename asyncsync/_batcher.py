@@ -24,7 +24,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from itertools import accumulate, repeat
 from operator import add
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -53,6 +53,7 @@ class _Cutter:
         self.poss: list[int] = []
         self.cost = 0
         self.end_offset: int | None = None
+        self.end_key: Any = None
         self.since: float | None = None  # loop time its first record arrived
         # rejects after the open batch's last record (empty while no batch is open)
         self.held: list[Rejected] = []
@@ -61,6 +62,7 @@ class _Cutter:
         out: list[Item] = []
         recs, poss, rejs = block.records, block.positions, block.rejects
         offsets: Sequence[int] | None = getattr(block, "offsets", None)
+        keys: Sequence[Any] | None = getattr(block, "keys", None)
         n = len(recs)
         if n == 0:
             self._arrive(rejs, out)
@@ -77,6 +79,9 @@ class _Cutter:
             if max(lens) + 1 > self.budget:
                 if lens[-1] + 1 > self.budget:
                     tail_offset = None
+                if keys is not None:
+                    keep = [len(r) + 1 <= self.budget for r in recs]
+                    keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
                 recs, poss, lens, offsets, rejs = self._drop_oversized(
                     recs, poss, lens, offsets, rejs
                 )
@@ -120,6 +125,8 @@ class _Cutter:
                 self.recs += recs[i:j]
                 self.poss += poss[i:j]
             self.cost += cum[j] - cum[i] if cum is not None else sum(lens[i:j]) + j - i
+            if keys is not None:
+                self.end_key = keys[j - 1]
             if offsets is not None:
                 self.end_offset = offsets[j - 1]
             else:
@@ -149,6 +156,7 @@ class _Cutter:
                 self.poss,
                 self.end_offset,
                 self.cost - len(self.recs),
+                self.end_key,
             )
         )
         self.seq += 1
@@ -156,6 +164,7 @@ class _Cutter:
         self.poss = []
         self.cost = 0
         self.end_offset = None
+        self.end_key = None
         self.since = None
         if self.held:
             out.append(self.held)

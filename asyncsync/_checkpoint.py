@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.to_thread
@@ -119,18 +119,21 @@ class Watermark:
     next_seq: int = 0
     position: int = 0
     offset: int | None = None
+    #: SQL sources: the resume token of the key at ``position``
+    key: Any = None
 
 
 class _Run:
     """Settled batches with consecutive indexes beyond the watermark, merged into one range."""
 
-    __slots__ = ("end", "first", "last", "offset")
+    __slots__ = ("end", "first", "key", "last", "offset")
 
-    def __init__(self, end: int, first: int, last: int, offset: int | None) -> None:
+    def __init__(self, end: int, first: int, last: int, offset: int | None, key: Any) -> None:
         self.end = end  # index of the run's last batch
         self.first = first  # first position of its first batch
         self.last = last  # last position of its last batch
         self.offset = offset  # end offset of its last batch
+        self.key = key  # end key of its last batch (SQL)
 
 
 class WatermarkTracker:
@@ -155,6 +158,7 @@ class WatermarkTracker:
         "_carried",
         "_carried_firsts",
         "_count",
+        "_key",
         "_last_seq",
         "_next",
         "_offset",
@@ -178,10 +182,11 @@ class WatermarkTracker:
         self._next = start.next_seq  # index of the first batch not settled
         self._position = start.position
         self._offset = start.offset
+        self._key = start.key
         self._count = start.next_seq  # index the next dispatched batch gets
         self._last_seq = start.next_seq - 1
         # seq -> (index, first, last, end_offset) of batches dispatched and not settled
-        self._pending: dict[int, tuple[int, int, int, int | None]] = {}
+        self._pending: dict[int, tuple[int, int, int, int | None, Any]] = {}
         self._run_start: dict[int, _Run] = {}
         self._run_end: dict[int, _Run] = {}
         self._rejected = max(rejected_through, 0)
@@ -201,7 +206,9 @@ class WatermarkTracker:
             )
         self._last_seq = seq
         positions = batch.positions
-        self._pending[seq] = (self._count, positions[0], positions[-1], batch.end_offset)
+        self._pending[seq] = (
+            self._count, positions[0], positions[-1], batch.end_offset, batch.end_key
+        )
         self._count += 1
 
     def settled(self, seq: int, delivered: bool = True) -> None:
@@ -211,7 +218,7 @@ class WatermarkTracker:
         resume must not send them again.
         """
         try:
-            index, first, last, offset = self._pending.pop(seq)
+            index, first, last, offset, key = self._pending.pop(seq)
         except KeyError:
             raise RuntimeError(
                 f"batch {seq} settled twice"
@@ -225,24 +232,27 @@ class WatermarkTracker:
                 self._next = index + 1
                 self._position = last
                 self._offset = offset
+                self._key = key
             else:
                 del self._run_end[run.end]
                 self._next = run.end + 1
                 self._position = run.last
                 self._offset = run.offset
+                self._key = run.key
             return
         # beyond the watermark: the batch at the watermark is still in flight, so the
         # watermark stays; record the batch in a run, merged with its neighbours
         left = self._run_end.pop(index - 1, None)
         if left is None:
-            merged = self._run_start[index] = _Run(index, first, last, offset)
+            merged = self._run_start[index] = _Run(index, first, last, offset, key)
         else:
             merged = left
-            merged.end, merged.last, merged.offset = index, last, offset
+            merged.end, merged.last, merged.offset, merged.key = index, last, offset, key
         right = self._run_start.pop(index + 1, None)
         if right is not None:
             del self._run_end[right.end]
             merged.end, merged.last, merged.offset = right.end, right.last, right.offset
+            merged.key = right.key
         self._run_end[merged.end] = merged
 
     def rejected_through(self, position: int) -> None:
@@ -274,7 +284,7 @@ class WatermarkTracker:
 
     @property
     def watermark(self) -> Watermark:
-        return Watermark(self._next, self._position, self._offset)
+        return Watermark(self._next, self._position, self._offset, self._key)
 
     @property
     def in_flight(self) -> int:

@@ -49,6 +49,8 @@ class RecordBlock:
     #: bytes of input consumed, for progress (ETA on files)
     bytes_read: int = 0
     offsets: list[int] | None = None
+    #: SQL sources: the resume token of each record's key (``keys[i]`` for ``records[i]``)
+    keys: list[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Batch:
     positions: list[int]
     end_offset: int | None = None
     nbytes: int = 0
+    #: SQL sources: the resume token of the key of the batch's last record
+    end_key: Any = None
 
     @property
     def first(self) -> int:
@@ -94,5 +98,6 @@ class Batch:
             self.positions[mid:],
             self.end_offset,
             sum(map(len, self.records[mid:])),
+            self.end_key,
         )
         return left, right
