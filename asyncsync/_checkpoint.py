@@ -207,7 +207,11 @@ class WatermarkTracker:
         self._last_seq = seq
         positions = batch.positions
         self._pending[seq] = (
-            self._count, positions[0], positions[-1], batch.end_offset, batch.end_key
+            self._count,
+            positions[0],
+            positions[-1],
+            batch.end_offset,
+            batch.end_key,
         )
         self._count += 1
 
