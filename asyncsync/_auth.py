@@ -15,19 +15,22 @@ provider                       what it does
 Error contract of :meth:`AuthProvider.fetch`: :class:`TransientAuthError` for what is worth
 retrying (connection errors, timeouts, 408, 429, 5xx; with ``Retry-After`` when the server sent
 one), :class:`~asyncsync.AuthError` for everything else (bad credentials, 3xx, other 4xx, a
-response without a token). No message, ``repr`` or log line holds a secret or a token: secrets
-live in slots that ``__repr__`` does not show, and server bodies appear only as a short
-redacted excerpt.
+response without a token), and :class:`~asyncsync.ConfigError` when TLS verification fails (a
+setting to fix, ``--ca-bundle``, not a fault to retry). No message, ``repr`` or log line holds
+a secret or a token: secrets live in slots that ``__repr__`` does not show, and server bodies
+appear only as a short redacted excerpt.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import math
 import os
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,7 +201,7 @@ def parse_retry_after(value: str | None, *, now_wall: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit() accepts it, float() does not
         return float(text)
     try:
         moment = parsedate_to_datetime(text)
@@ -311,6 +314,21 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 _ERROR_CODE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
+def _holds_secret(text: str, secrets: Collection[str]) -> bool:
+    return any(secret and secret in text for secret in secrets)
+
+
+def _scrubbed(text: str, secrets: Collection[str], limit: int = EXCERPT_CHARS) -> str:
+    """Server-chosen text that is not a body (a URL, a header, key names) for a message:
+    secrets masked (before the cut, as in :func:`redacted_excerpt`), one line, short."""
+    text = text[:EXCERPT_SCAN]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = " ".join(_CONTROL_RE.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_token_response(
     status: int,
     headers: Mapping[str, str],
@@ -332,7 +350,8 @@ def parse_token_response(
     where = endpoint or "the token endpoint"
     if 300 <= status < 400:
         location = _header(headers, "Location")
-        target = display_url(location) if location else "nowhere"
+        # the path may hold anything the server chose to echo: redacted, like a body
+        target = _scrubbed(display_url(location), secrets) if location else "nowhere"
         raise AuthError(
             f"token request to {where} was redirected (HTTP {status}) to {target}; "
             "credentials are not sent across redirects, configure the final URL",
@@ -347,8 +366,13 @@ def parse_token_response(
             message += f": {excerpt}"
         raise TransientAuthError(message, endpoint=endpoint, status=status, retry_after=retry_after)
     document: object = _MISSING
-    with contextlib.suppress(orjson.JSONDecodeError):
+    try:
         document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses numbers past a double's range ("expires_in": 1e400), which is valid
+        # JSON all the same: the stdlib reads it (as inf; the lifetime is clamped)
+        with contextlib.suppress(ValueError, RecursionError):
+            document = json.loads(body)
     if not 200 <= status < 300:
         raise AuthError(
             _refusal_message(where, status, document, body, secrets),
@@ -357,7 +381,7 @@ def parse_token_response(
         )
     if not isinstance(document, dict):
         what = "an HTML page" if body.lstrip()[:1] == b"<" else "no JSON object"
-        ctype = _header(headers, "Content-Type") or "no content type"
+        ctype = _scrubbed(_header(headers, "Content-Type") or "no content type", secrets, 80)
         raise AuthError(
             f"token endpoint {where} answered HTTP {status} with {what} ({ctype})",
             endpoint=endpoint,
@@ -365,7 +389,7 @@ def parse_token_response(
         )
     value = lookup_field(document, token_field)
     if value is _MISSING:
-        keys = ", ".join(sorted(str(k) for k in document)[:12]) or "none"
+        keys = _scrubbed(", ".join(sorted(str(k) for k in document)[:12]) or "none", secrets)
         raise AuthError(
             f"token endpoint {where} answered HTTP {status} without {token_field!r} "
             f"(top-level keys: {keys})",
@@ -397,6 +421,7 @@ def parse_token_response(
             isinstance(raw_type, str)
             and raw_type.lower() != "bearer"
             and _ERROR_CODE_RE.fullmatch(raw_type)
+            and not _holds_secret(raw_type, secrets)
         ):
             token_type = raw_type
     return TokenResponse(value, expires_in, token_type)
@@ -408,7 +433,11 @@ def _refusal_message(
     message = f"token endpoint {where} refused the request: HTTP {status}"
     if isinstance(document, dict):
         code = document.get("error")
-        if isinstance(code, str) and _ERROR_CODE_RE.fullmatch(code):
+        if (
+            isinstance(code, str)
+            and _ERROR_CODE_RE.fullmatch(code)
+            and not _holds_secret(code, secrets)
+        ):
             message += f" {code}"
         description = document.get("error_description")
         if isinstance(description, str):
@@ -475,6 +504,16 @@ async def _post(
     except AuthError:
         raise
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if isinstance(exc, aiohttp.ClientSSLError) or (
+            isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ssl.SSLError)
+        ):
+            # no retry fixes a certificate: fail now, as a setting (exit 2), naming the fix
+            detail = getattr(exc, "os_error", exc)
+            raise ConfigError(
+                f"TLS verification failed for {endpoint}: {detail} "
+                "(use --ca-bundle PATH for a private CA)",
+                field="token_url",
+            ) from exc
         raise TransientAuthError(
             f"token request to {endpoint} failed: {_describe_transport_error(exc, total_timeout)}",
             endpoint=endpoint,
@@ -628,7 +667,12 @@ class OAuth2ClientCredentials:
             body,
             endpoint=endpoint,
             now_wall=self._wall_clock(),
-            secrets=(self._client_secret,),
+            # and as the request carried it: form-encoded, and inside the Basic credential
+            secrets=(
+                self._client_secret,
+                _form_encode(self._client_secret),
+                self._auth_header.removeprefix("Basic "),
+            ),
         )
 
     async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
@@ -734,9 +778,10 @@ class JsonLogin:
         self.endpoint: str | None = display_url(url)
         self.token_field = token_field
         self.expires_field = expires_field
-        self._body, self._secrets = expand_template(
-            body_template, os.environ if env is None else env
-        )
+        self._body, values = expand_template(body_template, os.environ if env is None else env)
+        # an echoed body shows the values JSON-escaped, as the body carried them: mask both
+        escaped = (orjson.dumps(v)[1:-1].decode("utf-8") for v in values)
+        self._secrets = tuple(dict.fromkeys((*values, *escaped)))
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",

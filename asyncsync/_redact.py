@@ -2,8 +2,8 @@
 
 Secret values (client secrets, passwords, tokens) are registered as they become known; any
 text leaving the process passes :func:`redact`. ``Bearer``/``Basic`` credentials and
-``access_token``-like JSON fields are masked by pattern even when their value was never
-registered (a hostile server echoing the request, say).
+``access_token``-like fields (JSON, forms, Python reprs) are masked by pattern even when their
+value was never registered (a hostile server echoing the request, say).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ _MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
 
 _PATTERNS = re.compile(
     r"(?i)(?P<scheme>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]+"
-    r"|(?P<field>\"?(?:access_token|refresh_token|id_token|session_token|client_secret|"
-    r"password|token)\"?\s*[:=]\s*\"?)[^\s\"&,}]+"
+    r"|(?P<field>[\"']?(?:access_token|refresh_token|id_token|session_token|client_secret|"
+    r"password|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"
 )
 
 _lock = threading.Lock()

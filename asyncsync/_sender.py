@@ -353,7 +353,9 @@ class Sender:
         status = resp.status
         if 300 <= status < 400:
             location = resp.headers.get("Location", "?")
-            return f"status {status}: redirect to {location} not followed"
+            if token is not None:  # a hostile server may put the token it got in the URL
+                location = location.replace(token.value, "***")
+            return f"status {status}: redirect to {redact(location)[:200]} not followed"
         text = excerpt.decode("utf-8", errors="replace")
         if token is not None:
             text = text.replace(token.value, "***")

@@ -48,7 +48,13 @@ from typing import Final, Literal, Protocol
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from ._auth import AuthProvider, TransientAuthError, clamp_lifetime, token_value_problem
+from ._auth import (
+    AuthProvider,
+    StaticToken,
+    TransientAuthError,
+    clamp_lifetime,
+    token_value_problem,
+)
 from ._exceptions import AuthError, ConfigError
 
 __all__ = [
@@ -248,6 +254,7 @@ class TokenManager:
         "_clock",
         "_closed",
         "_consecutive_failures",
+        "_counts_requests",
         "_failure",
         "_failure_cooldown",
         "_failure_until",
@@ -336,7 +343,7 @@ class TokenManager:
         self._refresh_at = _NEG_INF
         self._hard_at = _NEG_INF
         self._stale = False
-        self._task: asyncio.Task[Token | AuthError] | None = None
+        self._task: asyncio.Task[Token | AuthError | ConfigError] | None = None
         self._last_request_at = _NEG_INF
         self._next_proactive_at = _NEG_INF
         self._consecutive_failures = 0
@@ -346,6 +353,8 @@ class TokenManager:
         self._closed = False
         self._revoked = False
         self._requests = 0
+        # a static token is not fetched from anywhere: it is not a token request
+        self._counts_requests = not isinstance(provider, StaticToken)
         self._refreshes_expiry = 0
         self._refreshes_401 = 0
         self._failures = 0
@@ -383,7 +392,8 @@ class TokenManager:
         """A token valid beyond the refresh skew; waits only when there is none usable.
 
         Raises ``AuthError`` when no token can be obtained (bad credentials, endpoint down
-        past the retry budget, or within the cool-down after either), ``RuntimeError`` once
+        past the retry budget, or within the cool-down after either), ``ConfigError`` when a
+        setting is wrong (TLS verification of the endpoint failed), ``RuntimeError`` once
         closed.
         """
         token = self._token
@@ -463,7 +473,7 @@ class TokenManager:
             task = self._start_fetch(reason)
         return await self._wait(task)
 
-    def _start_fetch(self, reason: Reason) -> asyncio.Task[Token | AuthError]:
+    def _start_fetch(self, reason: Reason) -> asyncio.Task[Token | AuthError | ConfigError]:
         if reason == "expiry":
             self._refreshes_expiry += 1
         elif reason == "401":
@@ -474,7 +484,7 @@ class TokenManager:
         self._task = task
         return task
 
-    async def _wait(self, task: asyncio.Task[Token | AuthError]) -> Token:
+    async def _wait(self, task: asyncio.Task[Token | AuthError | ConfigError]) -> Token:
         try:
             result = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -486,9 +496,11 @@ class TokenManager:
             raise
         if isinstance(result, AuthError):
             raise _copy_error(result) from result
+        if isinstance(result, ConfigError):
+            raise ConfigError(str(result), field=result.field) from result
         return result
 
-    async def _run_fetch(self, reason: Reason) -> Token | AuthError:
+    async def _run_fetch(self, reason: Reason) -> Token | AuthError | ConfigError:
         """The one fetch in flight. Never raises (but CancelledError): waiters get the result."""
         try:
             wait = self._last_request_at + self._min_interval - self._clock()
@@ -497,6 +509,13 @@ class TokenManager:
             token = await self._obtain()
         except AuthError as error:
             self._on_failure(error, reason)
+            return error
+        except ConfigError as error:
+            # a setting no retry can fix (TLS verification): every waiter gets it as it is
+            self._failures += 1
+            logger.error(
+                "token %s failed: %s", "fetch" if reason == "initial" else "refresh", error
+            )
             return error
         except Exception as exc:
             # A bug in a provider or store: still release every waiter with an AuthError.
@@ -715,7 +734,7 @@ class TokenManager:
 
     async def _attempt(self, session: aiohttp.ClientSession) -> Token:
         """One token request. Lifetime counts from when it was sent (FIELD-NOTES 11)."""
-        self._requests += 1
+        self._requests += self._counts_requests
         sent_at = self._clock()
         self._last_request_at = sent_at
         endpoint = self.endpoint
