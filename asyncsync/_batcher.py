@@ -29,7 +29,7 @@ from typing import Any, Final
 import orjson
 
 from ._config import BatchLimits
-from ._records import Batch, RecordBlock, Rejected
+from ._records import Batch, LineEnds, RecordBlock, Rejected, compact_positions
 
 __all__ = ["batch"]
 
@@ -50,7 +50,7 @@ class _Cutter:
         self.seq = start_seq
         # the open batch
         self.recs: list[bytes] = []
-        self.poss: list[int] = []
+        self.poss: Sequence[int] = []
         self.cost = 0
         self.end_offset: int | None = None
         self.end_key: Any = None
@@ -67,15 +67,16 @@ class _Cutter:
         if n == 0:
             self._arrive(rejs, out)
             return out
-        lens = list(map(len, recs))
         # block.end_offset is just after the block's last record; it is the batch's end
         # offset only if that record is the batch's last one (not rejected here)
         tail_offset = block.end_offset
+        lens = list(map(len, recs))  # the one per-record pass; the rest is per batch
+        size = sum(lens) + n
         # cum[j] - cum[i] is the cost of records [i, j). Not needed (nor any oversized
         # record possible) when the open batch and the whole block fit in the byte budget:
         # the usual case, 1 MiB blocks against a 5 MiB limit; then only the count cuts.
         cum: list[int] | None = None
-        if self.cost + sum(lens) + n > self.budget:
+        if self.cost + size > self.budget:
             if max(lens) + 1 > self.budget:
                 if lens[-1] + 1 > self.budget:
                     tail_offset = None
@@ -90,6 +91,16 @@ class _Cutter:
                     self._arrive(rejs, out)
                     return out
             cum = list(accumulate(map(add, lens, repeat(1)), initial=0))
+        # A JSONL block whose every line is its record and a newline (the last line of a file
+        # may lack it): the cost of records [0, j) is then their lines' length, and the end
+        # offset of record j - 1 is base + that cost, without summing the lines' lengths again.
+        # Each line is at least its record and a newline, so equal totals mean exactly that.
+        line_base: int | None = None
+        if type(offsets) is LineEnds and size == offsets.end - offsets.base + (
+            not offsets.newline_at_end()
+        ):
+            line_base = offsets.base
+        done = 0  # the cost of records [0, i) of this block
         rpos = [r.position for r in rejs]
         forced = (
             self._forced_cuts(poss, rpos) if len(rpos) + len(self.held) >= _MAX_HELD_REJECTS else []
@@ -111,6 +122,7 @@ class _Cutter:
             if j == i:  # record i does not fit: close the open batch (it is not empty)
                 self._close(out)
                 continue
+            taken = recs[i:j]
             # rejects before record j - 1 now precede the open batch's last record
             k = bisect_left(rpos, poss[j - 1], ri)
             if self.held or k > ri:
@@ -119,15 +131,19 @@ class _Cutter:
                 ri = k
             if not self.recs:
                 self.since = now
-                self.recs = recs[i:j]
-                self.poss = poss[i:j]
+                self.recs = taken
+                self.poss = compact_positions(poss[i:j])
             else:
-                self.recs += recs[i:j]
-                self.poss += poss[i:j]
-            self.cost += cum[j] - cum[i] if cum is not None else sum(lens[i:j]) + j - i
+                self.recs += taken
+                self.poss = _concat(self.poss, compact_positions(poss[i:j]))
+            cost = cum[j] - cum[i] if cum is not None else sum(lens[i:j]) + j - i
+            self.cost += cost
+            done += cost
             if keys is not None:
                 self.end_key = keys[j - 1]
-            if offsets is not None:
+            if line_base is not None:
+                self.end_offset = line_base + done if j < n else block.end_offset
+            elif offsets is not None:
                 self.end_offset = offsets[j - 1]
             else:
                 self.end_offset = tail_offset if j == n else None
@@ -181,7 +197,7 @@ class _Cutter:
         if len(self.held) >= _MAX_HELD_REJECTS:
             self._close(out)
 
-    def _forced_cuts(self, poss: list[int], rpos: list[int]) -> list[int]:
+    def _forced_cuts(self, poss: Sequence[int], rpos: list[int]) -> list[int]:
         """Indexes of records preceded by at least _MAX_HELD_REJECTS rejects (since the
         previous record): the open batch closes before them, wherever the block boundaries
         fall (the held rejects count for the first record)."""
@@ -199,11 +215,11 @@ class _Cutter:
     def _drop_oversized(
         self,
         recs: list[bytes],
-        poss: list[int],
+        poss: Sequence[int],
         lens: list[int],
         offsets: Sequence[int] | None,
         rejs: list[Rejected],
-    ) -> tuple[list[bytes], list[int], list[int], list[int] | None, list[Rejected]]:
+    ) -> tuple[list[bytes], Sequence[int], list[int], Sequence[int] | None, list[Rejected]]:
         keep = [i for i, n in enumerate(lens) if n + 1 <= self.budget]
         dropped = [
             Rejected(
@@ -222,6 +238,17 @@ class _Cutter:
             [offsets[i] for i in keep] if offsets is not None else None,
             merged,
         )
+
+
+def _concat(a: Sequence[int], b: Sequence[int]) -> Sequence[int]:
+    """Compact positions ``a`` then ``b``, compact: a range when both are ranges that meet
+    (then all are consecutive), else a list."""
+    if type(a) is range and type(b) is range and a.stop == b.start:
+        return range(a.start, b.stop)
+    if type(a) is list:
+        a.extend(b)  # the open batch's own list (made by a slice or by us): ours to extend
+        return a
+    return [*a, *b]
 
 
 async def batch(

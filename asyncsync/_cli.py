@@ -1,7 +1,7 @@
 """``asyncsync``: the command line. Thin: parse, build settings, run, report, map to exit codes.
 
-Commands: ``upload``, ``replay`` (not available yet), ``sink`` (the reference server) and
-``demo``. Exit codes, from the contract in DESIGN.md::
+Commands: ``upload``, ``replay`` (a dead-letter file, sent again), ``sink`` (the reference
+server) and ``demo``. Exit codes, from the contract in DESIGN.md::
 
     0  every record delivered
     1  the run finished, some records were dead-lettered
@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
@@ -103,8 +103,10 @@ examples:
 
 _REPLAY_EXAMPLES = f"""\
 Sends the records of a dead-letter file again (after the cause was fixed), with the same
-options as upload; records failing again go to FAILED.jsonl.failed.jsonl (or --failed).
-Not available yet: this version parses and checks the options, then exits 2.
+options as upload. Records failing again go to a new dead-letter file,
+FAILED.jsonl.replay-failed.jsonl (or --failed; never FAILED.jsonl itself); so do entries
+whose record was not valid JSON, which cannot be replayed. An interrupted replay resumes
+(checkpoint FAILED.jsonl.asyncsync, or --checkpoint).
 
 examples:
   asyncsync replay export.jsonl.failed.jsonl --url https://api.example.com/ingest \\
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser(
         "replay",
-        help="send a dead-letter file again (not available yet)",
+        help="send the records of a dead-letter file again",
         description="Send the records of a dead-letter file to --url again.",
         epilog=_REPLAY_EXAMPLES,
         formatter_class=fmt,
@@ -325,6 +327,8 @@ class RunHooks(UploadHooks):
     def __init__(self, display: UploadHooks | None = None) -> None:
         self.display = display
         self.summary: RunSummary | None = None
+        #: the live count of token requests, once the upload has a token manager
+        self.token_requests: Callable[[], int] | None = None
 
     def on_start(self, counters: Counters, *, total_bytes: int | None) -> None:
         if self.display is not None:
@@ -362,8 +366,12 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
             f"{', '.join(unsupported)}: not supported yet (see the scale-out issue)",
             field=unsupported[0].lstrip("-").replace("-", "_"),
         )
+    source: Any = settings.source
     if settings.command == "replay":
-        raise ConfigError("replay is not available yet", field="command")
+        from ._replay import DeadLetterSource, replay_settings
+
+        settings = replay_settings(settings)  # a dead-letter file of its own
+        source = DeadLetterSource(settings.source or "")  # SourceError before any request
     from ._uploader import Uploader
 
     up: Uploader | None = None
@@ -372,9 +380,16 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         tokens = up.tokens if up is not None else None
         return tokens.stats.requests if tokens is not None else 0
 
+    hooks.token_requests = token_requests
     if hooks.display is None and progress_wanted(settings):
         hooks.display = ProgressDisplay(console, token_requests=token_requests)
     assert settings.source is not None  # no --db yet (unsupported above)
+    from ._multiproc import close_token_store, open_run_token_store, shard_job
+
+    # --shard K/N: the shard's byte range, checkpoint and dead-letter file; --token-store:
+    # the shared store (a bad one is a ConfigError here, before any request)
+    shard = shard_job(settings)
+    store = open_run_token_store(settings)
     up = Uploader(
         settings.url,
         auth=build_auth(settings),
@@ -388,10 +403,12 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         headers=dict(settings.headers),
         timeout=settings.timeout,
         rate=settings.rate,
-        failed=settings.failed,
+        failed=shard.failed if shard is not None else settings.failed,
         # files checkpoint beside themselves unless told otherwise; stdin only when told
         checkpoint=(
-            settings.checkpoint
+            shard.checkpoint
+            if shard is not None
+            else settings.checkpoint
             if settings.checkpoint is not None
             else default_checkpoint_path(settings.source)
         ),
@@ -399,11 +416,15 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         hooks=hooks,
         ssl=settings.ssl_context(),
         token_skew=settings.token_skew,
+        token_store=store,
         # the first SIGINT/SIGTERM drains and raises Interrupted (exit 4), the second aborts
         install_signal_handlers=True,
     )
-    async with up:
-        return await up.upload(settings.source)
+    try:
+        async with up:
+            return await up.upload(shard.source if shard is not None else source)
+    finally:
+        await close_token_store(store)
 
 
 # --- reporting -----------------------------------------------------------------------------
@@ -499,12 +520,20 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 def run_upload(settings: Settings) -> int:
     """``upload`` and ``replay`` after parsing; errors propagate to :func:`main`."""
     console = Console(stderr=True, highlight=False)
+    if settings.command == "replay":
+        from ._replay import replay_settings
+
+        settings = replay_settings(settings)  # the summary names its dead-letter file
     if settings.insecure:
         # on every run, even with -q: this is a security downgrade, not chatter
         sys.stderr.write(
             f"{PROG}: warning: --insecure: TLS certificates are not verified; anyone on the "
             "network path can read the token and the records\n"
         )
+    if settings.processes > 1:
+        from ._multiproc import run_processes
+
+        return run_processes(settings, console)  # N children, one report
     hooks = RunHooks()
     try:
         summary = run_async(upload_with(settings, hooks, console=console))

@@ -324,7 +324,7 @@ _FLOW = "batching and flow"
 _BODY = "request body"
 _STATE = "state and output"
 _TLS = "TLS"
-_SCALE = "scale out (parsed and checked; not supported yet)"
+_SCALE = "scale out"
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -745,11 +745,9 @@ class Settings:
     def unsupported(self) -> list[str]:
         """The scale-out options given that this version cannot act on yet."""
         names = []
-        for name in ("token-store", "shard", "db", "query", "key", "table"):
+        for name in ("db", "query", "key", "table"):
             if getattr(self, name.replace("-", "_")) is not None:
                 names.append(f"--{name}")
-        if self.processes != 1:
-            names.append("--processes")
         return names
 
 

@@ -502,12 +502,12 @@ def test_scale_out_options_exit_2_at_the_cli(capsys) -> None:
     assert "--processes: not supported yet" in capsys.readouterr().err
 
 
-def test_replay_is_parsed_then_refused(capsys) -> None:
-    """replay takes upload's options, checks them, then says it is not available yet."""
+def test_replay_checks_options_and_its_input(capsys) -> None:
+    """replay takes upload's options and checks them; a missing dead-letter file exits 2."""
     assert main(["replay", "x.failed.jsonl", "--url", URL, "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
     assert main(["replay", "x.failed.jsonl", "--url", URL]) == 2
-    assert "ConfigError: replay is not available yet" in capsys.readouterr().err
+    assert "SourceError: x.failed.jsonl: no such file" in capsys.readouterr().err
 
 
 def test_verbosity() -> None:

@@ -248,7 +248,7 @@ def test_jsonl_parser_never_holds_more_than_the_limit_plus_a_chunk() -> None:
     assert peak <= 1024 + 256
     assert block is not None
     assert [r.line for r in block.rejects] == [1]
-    assert block.records == [b'{"a":1}'] and block.positions == [2]
+    assert block.records == [b'{"a":1}'] and list(block.positions) == [2]
 
 
 async def test_jsonl_20mb_line_stays_in_bounded_memory(tmp_path: Path) -> None:
@@ -1036,7 +1036,7 @@ async def test_jsonl_per_record_offsets(tmp_path: Path) -> None:
         for b in blocks:
             assert isinstance(b, OffsetBlock)
             if b.records:
-                assert b.offsets == [ends[p] for p in b.positions]
+                assert list(b.offsets) == [ends[p] for p in b.positions]
                 assert b.end_offset == b.offsets[-1]
 
 
