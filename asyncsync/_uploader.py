@@ -16,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import dataclasses
 import enum
 import logging
 import os
 import signal
 import ssl as ssl_module
-import struct
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -33,16 +30,17 @@ from typing import Any, Literal
 
 import aiohttp
 
+from ._acklog import AckLog, AckLoggingLedger, fold_ack_log
 from ._auth import AuthProvider
 from ._batcher import batch as make_batches
 from ._body import BodyEncoder
-from ._checkpoint import Checkpointer, CheckpointState, CheckpointStore, Fingerprint
+from ._checkpoint import Checkpointer, CheckpointStore, Fingerprint
 from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from ._deadletter import DeadLetterFile
-from ._exceptions import CheckpointError, ConfigError, Interrupted
+from ._exceptions import ConfigError, Interrupted
 from ._hooks import UploadHooks
 from ._pipeline import Pipeline, default_queue_size
-from ._records import Batch, RecordBlock, Rejected
+from ._records import RecordBlock
 from ._sender import PauseGate, RateLimiter, Sender
 from ._sources import Source, open_source
 from ._summary import Counters, RunSummary
@@ -248,9 +246,9 @@ class Uploader:
             # server cannot deduplicate; and an unwritable checkpoint stops us before sending
             await ckpt.final_save(counters, complete=False)
             assert self._checkpoint is not None
-            acks = _AckLog(self._checkpoint)
+            acks = AckLog(self._checkpoint)
             acks.start(job_id)
-            ledger: _AckLoggingLedger | None = _AckLoggingLedger(ckpt, acks, counters)
+            ledger: AckLoggingLedger | None = AckLoggingLedger(ckpt, acks, counters)
         else:
             ledger = None
         auth_base = self._tokens.stats.requests if self._tokens is not None else 0
@@ -339,7 +337,7 @@ class Uploader:
         if self._resume:
             # the watermark of a keyed source (SQL) carries a key the ack log does not hold
             keyless = src.kind in ("jsonl", "csv", "stdin", "iterable", "replay")
-            _fold_ack_log(store, _AckLog(self._checkpoint), advance=keyless)
+            fold_ack_log(store, AckLog(self._checkpoint), advance=keyless)
         return Checkpointer.open(store, fingerprint, resume=self._resume)
 
     def _failed_path(self, src: Source) -> Path:
@@ -409,208 +407,6 @@ def _resume_source(src: Source, *, position: int, offset: int | None) -> Source:
             stop_offset=getattr(src, "stop_offset", None),  # a shard ends where it ended
         )
     return _SkipThrough(src, position)
-
-
-#: one acknowledged batch: seq, first and last position, end offset (-1: none), records,
-#: then the run's batches, requests, retries and bytes sent at that moment; then a CRC-32
-_ACK = struct.Struct("<9q")
-
-
-class _AckLog:
-    """Batches acknowledged since the last checkpoint save, so a crash re-sends only those
-    that were in flight.
-
-    The checkpoint is saved durably (fsync, rename) once per interval; between saves every
-    acknowledged batch is appended here at once, without fsync (76 bytes, ~1-2 µs): the page
-    cache outlives the process (SIGKILL, OOM kill, a crash) though not the machine, and after
-    a power loss the last saved checkpoint is consistent too (it re-sends more). A resumed run
-    folds these entries into the checkpoint before opening it (:func:`_fold_ack_log`).
-
-    Two files take turns so that neither grows: just before a periodic save takes its
-    snapshot, appends move to the other file, truncated, but only once a save that started
-    after the previous switch has completed, so that every entry it held is in a saved
-    checkpoint. Each file starts with the job id; another job's file is ignored. Dead-lettered
-    batches are not logged: their dead letters are durable only at the next save.
-    """
-
-    def __init__(self, checkpoint: Path) -> None:
-        self.paths = tuple(checkpoint.with_name(f"{checkpoint.name}.acks{i}") for i in (0, 1))
-        self._header = b""
-        self._fd: int | None = None
-        self._active = 0
-        self._saves_at_switch = -1
-
-    def read(self, job_id: str) -> list[tuple[int, ...]]:
-        """This job's entries in both files; a torn or damaged entry is left out."""
-        header = job_id.encode() + b"\n"
-        size = _ACK.size + 4
-        entries: list[tuple[int, ...]] = []
-        for path in self.paths:
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
-            if not data.startswith(header):
-                continue
-            for i in range(len(header), len(data) - size + 1, size):
-                body = data[i : i + _ACK.size]
-                if zlib.crc32(body).to_bytes(4, "little") == data[i + _ACK.size : i + size]:
-                    entries.append(_ACK.unpack(body))
-        return entries
-
-    def start(self, job_id: str) -> None:
-        """A fresh log for ``job_id`` (after the checkpoint that holds the old one is saved)."""
-        self._header = job_id.encode() + b"\n"
-        self._discard(self.paths[1])
-        self._fd = self._create(self.paths[0])
-        self._active = 0
-
-    def append(self, batch: tuple[int, int, int, int, int], c: Counters) -> None:
-        body = _ACK.pack(*batch, c.batches, c.requests, c.retries, c.bytes_sent)
-        assert self._fd is not None
-        try:
-            os.write(self._fd, body + zlib.crc32(body).to_bytes(4, "little"))
-        except OSError as exc:
-            raise CheckpointError(
-                f"cannot write {self.paths[self._active]}: {exc.strerror}"
-            ) from exc
-
-    def switch(self, saves: int) -> None:
-        """Called with no save running, before one starts; ``saves`` completed so far."""
-        if saves <= self._saves_at_switch or self._fd is None:
-            return  # the other file may hold entries no completed save covers yet
-        fd = self._create(self.paths[1 - self._active])
-        os.close(self._fd)
-        self._fd, self._active, self._saves_at_switch = fd, 1 - self._active, saves
-
-    def close(self, *, delete: bool) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if delete:
-            for path in self.paths:
-                self._discard(path)
-
-    def _create(self, path: Path) -> int:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-            os.write(fd, self._header)
-        except OSError as exc:
-            raise CheckpointError(f"cannot write {path}: {exc.strerror}") from exc
-        return fd
-
-    @staticmethod
-    def _discard(path: Path) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise CheckpointError(f"cannot delete {path}: {exc.strerror}") from exc
-
-
-def _fold_ack_log(store: CheckpointStore, acks: _AckLog, *, advance: bool = True) -> None:
-    """Save the checkpoint with the batches its ack log says were acknowledged after it.
-
-    The watermark moves over those that follow it without a gap (as the run's tracker would
-    have, unless that passes a line whose dead letter may not be durable, or not ``advance``);
-    the others join ``settled_beyond`` (a resume skips them, re-forming the same
-    batches); their records join the counters. Idempotent: an entry the checkpoint already
-    covers is left out.
-    """
-    state = store.load()
-    if state is None or state.complete:
-        return
-    entries = acks.read(state.job_id)
-    if entries:
-        store.save(_folded(state, entries, advance=advance))
-
-
-def _folded(
-    state: CheckpointState, entries: list[tuple[int, ...]], *, advance: bool = True
-) -> CheckpointState:
-    mark = state.watermark
-    ranges = sorted(state.settled_beyond)
-    firsts = [first for first, _ in ranges]
-    counters = dict(state.counters)
-    new: dict[int, tuple[int, ...]] = {}  # seq -> entry
-    for entry in entries:
-        first, last, records = entry[1], entry[2], entry[4]
-        i = bisect.bisect_right(firsts, first) - 1
-        if last <= mark.position or (i >= 0 and last <= ranges[i][1]):
-            continue  # saved before the checkpoint was: counted in it already
-        new[entry[0]] = entry
-        for name in ("records_read", "records_sent"):
-            counters[name] = counters.get(name, 0) + records
-    for column, name in enumerate(("batches", "requests", "retries", "bytes_sent"), 5):
-        counters[name] = max(counters.get(name, 0), *(e[column] for e in entries))
-    next_seq, position, offset = mark.next_seq, mark.position, mark.offset
-    while advance and next_seq in new:
-        entry = new[next_seq]
-        first, last, records = entry[1], entry[2], entry[4]
-        # the watermark may pass a position no record holds (a rejected line) only when its
-        # dead letter is durable: saved before the checkpoint was (else a resume re-reads it)
-        saved = state.rejected_through
-        if first - 1 > max(position, saved) or (last - first + 1 != records and last > saved):
-            break
-        del new[next_seq]
-        next_seq, position, offset = next_seq + 1, last, entry[3] if entry[3] >= 0 else None
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted([*ranges, *((e[1], e[2]) for e in new.values())]):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
-        else:
-            merged.append((first, last))
-    return dataclasses.replace(
-        state,
-        watermark=dataclasses.replace(mark, next_seq=next_seq, position=position, offset=offset),
-        settled_beyond=tuple(r for r in merged if r[1] > position),
-        counters=counters,
-    )
-
-
-class _AckLoggingLedger:
-    """The checkpoint as the pipeline's ledger, with each acknowledged batch in the ack log."""
-
-    def __init__(self, ckpt: Checkpointer, acks: _AckLog, counters: Counters) -> None:
-        self.ckpt = ckpt
-        self.acks = acks
-        self._counters = counters
-        # seq -> (seq, first, last, end offset or -1, records) of each batch in flight
-        self._open: dict[int, tuple[int, int, int, int, int]] = {}
-
-    def skip(self, batch: Batch) -> bool:
-        return self.ckpt.skip(batch)
-
-    def skip_reject(self, reject: Rejected) -> bool:
-        return self.ckpt.skip_reject(reject)
-
-    def dispatched(self, batch: Batch) -> None:
-        self.ckpt.dispatched(batch)
-        end = batch.end_offset
-        self._open[batch.seq] = (
-            batch.seq, batch.positions[0], batch.positions[-1], -1 if end is None else end,
-            len(batch),
-        )  # fmt: skip
-
-    def settled(self, seq: int, *, delivered: bool) -> None:
-        batch = self._open.pop(seq)
-        self.ckpt.settled(seq, delivered)
-        if delivered:
-            self.acks.append(batch, self._counters)
-
-    def rejected_through(self, position: int) -> None:
-        self.ckpt.rejected_through(position)
-
-    def due(self) -> bool:
-        return self.ckpt.due()
-
-    async def tick(self, counters: Counters) -> None:
-        if self.ckpt.due():
-            self.acks.switch(self.ckpt.saves)
-        await self.ckpt.tick(counters)
 
 
 class _SkipThrough:

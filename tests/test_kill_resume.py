@@ -584,7 +584,7 @@ def test_ack_log_fold_moves_the_watermark_over_contiguous_batches() -> None:
     the settled ranges; records are counted once; folding again changes nothing."""
     from asyncsync._checkpoint import CheckpointState, Fingerprint, Watermark
     from asyncsync._summary import Counters
-    from asyncsync._uploader import _folded
+    from asyncsync._acklog import _folded
 
     state = CheckpointState(
         job_id="j",
@@ -618,7 +618,7 @@ def test_ack_log_fold_stops_at_a_line_whose_dead_letter_may_be_lost() -> None:
     """The watermark does not pass a line missing from the batches (a rejected line, whose dead
     letter may have died in a buffer) unless the checkpoint says it was saved."""
     from asyncsync._checkpoint import CheckpointState, Fingerprint, Watermark
-    from asyncsync._uploader import _folded
+    from asyncsync._acklog import _folded
 
     state = CheckpointState(
         job_id="j", fingerprint=Fingerprint.of_stream("x", {}), watermark=Watermark(3, 300)
@@ -641,7 +641,7 @@ def test_ack_log_ignores_torn_and_foreign_entries_and_rotates_safely(tmp_path: P
     """A torn last entry and another job's file are ignored; a switch never drops entries that
     no completed save covers."""
     from asyncsync._summary import Counters
-    from asyncsync._uploader import _AckLog
+    from asyncsync._acklog import AckLog as _AckLog
 
     log = _AckLog(tmp_path / "c")
     c = Counters()
