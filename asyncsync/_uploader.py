@@ -43,6 +43,7 @@ from ._pipeline import Pipeline, default_queue_size
 from ._records import RecordBlock
 from ._sender import PauseGate, RateLimiter, Sender
 from ._sources import Source, open_source
+from ._sql import SqlSource
 from ._summary import Counters, RunSummary
 from ._token import TokenManager, TokenStore
 
@@ -188,7 +189,12 @@ class Uploader:
             self._tokens = self._auth
         elif self._auth is not None:
             self._tokens = TokenManager(
-                self._auth, session=self._session, skew=self._token_skew, store=self._token_store
+                self._auth,
+                session=self._session,
+                skew=self._token_skew,
+                store=self._token_store,
+                # --timeout bounds token requests too (a hung token endpoint, exit 3)
+                fetch_timeout=min(self._timeout, 30.0),
             )
             self._owns_tokens = True
         self._state = _State.OPEN
@@ -231,7 +237,9 @@ class Uploader:
                 ckpt.previous.restore_counters(counters)
                 mark = ckpt.tracker.watermark
                 start_seq = mark.next_seq
-                src = _resume_source(src, position=mark.position, offset=mark.offset)
+                src = _resume_source(
+                    src, position=mark.position, offset=mark.offset, key=mark.key
+                )
                 log.info(
                     "resuming job %s after position %d (%d records already sent)",
                     job_id,
@@ -332,7 +340,8 @@ class Uploader:
                 settings["byte_range"] = f"{start}-{'' if stop is None else stop}"
             fingerprint = Fingerprint.of_file(src.name, settings)
         else:
-            fingerprint = Fingerprint.of_stream(src.name, settings)
+            # an SQL source is its URL (without password), query and key
+            fingerprint = Fingerprint.of_stream(getattr(src, "identity", src.name), settings)
         store = CheckpointStore(self._checkpoint)
         if self._resume:
             # the watermark of a keyed source (SQL) carries a key the ack log does not hold
@@ -391,10 +400,14 @@ async def _count_bytes(
             await aclose()
 
 
-def _resume_source(src: Source, *, position: int, offset: int | None) -> Source:
+def _resume_source(
+    src: Source, *, position: int, offset: int | None, key: Any = None
+) -> Source:
     """``src`` from just after ``position``: by seeking for files, by skipping otherwise."""
     if position <= 0:
         return src
+    if isinstance(src, SqlSource) and key is not None:
+        return src.resumed(position=position, key=key)  # one index seek, no re-reading
     if offset is not None and src.kind in ("jsonl", "csv"):
         # JSONL: the line after the watermark's last record is the next one; CSV rows may
         # span lines, so let the source count them
