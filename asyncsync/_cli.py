@@ -383,7 +383,15 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
     hooks.token_requests = token_requests
     if hooks.display is None and progress_wanted(settings):
         hooks.display = ProgressDisplay(console, token_requests=token_requests)
-    assert settings.source is not None  # no --db yet (unsupported above)
+    if settings.db is not None:
+        from ._sql import open_sql_source
+
+        assert settings.key is not None  # checked by resolve()
+        sql = open_sql_source(
+            settings.db, query=settings.query, table=settings.table, key=settings.key
+        )
+        await sql.check()  # a bad URL, table, query or key: SourceError (exit 2) before sending
+        source = sql
     from ._multiproc import close_token_store, open_run_token_store, shard_job
 
     # --shard K/N: the shard's byte range, checkpoint and dead-letter file; --token-store:
@@ -409,7 +417,7 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
             shard.checkpoint
             if shard is not None
             else settings.checkpoint
-            if settings.checkpoint is not None
+            if settings.checkpoint is not None or settings.source is None
             else default_checkpoint_path(settings.source)
         ),
         resume=settings.resume,

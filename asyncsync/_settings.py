@@ -744,11 +744,7 @@ class Settings:
 
     def unsupported(self) -> list[str]:
         """The scale-out options given that this version cannot act on yet."""
-        names = []
-        for name in ("db", "query", "key", "table"):
-            if getattr(self, name.replace("-", "_")) is not None:
-                names.append(f"--{name}")
-        return names
+        return []
 
 
 # --- resolution ----------------------------------------------------------------------------
@@ -983,8 +979,11 @@ def resolve(
             raise ConfigError("give either SOURCE or --db, not both", field="db")
         if (values["query"] is None) == (values["table"] is None):
             raise ConfigError("--db needs exactly one of --query or --table", field="db")
-        if values["query"] is not None and values["key"] is None:
-            raise ConfigError("--db --query needs --key COLUMN (unique, ordered)", field="key")
+        if values["key"] is None:
+            raise ConfigError(
+                "--db needs --key COLUMN (a unique, ordered column for keyset pagination)",
+                field="key",
+            )
     else:
         for name in ("query", "key", "table"):
             if values[name] is not None:

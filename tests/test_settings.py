@@ -475,31 +475,33 @@ def test_bad_shard(raw) -> None:
         parse_shard(raw)
 
 
-def test_scale_out_options_are_checked_and_listed_as_unsupported() -> None:
-    """The scale-out options parse and validate now, and say they are not supported yet."""
+def test_scale_out_options_are_checked() -> None:
+    """The scale-out options parse and validate: SQL needs a key and one of query/table."""
     s = settings_from_argv(
         ["--url", URL, "--db", "sqlite:///x.db", "--query", "select * from t", "--key", "id",
-         "--token-store", "redis://127.0.0.1:6379/0", "--processes", "2", "--shard", "0/2"],
+         "--token-store", "redis://127.0.0.1:6379/0", "--shard", "0/2"],
         {},
     )  # fmt: skip
-    assert s.source is None
+    assert s.source is None and s.db == "sqlite:///x.db" and s.key == "id"
     assert s.failed == Path("asyncsync-failed.jsonl")
-    assert s.unsupported() == [
-        "--token-store", "--shard", "--db", "--query", "--key", "--processes"
-    ]  # fmt: skip
+    assert s.shard == (0, 2)
     assert settings("--token-store", "file:/tmp/tok").token_store == "file:/tmp/tok"
     with pytest.raises(ConfigError, match="either SOURCE or --db"):
         settings("--db", "sqlite:///x.db", "--table", "t")
     with pytest.raises(ConfigError, match="exactly one of --query or --table"):
         settings_from_argv(["--url", URL, "--db", "sqlite:///x.db"], {})
-    with pytest.raises(ConfigError, match="--db --query needs --key"):
+    with pytest.raises(ConfigError, match="--db needs --key"):
         settings_from_argv(["--url", URL, "--db", "sqlite:///x.db", "--query", "q"], {})
+    with pytest.raises(ConfigError, match="--db needs --key"):
+        settings_from_argv(["--url", URL, "--db", "sqlite:///x.db", "--table", "t"], {})
 
 
-def test_scale_out_options_exit_2_at_the_cli(capsys) -> None:
-    code = main(["upload", "data.jsonl", "--url", URL, "--processes", "2"])
+def test_sql_source_problems_exit_2_at_the_cli(tmp_path: Path, capsys) -> None:
+    """A missing database or table is exit 2 naming it, before any request."""
+    db = tmp_path / "x.db"
+    code = main(["upload", "--url", URL, "--db", f"sqlite:///{db}", "--table", "t", "--key", "id"])
     assert code == 2
-    assert "--processes: not supported yet" in capsys.readouterr().err
+    assert "SourceError" in capsys.readouterr().err
 
 
 def test_replay_checks_options_and_its_input(capsys) -> None:
