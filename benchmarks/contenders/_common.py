@@ -51,6 +51,9 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p.add_argument("--token-url")
     p.add_argument("--client-id", default="bench-client")
     p.add_argument("--client-secret", default="bench-secret")
+    p.add_argument(
+        "--token-skew", type=float, default=None, help="asyncsync token skew (default: its own)"
+    )
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--workdir", type=Path, help="scratch directory (checkpoint, dead letters)")
     return p.parse_args(argv)

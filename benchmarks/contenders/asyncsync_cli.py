@@ -35,6 +35,8 @@ def upload(args: argparse.Namespace, cli: str, workdir: Path) -> Result:
     if args.auth == "oauth2":
         cmd += ["--auth", "oauth2", "--token-url", args.token_url, "--client-id", args.client_id]
         env["ASYNCSYNC_CLIENT_SECRET"] = args.client_secret
+        if args.token_skew is not None:
+            cmd += ["--token-skew", str(args.token_skew)]
     else:
         cmd += ["--auth", "bearer"]
         env["ASYNCSYNC_TOKEN"] = args.token

@@ -17,8 +17,11 @@ async def upload(args: argparse.Namespace, asyncsync: Any) -> Result:
         auth = asyncsync.StaticToken(args.token)
     limits = asyncsync.BatchLimits(max_records=args.batch)
     started, cpu0 = time.perf_counter(), time.process_time()
+    extra: dict[str, Any] = {}
+    if args.token_skew is not None:
+        extra["token_skew"] = args.token_skew
     async with asyncsync.Uploader(
-        args.url, auth=auth, concurrency=args.workers, limits=limits
+        args.url, auth=auth, concurrency=args.workers, limits=limits, **extra
     ) as up:
         summary = await up.upload(Path(args.data))
     duration = time.perf_counter() - started
