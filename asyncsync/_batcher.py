@@ -100,6 +100,10 @@ class _Cutter:
             not offsets.newline_at_end()
         ):
             line_base = offsets.base
+        if cum is None and not rejs and not self.held and keys is None:
+            # the usual block: no reject, nothing held, no byte cut: whole batches by count
+            self._feed_by_count(recs, poss, lens, offsets, line_base, tail_offset, now, out)
+            return out
         done = 0  # the cost of records [0, i) of this block
         rpos = [r.position for r in rejs]
         forced = (
@@ -152,6 +156,59 @@ class _Cutter:
                 self._close(out)
         self._arrive(rejs[ri:], out)
         return out
+
+    def _feed_by_count(
+        self,
+        recs: list[bytes],
+        poss: Sequence[int],
+        lens: list[int],
+        offsets: Sequence[int] | None,
+        line_base: int | None,
+        tail_offset: int | None,
+        now: float,
+        out: list[Item],
+    ) -> None:
+        """:meth:`feed` for a block that cuts by count only (the same cuts, fewer steps)."""
+        n = len(recs)
+        max_records = self.max_records
+        done = 0  # the cost of records [0, i) of this block
+
+        def end(j: int) -> int | None:  # the end offset of record j - 1
+            if line_base is not None:
+                return line_base + done if j < n else tail_offset
+            if offsets is not None:
+                return offsets[j - 1]
+            return tail_offset if j == n else None
+
+        i = 0
+        if self.recs:  # fill the open batch first
+            i = min(max_records - len(self.recs), n)
+            done = sum(lens[:i]) + i
+            self.recs += recs[:i]
+            self.poss = _concat(self.poss, compact_positions(poss[:i]))
+            self.cost += done
+            self.end_offset = end(i)
+            if len(self.recs) < max_records:
+                return
+            self._close(out)
+        seq = self.seq
+        ranged = type(poss) is range  # its slices are ranges already
+        while n - i >= max_records:
+            j = i + max_records
+            cost = sum(lens[i:j]) + max_records
+            done += cost
+            positions = poss[i:j] if ranged else compact_positions(poss[i:j])
+            out.append(Batch(seq, recs[i:j], positions, end(j), cost - max_records))
+            seq += 1
+            i = j
+        self.seq = seq
+        if i < n:  # the rest opens a batch
+            self.since = now
+            self.recs = recs[i:]
+            self.poss = compact_positions(poss[i:])
+            self.cost = sum(lens[i:]) + n - i
+            done += self.cost
+            self.end_offset = end(n)
 
     def flush(self) -> list[Item]:
         """Close the open batch now (linger), then emit what waited behind it."""
@@ -241,8 +298,8 @@ class _Cutter:
 
 
 def _concat(a: Sequence[int], b: Sequence[int]) -> Sequence[int]:
-    """Compact positions ``a`` then ``b``, compact: a range when both are ranges that meet
-    (then all are consecutive), else a list."""
+    """Positions ``a`` then ``b``, both compact (see :func:`compact_positions`), and so
+    is the result: a range when both are ranges that meet, else a list."""
     if type(a) is range and type(b) is range and a.stop == b.start:
         return range(a.start, b.stop)
     if type(a) is list:

@@ -128,9 +128,12 @@ class LineEnds(Sequence[int]):
 
     ``ends[i] == base + len(lines[0]) + ... + len(lines[i])``, where each line is its raw
     bytes with its line ending; ``end`` is ``ends[-1]`` (known to the caller for free). A
-    file source hands this to the batcher instead of one int per record: the batcher reads it
-    only at batch ends, in increasing order, which costs one C-speed pass of ``len`` over the
-    lines in all (the running sum is kept between calls).
+    JSONL block whose every line is a record carries this as ``offsets`` (``lines[i]`` is
+    record ``i``'s line, so it is at least the record and its newline, but the last line of
+    a file) instead of one int per record. The batcher reads it only at batch ends, in
+    increasing order, which costs one C-speed pass of ``len`` over the lines in all (the
+    running sum is kept between calls); when each line is exactly its record and a newline,
+    it does not read it at all (the batch's byte count gives the offset).
     """
 
     __slots__ = ("_at", "_done", "_lines", "base", "end")

@@ -8,7 +8,7 @@ first use, starts ``benchmarks.minisink`` (a fixed bearer token, no latency: a l
 in its own process, then runs ``asyncsync upload DATA.csv --auth bearer --processes P`` for
 each P, the runs interleaved (P=1, P=2, P=1, ...) so that a noisy neighbour hits both alike.
 
-Two figures per run:
+Three figures per run:
 
 * **wall**: the whole command, from ``exec`` to exit (interpreter start-up, planning, every
   child's start-up and the upload): what a user waits for. The speed-up is the ratio of the
@@ -16,6 +16,10 @@ Two figures per run:
 * **rate**: ``records_per_s`` of the run's summary (for P > 1 the merged summary, whose
   duration is the parent's wall time from planning to the last child's exit, children's
   start-up included; for P = 1 the pipeline's own time, start-up excluded: this favours P=1).
+* **pipeline**: the upload alone, start-up excluded: for P = 1 the summary's duration, for
+  P > 1 the slowest shard's (``shards`` in the merged summary JSON). Its ratio is the parallel
+  efficiency of the work itself; wall and rate add the fixed cost of starting P interpreters
+  (about 0.35 s on 2 cores), which a short run cannot amortise.
 
 The load average is printed before and after: the machine is shared, so a busy neighbour shows.
 """
@@ -26,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,7 +84,25 @@ def start_sink() -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def run_once(data: Path, url: str, processes: int, workdir: Path) -> dict[str, float]:
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(
+    data: Path, url: str, processes: int, workdir: Path, sink_pid: int
+) -> dict[str, float]:
+    """One run; ``foreign_cores`` is the CPU that neither it nor the sink used during it
+    (other tenants of the machine), in cores: a rep with much of it is not comparable."""
     summary = workdir / f"summary-{processes}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCSYNC_")}
     env["ASYNCSYNC_TOKEN"] = TOKEN
@@ -103,16 +126,28 @@ def run_once(data: Path, url: str, processes: int, workdir: Path) -> dict[str, f
         "--summary-json",
         str(summary),
     ]
+    busy0, sink0 = _busy_seconds(), _process_seconds(sink_pid)
+    ours0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     wall = time.perf_counter() - started
+    ours1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = (ours1.ru_utime - ours0.ru_utime) + (ours1.ru_stime - ours0.ru_stime)
+    sink = _process_seconds(sink_pid) - sink0
+    foreign = max(0.0, _busy_seconds() - busy0 - ours - sink)
     if done.returncode != 0:
         raise SystemExit(f"--processes {processes} exited {done.returncode}: {done.stderr}")
     result = json.loads(summary.read_text())
+    shards = result.get("shards") or [result]
     return {
         "wall_s": wall,
         "records_per_s": result["records_per_s"],
         "records_sent": result["records_sent"],
+        # the upload itself, start-up excluded: the slowest shard's pipeline
+        "pipeline_s": max(s["duration_s"] for s in shards),
+        "client_cpu_s": ours,
+        "sink_cpu_s": sink,
+        "foreign_cores": foreign / wall,
     }
 
 
@@ -129,6 +164,13 @@ def main() -> None:
         help="first wait (up to --max-wait s) until the 1-minute load average is below LOAD",
     )
     parser.add_argument("--max-wait", type=float, default=600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=None,
+        metavar="CORES",
+        help="report medians over the reps during which other processes used at most CORES",
+    )
     args = parser.parse_args()
     if args.wait_quiet:
         deadline = time.monotonic() + args.max_wait
@@ -142,15 +184,17 @@ def main() -> None:
     runs: dict[int, list[dict[str, float]]] = {p: [] for p in counts}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-processes-") as tmp:
-            run_once(data, url, counts[0], Path(tmp))  # warm-up: page cache, .pyc files
+            run_once(data, url, counts[0], Path(tmp), sink.pid)  # warm-up: page cache, .pyc
             for rep in range(args.reps):
                 for p in counts:
-                    r = run_once(data, url, p, Path(tmp))
+                    r = run_once(data, url, p, Path(tmp), sink.pid)
                     assert r["records_sent"] == args.records, r
                     runs[p].append(r)
                     print(
                         f"  rep {rep + 1} --processes {p}: wall {r['wall_s']:.2f} s, "
-                        f"{r['records_per_s']:,.0f} records/s (summary)"
+                        f"{r['records_per_s']:,.0f} records/s (summary), "
+                        f"pipeline {r['pipeline_s']:.2f} s, CPU {r['client_cpu_s']:.2f} s "
+                        f"(+ sink {r['sink_cpu_s']:.2f} s), others {r['foreign_cores']:.2f} cores"
                     )
     finally:
         sink.terminate()
@@ -161,16 +205,32 @@ def main() -> None:
             sink.wait()
     print(f"load average after: {os.getloadavg()}")
     base = counts[0]
-    base_wall = statistics.median(r["wall_s"] for r in runs[base])
-    base_rate = statistics.median(r["records_per_s"] for r in runs[base])
-    print(f"\n| --processes | wall s (median of {args.reps}) | speed-up (wall) | "
-          "records/s (summary) | speed-up (rate) |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    if args.max_foreign is not None:
+        clean = {
+            p: [r for r in rs if r["foreign_cores"] <= args.max_foreign] for p, rs in runs.items()
+        }
+        if all(clean.values()):
+            kept = ", ".join(f"P={p}: {len(rs)}/{len(runs[p])}" for p, rs in clean.items())
+            print(f"reps kept (others <= {args.max_foreign} cores): {kept}")
+            runs = clean
+        else:
+            print(f"every rep of some P had others > {args.max_foreign} cores: keeping them all")
+
+    def median(p: int, key: str) -> float:
+        return statistics.median(r[key] for r in runs[p])
+
+    print(
+        f"\n| --processes | wall s (median of {args.reps}) | speed-up (wall) | "
+        "records/s (summary) | speed-up (rate) | pipeline s | speed-up (pipeline) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for p in counts:
-        wall = statistics.median(r["wall_s"] for r in runs[p])
-        rate = statistics.median(r["records_per_s"] for r in runs[p])
-        speedup, rate_speedup = base_wall / wall, rate / base_rate
-        print(f"| {p} | {wall:.2f} | {speedup:.2f}x | {rate:,.0f} | {rate_speedup:.2f}x |")
+        wall, rate, pipe = median(p, "wall_s"), median(p, "records_per_s"), median(p, "pipeline_s")
+        print(
+            f"| {p} | {wall:.2f} | {median(base, 'wall_s') / wall:.2f}x | {rate:,.0f} | "
+            f"{rate / median(base, 'records_per_s'):.2f}x | {pipe:.2f} | "
+            f"{median(base, 'pipeline_s') / pipe:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

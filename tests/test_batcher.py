@@ -20,7 +20,7 @@ from asyncsync import _batcher
 from asyncsync._batcher import batch
 from asyncsync._body import BodyEncoder
 from asyncsync._config import BatchLimits
-from asyncsync._records import Batch, RecordBlock, Rejected
+from asyncsync._records import Batch, LineEnds, RecordBlock, Rejected, compact_positions
 from asyncsync._sources import JsonlSource
 
 Event = tuple[int, bytes | None]  # (position, record bytes) or (position, None) for a reject
@@ -436,3 +436,30 @@ async def test_linger_zero_sends_what_has_arrived_whenever_the_source_pauses() -
         i async for i in batch(timed_source(plan, produced), BatchLimits(linger=0), linger=True)
     ]
     assert [list(b.positions) for b in batches(items)] == [[1, 2], [3]]
+
+
+# --------------------------------------------------------------------------- compact forms
+
+
+def test_line_ends_are_the_running_sums_in_any_order() -> None:
+    """LineEnds answers like the list of running sums, forwards, backwards, by slice."""
+    lines = [b"ab\n", b"\n", b"cde\r\n", b"f"]
+    expected = [13, 14, 19, 20]
+    ends = LineEnds(10, lines, 20)
+    assert len(ends) == 4
+    assert [ends[i] for i in (1, 3, 0, 2, -1, -4)] == [14, 20, 13, 19, 20, 13]
+    assert list(ends) == expected and ends[1:3] == [14, 19] and ends[::-1] == expected[::-1]
+    assert not ends.newline_at_end() and LineEnds(0, [b"x\n"], 2).newline_at_end()
+    for bad in (4, -5):
+        with pytest.raises(IndexError):
+            ends[bad]
+
+
+def test_compact_positions() -> None:
+    """Consecutive positions become a range; others stay as they are."""
+    assert compact_positions([3, 4, 5]) == range(3, 6)
+    assert compact_positions([7]) == range(7, 8)
+    assert compact_positions([3, 5]) == [3, 5]
+    assert compact_positions([]) == []
+    r = range(1, 9)
+    assert compact_positions(r) is r

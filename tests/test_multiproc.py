@@ -266,6 +266,12 @@ async def test_processes_2_one_token_one_merged_summary(tmp_path, make_jsonl, ru
     assert summary["duration_s"] > 0
     assert summary["records_per_s"] == pytest.approx(4000 / summary["duration_s"], rel=0.01)
     assert len(summary["job_id"].split(",")) == 2
+    shards = summary["shards"]
+    assert [s["shard"] for s in shards] == ["0/2", "1/2"]
+    assert [s["exit_code"] for s in shards] == [0, 0]
+    assert sum(s["records_sent"] for s in shards) == 4000
+    assert sum(s["auth_requests"] for s in shards) == 1
+    assert max(s["duration_s"] for s in shards) <= summary["duration_s"]
     for k in range(2):
         assert (tmp_path / f"export.jsonl.shard-{k}-of-2.asyncsync").exists()
         assert not (tmp_path / f"export.jsonl.shard-{k}-of-2.failed.jsonl").exists()

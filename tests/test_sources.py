@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,6 +440,53 @@ async def test_jsonl_stopping_early_closes_the_file_and_thread(tmp_path: Path) -
     assert await gone("early.jsonl")
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+async def test_read_ahead_stops_cleanly_and_keeps_errors_in_order(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next block is read while this one is used: stopping early drops that read (no
+    stray error or warning); a read that fails comes after every block read before it."""
+    if kind == "jsonl":
+        path = write(tmp_path, b'{"a":1}\n' * 1000, "ahead.jsonl")
+        src: Source = JsonlSource(path, block_size=64)
+        cls: Any = _LineParser
+        name = "feed"
+    else:
+        path = write(tmp_path, b"a\n" + b"1\n" * 5000, "ahead.csv")
+        src = CsvSource(path, block_rows=16)
+        cls = _sources._CsvReader
+        name = "read_block"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gen = src.blocks()
+        await anext(gen)  # the next block is already being read
+        await gen.aclose()
+        assert await gone(path.name)
+        gc.collect()
+
+    real = getattr(cls, name)
+    calls = 0
+
+    def failing(self: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise SourceError("read failed", path=str(path))
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, name, failing)
+    got: list[RecordBlock] = []
+
+    async def collect() -> None:
+        async for block in src.blocks():
+            got.append(block)
+
+    with pytest.raises(SourceError, match="read failed"):
+        await collect()
+    assert len(got) == 2
+    assert await gone(path.name)
+
+
 # --------------------------------------------------------------------------- JSONL fuzz
 
 _json_values = st.recursive(
@@ -464,9 +512,19 @@ _ws = st.text(alphabet=" \t", max_size=3).map(str.encode)
 _good_line = st.builds(lambda pre, obj, post: pre + obj + post, _ws, _encoded, _ws)
 _bad_line = st.binary(max_size=40).filter(lambda b: b"\n" not in b)
 _mutated = st.builds(lambda obj, cut: obj[:cut], _encoded, st.integers(min_value=0, max_value=30))
-_bom_line = _good_line.map(lambda line: b"\xef\xbb\xbf" + line)
+_bom_line = st.builds(lambda pre, line: pre + b"\xef\xbb\xbf" + line, _ws, _good_line)
+# \x0b and \x0c are whitespace to bytes.strip() but not to JSON: such lines are rejected
+_odd_ws = st.text(alphabet=" \t\r\x0b\x0c\x85\xa0", max_size=3).map(str.encode)
+_odd_ws_line = st.builds(lambda pre, obj, post: pre + obj + post, _odd_ws, _encoded, _odd_ws)
 _line = st.one_of(
-    _good_line, _good_line, _bad_line, _mutated, _bom_line, st.just(b""), st.just(b"  \r")
+    _good_line,
+    _good_line,
+    _bad_line,
+    _mutated,
+    _bom_line,
+    _odd_ws_line,
+    st.just(b""),
+    st.just(b"  \r"),
 )
 
 
@@ -540,6 +598,29 @@ def test_fuzz_jsonl_source_matches_the_parser(
     records, rejects, _ = asyncio.run(drain(JsonlSource(path, block_size=block_size)))
     expected = parse(data, chunk=len(data) + 1)
     assert (records, rejects) == expected[:2]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(max_size=40).map(str.encode),
+    noise=st.lists(st.tuples(st.integers(min_value=0, max_value=60), st.binary(max_size=3))),
+    piece=st.integers(min_value=4, max_value=9),
+)
+def test_fuzz_utf8_check_in_pieces_is_a_full_decode(
+    text: bytes, noise: list[tuple[int, bytes]], piece: int
+) -> None:
+    """Checking UTF-8 piece by piece agrees with decoding it whole, wherever pieces cut."""
+    data = bytearray(text)
+    for at, junk in noise:  # broken, cut and stray sequences among valid ones
+        data[at:at] = junk
+    try:
+        bytes(data).decode()
+    except UnicodeDecodeError:
+        valid = False
+    else:
+        valid = True
+    assert _sources._utf8_ok(bytes(data), piece) is valid
+    assert _sources._utf8_ok(memoryview(bytes(data)), piece) is valid
 
 
 # --------------------------------------------------------------------------- CSV
@@ -1050,6 +1131,62 @@ async def test_csv_per_record_offsets(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("record_offsets")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(_line, max_size=40),
+    crlf=st.booleans(),
+    trailing_newline=st.booleans(),
+    chunk=st.integers(min_value=1, max_value=300),
+    max_records=st.integers(min_value=1, max_value=9),
+    start=st.integers(min_value=0, max_value=3),
+)
+def test_fuzz_jsonl_offsets_and_batch_ends_are_exact(
+    lines: list[bytes],
+    crlf: bool,
+    trailing_newline: bool,
+    chunk: int,
+    max_records: int,
+    start: int,
+) -> None:
+    """offsets[i] is the offset just after record i's line, whatever the block boundaries
+    (clean blocks, CRLF, whitespace, rejects, a last line without newline), and every batch
+    ends at its last record's line end, with exact byte counts and compact positions."""
+    from asyncsync._batcher import _Cutter
+
+    sep = b"\r\n" if crlf else b"\n"
+    data = sep.join(lines) + (sep if trailing_newline and lines else b"")
+    line_end = {}
+    offset = 0
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        offset = min(offset + len(raw) + 1, len(data))
+        line_end[i] = offset
+    parser = _LineParser(line=1 + start, offset=0)  # numbering may start anywhere
+    blocks = [parser.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)]
+    blocks.append(parser.finish())
+    cutter = _Cutter(BatchLimits(max_records=max_records), start_seq=0, overhead=1)
+    items: list[Any] = []
+    for b in blocks:
+        if b is None:
+            continue
+        assert b.offsets is not None or not b.records
+        if b.records:
+            assert list(b.offsets) == [line_end[p - start] for p in b.positions]
+            assert b.end_offset == line_end[b.positions[-1] - start]
+        items += cutter.feed(b)
+    items += cutter.finish()
+    sent = []
+    for bt in items:
+        if isinstance(bt, Batch):
+            assert bt.end_offset == line_end[bt.last - start]
+            assert bt.nbytes == sum(map(len, bt.records))
+            assert list(bt.positions) == sorted(set(bt.positions))
+            consecutive = bt.last - bt.first == len(bt) - 1
+            assert isinstance(bt.positions, range) == consecutive
+            sent += zip(bt.positions, bt.records, strict=True)
+    records, _, _ = parse(data, chunk=len(data) + 1)
+    assert sent == [(p + start, r) for p, r in records]
+
+
 async def test_with_per_record_offsets_every_batch_resumes_exactly(tmp_path: Path) -> None:
     """Every batch gets an end offset; resuming after any batch re-forms the rest exactly."""
     rng = random.Random(5)
