@@ -398,7 +398,7 @@ def run_processes(settings: Settings, console: Console) -> int:
         if progress_wanted(settings):
             from ._progress import ProgressDisplay
 
-            display = ProgressDisplay(console, description=f"upload ×{len(children)}")
+            display = ProgressDisplay(console, description=f"upload ({len(children)} processes)")
         # the stock loop: uvloop's subprocess_exec has no process_group, and the parent only
         # relays lines (the children run uvloop when installed)
         summary = asyncio.run(_supervise(children, plan, display, started))

@@ -46,6 +46,7 @@ from __future__ import annotations
 import codecs
 import csv
 import os
+import stat
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
@@ -58,7 +59,7 @@ from ._sources import CSV_EXTENSIONS, JSONL_EXTENSIONS, Source, open_source
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
 
-__all__ = ["Shard", "open_shard", "plan_shards", "shard_label", "shard_path"]
+__all__ = ["Shard", "open_shard", "plan_shards", "shard_label", "shard_path", "source_kind"]
 
 CHUNK: Final = 1 << 20
 _BOM: Final = codecs.BOM_UTF8
@@ -130,6 +131,8 @@ def plan_shards(
     if kind not in ("jsonl", "csv"):
         raise ConfigError(f"kind must be 'jsonl' or 'csv', got {kind!r}", field="kind")
     try:
+        if not stat.S_ISREG(os.stat(name).st_mode):  # a FIFO would block open() and never seek
+            raise SourceError(f"{name}: cannot be split into shards: not a regular file", path=name)
         with open(name, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if kind == "jsonl":

@@ -237,9 +237,7 @@ class Uploader:
                 ckpt.previous.restore_counters(counters)
                 mark = ckpt.tracker.watermark
                 start_seq = mark.next_seq
-                src = _resume_source(
-                    src, position=mark.position, offset=mark.offset, key=mark.key
-                )
+                src = _resume_source(src, position=mark.position, offset=mark.offset, key=mark.key)
                 log.info(
                     "resuming job %s after position %d (%d records already sent)",
                     job_id,
@@ -400,9 +398,7 @@ async def _count_bytes(
             await aclose()
 
 
-def _resume_source(
-    src: Source, *, position: int, offset: int | None, key: Any = None
-) -> Source:
+def _resume_source(src: Source, *, position: int, offset: int | None, key: Any = None) -> Source:
     """``src`` from just after ``position``: by seeking for files, by skipping otherwise."""
     if position <= 0:
         return src

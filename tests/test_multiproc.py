@@ -341,6 +341,43 @@ async def test_sigint_drains_every_shard_then_a_rerun_resumes_each(
     assert stats["duplicate_records"] == 0
 
 
+async def test_children_of_a_killed_parent_stop_and_checkpoint(
+    tmp_path, make_jsonl, runner
+) -> None:
+    """SIGKILL to the parent (no forwarding possible): each child sees its report pipe break,
+    stops itself the SIGINT way (drain, checkpoint) within a moment, and leaves no orphan."""
+    source = make_jsonl(2000)
+    args = ["upload", str(source), "--processes", "2", "--batch-size", "10", "--concurrency", "2"]
+    async with Sink(sink_config(latency=0.04)) as sink:
+        proc = await runner.start(*args, *oauth(sink))
+        deadline = time.monotonic() + 20
+        while sink.stats()["records"] < 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        children = descendants(proc.pid)
+        assert len(children) >= 2, "the children never started"
+        proc.kill()
+        await proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = [pid for pid in children if _running(pid)]
+            if not alive:
+                break
+            await asyncio.sleep(0.05)
+        assert not alive, "children outlived their parent"
+    for k in range(2):
+        state = json.loads((tmp_path / f"export.jsonl.shard-{k}-of-2.asyncsync").read_text())
+        assert state["watermark"]["position"] > 0
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a child of a dead parent is reaped by init, or by us)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 async def test_processes_bad_credentials_exit_3(tmp_path, make_jsonl, runner) -> None:
     source = make_jsonl(500)
     async with Sink(sink_config()) as sink:
