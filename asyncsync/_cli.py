@@ -425,6 +425,8 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         ssl=settings.ssl_context(),
         token_skew=settings.token_skew,
         token_store=store,
+        # --revoke-url: revoke once at the end (RFC 7009), unless other processes share it
+        revoke_on_close=settings.revoke_url is not None and store is None,
         # the first SIGINT/SIGTERM drains and raises Interrupted (exit 4), the second aborts
         install_signal_handlers=True,
     )

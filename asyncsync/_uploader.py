@@ -96,6 +96,7 @@ class Uploader:
         ssl: ssl_module.SSLContext | bool | None = None,
         token_skew: float = 300.0,
         token_store: TokenStore | None = None,
+        revoke_on_close: bool = False,
         grace: float = DEFAULT_GRACE,
         install_signal_handlers: bool = False,
     ) -> None:
@@ -122,6 +123,7 @@ class Uploader:
                 field="token_store",
             )
         self._token_store = token_store
+        self._revoke_on_close = revoke_on_close
         self.url = url
         self._auth = auth
         self._concurrency = concurrency
@@ -195,6 +197,7 @@ class Uploader:
                 store=self._token_store,
                 # --timeout bounds token requests too (a hung token endpoint, exit 3)
                 fetch_timeout=min(self._timeout, 30.0),
+                revoke_on_close=self._revoke_on_close,
             )
             self._owns_tokens = True
         self._state = _State.OPEN
