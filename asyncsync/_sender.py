@@ -292,9 +292,13 @@ class Sender:
                     reason = "401 Unauthorized (no authentication configured)"
                 else:
                     now = self._clock()
+                    # a token that had run out by the time the answer came was not refused
+                    expired = token.expires_at is not None and now >= token.expires_at
                     if first_unauthorized is None:
                         first_unauthorized = now
-                    elif token.obtained_at >= first_unauthorized or reauths >= MAX_REAUTH:
+                    elif reauths >= MAX_REAUTH or (
+                        token.obtained_at >= first_unauthorized and not expired
+                    ):
                         # a token fetched after the first 401 was refused too: the API will
                         # not take our credentials; looping would only hammer the token endpoint
                         raise AuthError(

@@ -308,8 +308,8 @@ async def test_secrets_absent_from_all_output(tmp_path, make_jsonl, verbosity) -
     poison(source, [7])
     summary_path = tmp_path / "summary.json"
     dead_path = tmp_path / "dead.jsonl"
-    # 60 batches, 4 at a time, 50 ms each: ~0.8 s, over several 0.3 s token lifetimes
-    config = sink_config(token_ttl=0.3, error_rate=0.1, reject_field="poison", latency=0.05)
+    # 60 batches, 4 at a time, 50 ms each: ~0.8 s, over several 0.4 s token lifetimes
+    config = sink_config(token_ttl=0.4, error_rate=0.1, reject_field="poison", latency=0.05)
     async with Sink(config) as sink:
         result = await run_cli(
             "upload", str(source), *oauth_args(sink), verbosity, "--batch-size", "20",

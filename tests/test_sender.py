@@ -368,3 +368,36 @@ async def test_rate_limiter_spaces_requests() -> None:
     for _ in range(10):
         await limiter.acquire()
     assert t.now - 1000.0 == pytest.approx(0.9)
+
+
+async def test_401_for_a_token_that_expired_in_flight_is_not_a_refusal(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Tokens that run out while their request is in flight get 401s: refresh and resend
+    (bounded), rather than ending the run as if the API refused fresh credentials."""
+    t = FakeTime()
+    fetches = 0
+    calls = 0
+
+    async def fetch() -> TokenResponse:
+        nonlocal fetches
+        fetches += 1
+        return TokenResponse(access_token=f"token-{fetches}", expires_in=1.0)
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            t.now += 5.0  # a slow request: the token expires before the answer
+            return web.Response(status=401)
+        return web.Response(status=200)
+
+    from asyncsync._auth import CallableProvider
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    sender, _, session = await make_sender(url, tokens=tokens, time_=t)
+    async with session:
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert result.delivered and calls == 3 and fetches == 3
