@@ -358,6 +358,18 @@ def progress_wanted(settings: Settings, stream: TextIO | None = None) -> bool:
     return stream.isatty()
 
 
+def writable_default(path: Path | None) -> Path | None:
+    """A default state file (checkpoint, dead letters) beside the source, or in the working
+    directory when the source's directory cannot be written (exports on a read-only mount)."""
+    if path is None or os.access(path.parent, os.W_OK):
+        return path
+    fallback = Path.cwd() / path.name
+    logging.getLogger("asyncsync").warning(
+        "%s is not writable: writing %s instead", path.parent, fallback
+    )
+    return fallback
+
+
 async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) -> RunSummary:
     """One upload as ``settings`` say, reporting to ``hooks`` (and a progress display)."""
     unsupported = settings.unsupported()
@@ -398,6 +410,19 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
     # the shared store (a bad one is a ConfigError here, before any request)
     shard = shard_job(settings)
     store = open_run_token_store(settings)
+    failed: Path | None = shard.failed if shard is not None else settings.failed
+    # files checkpoint beside themselves unless told otherwise; stdin only when told
+    checkpoint = (
+        shard.checkpoint
+        if shard is not None
+        else settings.checkpoint
+        if settings.checkpoint is not None or settings.source is None
+        else default_checkpoint_path(settings.source)
+    )
+    if settings.origins.get("failed") == "auto":
+        failed = writable_default(failed)
+    if settings.checkpoint is None:
+        checkpoint = writable_default(checkpoint)
     up = Uploader(
         settings.url,
         auth=build_auth(settings),
@@ -411,15 +436,8 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         headers=dict(settings.headers),
         timeout=settings.timeout,
         rate=settings.rate,
-        failed=shard.failed if shard is not None else settings.failed,
-        # files checkpoint beside themselves unless told otherwise; stdin only when told
-        checkpoint=(
-            shard.checkpoint
-            if shard is not None
-            else settings.checkpoint
-            if settings.checkpoint is not None or settings.source is None
-            else default_checkpoint_path(settings.source)
-        ),
+        failed=failed,
+        checkpoint=checkpoint,
         resume=settings.resume,
         hooks=hooks,
         ssl=settings.ssl_context(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -583,3 +584,21 @@ def test_every_contract_flag_exists() -> None:
     upload = sub.choices["upload"]  # type: ignore[attr-defined]
     known = {s for a in [*upload._actions, *parser._actions] for s in a.option_strings}
     assert set(CONTRACT_FLAGS) - known == set()
+
+
+def test_default_state_files_fall_back_to_the_working_directory(tmp_path, monkeypatch) -> None:
+    """Exports on a read-only mount: default checkpoint and dead-letter files go to the CWD."""
+    from asyncsync._cli import writable_default
+
+    readonly = tmp_path / "exports"
+    readonly.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == readonly else real_access(p, mode)
+    )
+    assert writable_default(readonly / "a.jsonl.asyncsync") == work / "a.jsonl.asyncsync"
+    assert writable_default(work / "b.failed.jsonl") == work / "b.failed.jsonl"
+    assert writable_default(None) is None
