@@ -404,11 +404,11 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         )
         await sql.check()  # a bad URL, table, query or key: SourceError (exit 2) before sending
         source = sql
-    from ._multiproc import close_token_store, open_run_token_store, shard_job
+    from ._multiproc import close_token_store, open_run_token_store, shard_job, sql_shard_job
 
-    # --shard K/N: the shard's byte range, checkpoint and dead-letter file; --token-store:
-    # the shared store (a bad one is a ConfigError here, before any request)
-    shard = shard_job(settings)
+    # --shard K/N: the shard's byte range (or key range), checkpoint and dead-letter file;
+    # --token-store: the shared store (a bad one is a ConfigError here, before any request)
+    shard = await sql_shard_job(settings, sql) if settings.db is not None else shard_job(settings)
     store = open_run_token_store(settings)
     failed: Path | None = shard.failed if shard is not None else settings.failed
     # files checkpoint beside themselves unless told otherwise; stdin only when told

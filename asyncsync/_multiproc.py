@@ -11,6 +11,12 @@ fingerprint holds the shard's byte range) and dead-letter file
 ``<source>.shard-K-of-N.failed.jsonl`` (unless ``--checkpoint``/``--failed`` say otherwise).
 Line numbers stay global, and so do Idempotency-Keys: they derive from positions.
 
+With ``--db``, shard K is key range K of those :meth:`~asyncsync._sql.SqlSource.plan_key_ranges`
+makes (``(start, end]`` on the key, planned once by a ``--processes`` parent for every child):
+positions are row ordinals within the shard, Idempotency-Keys stay unique because each shard has
+its own job id, the checkpoint is ``--checkpoint`` only (``.shard-K-of-N`` added under
+``--processes``) and the dead-letter file ``<failed>.shard-K-of-N.jsonl`` by default.
+
 ``--processes N`` is N ``--shard K/N`` uploads at once, in N child processes, and one report:
 
 * **children are subprocesses** (``python -m asyncsync._multiproc``), each given its settings
@@ -77,6 +83,7 @@ if TYPE_CHECKING:
 
     from ._settings import Settings
     from ._sources import Source
+    from ._sql import SqlSource
     from ._token import TokenStore
 
 __all__ = [
@@ -178,7 +185,7 @@ class ShardJob:
 
     shard: Shard
     source: Source
-    checkpoint: Path
+    checkpoint: Path | None
     failed: Path
 
 
@@ -189,7 +196,7 @@ def _file_source(settings: Settings, what: str) -> str:
     source = settings.source
     if source is None or source == "-":
         raise ConfigError(
-            f"{what} needs a file source (.jsonl, .ndjson or .csv): stdin and --db cannot be split",
+            f"{what} needs a file source (.jsonl, .ndjson or .csv) or --db: stdin cannot be split",
             field=field,
         )
     return source
@@ -218,6 +225,63 @@ def _plan(source: str, n: int, kind: str) -> list[Shard]:
             _plans.clear()  # one file at a time: no growth in a long-lived process
             _plans[key] = plan
     return plan
+
+
+#: key ranges of --db sources, by (database, query, table, key, N): a child of --processes gets
+#: its parent's, so every shard of a run uses one plan
+_sql_plans: dict[tuple[Any, ...], list[tuple[Any, Any]]] = {}
+
+
+def _sql_plan_key(settings: Settings, n: int) -> tuple[Any, ...]:
+    return (settings.db, settings.query, settings.table, settings.key, n)
+
+
+async def _sql_ranges(settings: Settings, sql: SqlSource, n: int) -> list[tuple[Any, Any]]:
+    key = _sql_plan_key(settings, n)
+    ranges = _sql_plans.get(key)
+    if ranges is None:
+        ranges = await sql.plan_key_ranges(n)
+        _sql_plans.clear()
+        _sql_plans[key] = ranges
+    return ranges
+
+
+def _check_scale_out(settings: Settings, what: str) -> None:
+    field = "processes" if what.startswith("--processes") else "shard"
+    if settings.command != "upload":
+        raise ConfigError(f"{what} applies to upload only, not {settings.command}", field=field)
+    if settings.shard is not None and settings.processes > 1:
+        raise ConfigError(
+            "--shard K/N and --processes exclude each other (--processes N runs every "
+            "--shard K/N itself)",
+            field=field,
+        )
+
+
+async def sql_shard_job(settings: Settings, sql: SqlSource) -> ShardJob | None:
+    """``--shard K/N --db ...``: the rows of key range K of the N that
+    :meth:`~asyncsync._sql.SqlSource.plan_key_ranges` makes (none when there are fewer
+    ranges than N). Positions count from 1 in each shard; the checkpoint is ``--checkpoint``
+    only (none by default), the dead-letter file ``<failed>.shard-K-of-N`` by default."""
+    if settings.shard is None:
+        return None
+    k, n = settings.shard
+    _check_scale_out(settings, "--shard K/N")
+    ranges = await _sql_ranges(settings, sql, n)
+    source: Any
+    if k < len(ranges):
+        start, end = ranges[k]
+        log.info("shard %d/%d of %s: keys after %r up to %r", k, n, sql.name, start, end)
+        source = sql.with_range(start, end)
+    else:
+        from ._sources import open_source
+
+        log.info("shard %d/%d of %s: no rows (%d key ranges)", k, n, sql.name, len(ranges))
+        source = open_source([])
+    failed = settings.failed
+    if settings.origins.get("failed") == "auto":
+        failed = _with_shard(settings.failed, k, n)
+    return ShardJob(Shard(k, 0, 0, 1, n), source, settings.checkpoint, failed)
 
 
 def shard_job(settings: Settings) -> ShardJob | None:
@@ -320,13 +384,23 @@ class _Child:
         return self.shard.label
 
 
+async def _plan_sql(settings: Settings, n: int) -> list[tuple[Any, Any]]:
+    """The key ranges of a ``--processes N --db`` run, planned once here for every child."""
+    from ._sql import open_sql_source
+
+    assert settings.db is not None and settings.key is not None  # checked by resolve()
+    sql = open_sql_source(settings.db, query=settings.query, table=settings.table, key=settings.key)
+    await sql.check()
+    return await _sql_ranges(settings, sql, n)
+
+
 def _child_settings(
-    settings: Settings, shard: Shard, store: str | None, source: str
+    settings: Settings, shard: Shard, store: str | None, source: str | None
 ) -> tuple[Settings, Path]:
     k, n = shard.index, shard.count
     failed = (
         shard_path(source, k, n, _FAILED_SUFFIX)
-        if settings.origins.get("failed") == "auto"
+        if settings.origins.get("failed") == "auto" and source is not None
         else _with_shard(settings.failed, k, n)
     )
     origins = dict(settings.origins)
@@ -377,8 +451,14 @@ def run_processes(settings: Settings, console: Console) -> int:
             "--shard K/N itself)",
             field="processes",
         )
-    source = _file_source(settings, f"--processes {n}")
-    plan = _plan(source, n, source_kind(source))
+    plan: list[Any]
+    if settings.db is not None:
+        _check_scale_out(settings, f"--processes {n}")
+        plan = asyncio.run(_plan_sql(settings, n))
+        source = None
+    else:
+        source = _file_source(settings, f"--processes {n}")
+        plan = _plan(source, n, source_kind(source))
     # a bad --token-store is a usage error now, before any child or request
     store = open_run_token_store(settings)
     tmpdir: str | None = None
@@ -387,13 +467,19 @@ def run_processes(settings: Settings, console: Console) -> int:
         if store is None and settings.auth in ("oauth2", "login"):
             tmpdir = tempfile.mkdtemp(prefix="asyncsync-tokens-")  # 0700
             spec = f"file:{os.path.join(tmpdir, 'token.json')}"
-        _warn_about_single_checkpoint(source, settings)
         children = []
-        for shard in plan:
-            if shard.size == 0:
-                continue  # more shards than records: nothing to do, no process
-            child, failed = _child_settings(settings, shard, spec, source)
-            children.append(_Child(shard, child, failed))
+        if source is None:  # --db: one child per key range
+            for k in range(len(plan)):
+                shard = Shard(k, 0, 0, 1, n)
+                child, failed = _child_settings(settings, shard, spec, source)
+                children.append(_Child(shard, child, failed))
+        else:
+            _warn_about_single_checkpoint(source, settings)
+            for shard in plan:
+                if shard.size == 0:
+                    continue  # more shards than records: nothing to do, no process
+                child, failed = _child_settings(settings, shard, spec, source)
+                children.append(_Child(shard, child, failed))
         display = None
         if progress_wanted(settings):
             from ._progress import ProgressDisplay
@@ -444,7 +530,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 async def _supervise(
-    children: list[_Child], plan: list[Shard], display: UploadHooks | None, started: float
+    children: list[_Child], plan: list[Any], display: UploadHooks | None, started: float
 ) -> RunSummary | None:
     """Start the children, relay signals, progress and stderr, wait; the merged summary."""
     loop = asyncio.get_running_loop()
@@ -506,7 +592,7 @@ async def _supervise(
     return summary
 
 
-def _job_bytes(settings: Settings, plan: list[Shard]) -> bytes:
+def _job_bytes(settings: Settings, plan: list[Any]) -> bytes:
     # MappingProxyType does not pickle; the child rebuilds it
     job = (dataclasses.replace(settings, origins=dict(settings.origins)), plan)
     return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
@@ -680,9 +766,11 @@ def child_main() -> int:
     """
     report_fd = os.dup(1)
     os.dup2(2, 1)
-    job: tuple[Settings, list[Shard]] = pickle.loads(sys.stdin.buffer.read())  # from our parent
+    job: tuple[Settings, list[Any]] = pickle.loads(sys.stdin.buffer.read())  # from our parent
     settings, plan = job
     settings = dataclasses.replace(settings, origins=MappingProxyType(dict(settings.origins)))
+    if settings.db is not None and settings.shard is not None:
+        _sql_plans[_sql_plan_key(settings, settings.shard[1])] = plan
     key = _plan_key(settings.source, len(plan)) if settings.source and plan else None
     if key is not None:
         _plans[key] = plan

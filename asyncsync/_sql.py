@@ -143,7 +143,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import partial
-from itertools import islice, repeat
+from itertools import islice, pairwise, repeat
 from operator import eq
 from pathlib import Path
 from typing import Any, Final, TypeAlias, cast
@@ -455,6 +455,8 @@ class SqlSource:
         after: Any = None,
         start_position: int = 0,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        range_start: Any = None,
+        range_end: Any = None,
     ) -> None:
         if (query is None) == (table is None):
             raise ConfigError("give exactly one of --query and --table", field="query")
@@ -480,6 +482,12 @@ class SqlSource:
         self.table = table.strip() if table is not None else None
         self.key = key.strip()
         self.page_size = page_size
+        # a key range (range_start, range_end]: a shard of --shard/--processes (tokens)
+        self.range_start = range_start
+        self.range_end = range_end
+        self._until_value = key_from_token(range_end) if range_end is not None else None
+        if after is None:
+            after = range_start
         self.after = after
         self._after_value = key_from_token(after) if after is not None else None
         self.start_position = start_position
@@ -496,7 +504,59 @@ class SqlSource:
     def identity(self) -> str:
         """What a checkpoint must match to resume: database, query or table, and key."""
         what = f"table {self.table}" if self.table is not None else f"query {self.query}"
-        return f"{self.name} {what} key {self.key}"
+        identity = f"{self.name} {what} key {self.key}"
+        if self.range_start is not None or self.range_end is not None:
+            bounds = orjson.dumps([self.range_start, self.range_end]).decode()
+            identity += f" range {bounds}"
+        return identity
+
+    def _bound(self) -> tuple[Any, ...]:
+        """The extra (last) statement parameter of a key range's upper bound, if any."""
+        return () if self.range_end is None else (self._until_value,)
+
+    def with_range(self, start: Any, end: Any) -> SqlSource:
+        """This source limited to the keys in ``(start, end]`` (tokens; None: unbounded)."""
+        clone = type(self)(
+            self.url,
+            key=self.key,
+            query=self.query,
+            table=self.table,
+            page_size=self.page_size,
+            start_position=self.start_position,
+            connect_timeout=self.connect_timeout,
+            range_start=start,
+            range_end=end,
+        )
+        clone._checked = self._checked
+        return clone
+
+    async def plan_key_ranges(self, n: int) -> list[tuple[KeyToken | None, KeyToken | None]]:
+        """Split the keys into at most ``n`` contiguous ranges ``(start, end]`` (key tokens,
+        None for unbounded) that cover every row once: ``end`` of one is ``start`` of the
+        next. The boundaries are the keys at ``k * rows / n`` (``percentile_disc`` on
+        PostgreSQL, ``OFFSET`` on SQLite); equal boundaries are merged, so there are fewer
+        than ``n`` ranges when there are fewer distinct boundaries (fewer rows than ``n``)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"the number of shards must be an integer >= 1, got {n!r}")
+        bounds: list[KeyToken] = []
+        for value in await self._boundaries(n):
+            if value is None:
+                continue
+            token = self._token(value)
+            if not bounds or token != bounds[-1]:
+                bounds.append(token)
+        edges: list[KeyToken | None] = [None, *bounds, None]
+        return list(pairwise(edges))
+
+    async def _boundaries(self, n: int) -> list[Any]:
+        """The key values ending each range but the last, in key order."""
+        raise NotImplementedError
+
+    def _token(self, value: Any) -> KeyToken:
+        try:
+            return key_token(value)
+        except TypeError as exc:
+            raise self._error(f"key column {self.key!r}: {exc}") from None
 
     def resumed(self, *, position: int, key: Any) -> SqlSource:
         """This source continuing after ``key`` (a value or token), at position ``position + 1``."""
@@ -509,6 +569,8 @@ class SqlSource:
             after=key,
             start_position=position,
             connect_timeout=self.connect_timeout,
+            range_start=self.range_start,
+            range_end=self.range_end,
         )
         clone._checked = self._checked
         return clone
@@ -578,14 +640,19 @@ class SqlSource:
         )
 
     def _page_sql(self, base: str, key_sql: str, param: Callable[[int], str]) -> tuple[str, ...]:
-        """The (first page, next page, NULL probe) statements."""
+        """The (first page, next page, NULL probe) statements. With a key range's upper
+        bound, its value is the last parameter of the first two."""
         inner = f"(\n{base}\n) AS q"
+        first_until = after_until = ""
+        if self.range_end is not None:
+            first_until = f" AND q.{key_sql} <= {param(2)}"
+            after_until = f" AND q.{key_sql} <= {param(3)}"
         first = (
-            f"SELECT * FROM {inner} WHERE q.{key_sql} IS NOT NULL "
+            f"SELECT * FROM {inner} WHERE q.{key_sql} IS NOT NULL{first_until} "
             f"ORDER BY q.{key_sql} LIMIT {param(1)}"
         )
         after = (
-            f"SELECT * FROM {inner} WHERE q.{key_sql} > {param(1)} "
+            f"SELECT * FROM {inner} WHERE q.{key_sql} > {param(1)}{after_until} "
             f"ORDER BY q.{key_sql} LIMIT {param(2)}"
         )
         nulls = f"SELECT 1 FROM {inner} WHERE q.{key_sql} IS NULL LIMIT 1"
@@ -614,6 +681,8 @@ def open_sql_source(
     after: Any = None,
     start_position: int = 0,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    range_start: Any = None,
+    range_end: Any = None,
 ) -> SqlSource:
     """The source for ``--db URL --query SQL --key COLUMN`` (or ``--table NAME``).
 
@@ -633,6 +702,8 @@ def open_sql_source(
         "after": after,
         "start_position": start_position,
         "connect_timeout": connect_timeout,
+        "range_start": range_start,
+        "range_end": range_end,
     }
     if scheme == "sqlite":
         return SqliteSource(db_url, **kwargs)
@@ -667,7 +738,7 @@ class _SqlitePlan:
         self.key_index = key_index
         self.first_sql, self.after_sql, self.nulls_sql = sqls
         # a key that is not valid UTF-8 is compared as the bytes it is made of
-        self.after_text_sql = self.after_sql.replace("> ?", "> CAST(? AS TEXT)", 1)
+        self.after_text_sql = self.after_sql.replace("> ?1", "> CAST(?1 AS TEXT)", 1)
 
 
 class _SqliteReader:
@@ -722,10 +793,12 @@ class _SqliteReader:
             if colon and number.isdigit() and stem in names:
                 src._resolve_key((stem, stem))  # the same error as PostgreSQL's duplicates
         key_index = src._resolve_key(names)
-        sqls = src._page_sql(base, _quote(names[key_index]), lambda i: "?")
+        self.base = base
+        sqls = src._page_sql(base, _quote(names[key_index]), lambda i: f"?{i}")
+        bound = src._bound()
         try:
-            self.conn.execute(sqls[0], (0,)).fetchall()
-            self.conn.execute(sqls[1], (None, 0)).fetchall()
+            self.conn.execute(sqls[0], (0, *bound)).fetchall()
+            self.conn.execute(sqls[1], (None, 0, *bound)).fetchall()
         except sqlite3.Error as exc:
             raise src._error(_what(src), exc) from None
         return _SqlitePlan(names, key_index, sqls)
@@ -733,15 +806,34 @@ class _SqliteReader:
     def check(self) -> None:
         src, plan = self.src, self.plan
         try:
+            bound = src._bound()
             if src._after_value is None:
-                rows = self._run(plan.first_sql, (1,))
+                rows = self._run(plan.first_sql, (1, *bound))
             else:
-                rows = self._run(plan.after_sql, (src._after_value, 1))
+                rows = self._run(plan.after_sql, (src._after_value, 1, *bound))
             if rows:
                 src._check_token(rows[0][plan.key_index])
             self.null_probe()
         except sqlite3.Error as exc:
             raise src._error(_what(src), exc) from None
+
+    def boundaries(self, n: int) -> list[Any]:
+        """The keys at rows ``k * count / n`` (k = 1 .. n-1), 1-based, in key order."""
+        key_sql = _quote(self.plan.names[self.plan.key_index])
+        inner = f"(\n{self.base}\n) AS q WHERE q.{key_sql} IS NOT NULL"
+        try:
+            count = self._run(f"SELECT count(*) FROM {inner}")[0][0]
+            sql = f"SELECT q.{key_sql} FROM {inner} ORDER BY q.{key_sql} LIMIT 1 OFFSET ?"
+            out = []
+            for k in range(1, n):
+                offset = k * count // n - 1
+                if offset >= 0:
+                    rows = self._run(sql, (offset,))
+                    if rows:
+                        out.append(rows[0][0])
+        except sqlite3.Error as exc:
+            raise self.src._error(_what(self.src), exc) from None
+        return out
 
     def null_probe(self) -> None:
         if self._run(self.plan.nulls_sql):
@@ -751,14 +843,15 @@ class _SqliteReader:
         """The page after ``last``: (block, key of its last row, whether more may follow)."""
         src, plan = self.src, self.plan
         n = src.page_size
+        bound = src._bound()
         try:
             if not has_last:
-                rows = self._run(plan.first_sql, (n + 1,))
+                rows = self._run(plan.first_sql, (n + 1, *bound))
             elif isinstance(last, str) and not _utf8_encodable(last):
                 raw = last.encode("utf-8", "surrogateescape")
-                rows = self._run(plan.after_text_sql, (raw, n + 1))
+                rows = self._run(plan.after_text_sql, (raw, n + 1, *bound))
             else:
-                rows = self._run(plan.after_sql, (last, n + 1))
+                rows = self._run(plan.after_sql, (last, n + 1, *bound))
         except sqlite3.Error as exc:
             raise src._error(f"reading rows after key {_short(last)}", exc) from None
         src._fetched(rows)
@@ -819,6 +912,14 @@ class SqliteSource(SqlSource):
         finally:
             worker.close()
         self._checked = True
+
+    async def _boundaries(self, n: int) -> list[Any]:
+        worker = _Worker(f"asyncsync-sql {os.path.basename(self.path)}")
+        try:
+            reader = await worker.call(lambda: _SqliteReader(self, worker))
+            return await worker.call(partial(reader.boundaries, n))
+        finally:
+            worker.close()
 
     async def blocks(self) -> AsyncIterator[RecordBlock]:
         worker = _Worker(f"asyncsync-sql {os.path.basename(self.path)}")
@@ -994,6 +1095,27 @@ class PostgresSource(SqlSource):
             raise self._error(f"no such table {self.table!r}")
         return f"SELECT * FROM {resolved}"
 
+    async def _boundaries(self, n: int) -> list[Any]:
+        if n < 2:
+            return []
+        conn = await self._connect()
+        try:
+            plan = await self._plan(conn)
+            base = await self._base_query(conn)
+            key_sql = _quote(plan.names[plan.key_index])
+            fractions = [k / n for k in range(1, n)]
+            sql = (
+                f"SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY q.{key_sql}) "
+                f"FROM (\n{base}\n) AS q WHERE q.{key_sql} IS NOT NULL"
+            )
+            try:
+                values = await conn.fetchval(sql, fractions)
+            except _asyncpg().PostgresError as exc:
+                raise self._error(_what(self), _pg_message(exc)) from None
+        finally:
+            await self._close(conn)
+        return list(values or ())
+
     async def _plan(self, conn: Any) -> _PgPlan:
         asyncpg = _asyncpg()
         base = await self._base_query(conn)
@@ -1015,10 +1137,11 @@ class PostgresSource(SqlSource):
         """One page: the rows after ``last`` (all rows when not ``has_last``)."""
         asyncpg = _asyncpg()
         try:
+            bound = self._bound()
             if has_last:
-                rows: list[Any] = await plan.after.fetch(last, limit)
+                rows: list[Any] = await plan.after.fetch(last, limit, *bound)
             else:
-                rows = await plan.first.fetch(limit)
+                rows = await plan.first.fetch(limit, *bound)
         except (asyncpg.DataError, TypeError, ValueError) as exc:
             if has_last:  # the key to resume after cannot be bound to the key's type
                 raise self._error(f"cannot use key {_short(last)}", exc) from None

@@ -453,6 +453,7 @@ def test_shard_and_processes_need_a_file(capsys) -> None:
         err = capsys.readouterr().err
         assert code == 2
         assert "needs a file source" in err
+        assert "stdin cannot be split" in err  # --db can: see test_sql_shards.py
 
 
 # --- merging ---------------------------------------------------------------------------------
