@@ -514,21 +514,26 @@ class SqlSource:
         """The extra (last) statement parameter of a key range's upper bound, if any."""
         return () if self.range_end is None else (self._until_value,)
 
-    def with_range(self, start: Any, end: Any) -> SqlSource:
-        """This source limited to the keys in ``(start, end]`` (tokens; None: unbounded)."""
-        clone = type(self)(
-            self.url,
-            key=self.key,
-            query=self.query,
-            table=self.table,
-            page_size=self.page_size,
-            start_position=self.start_position,
-            connect_timeout=self.connect_timeout,
-            range_start=start,
-            range_end=end,
-        )
+    def _copy(self, **changes: Any) -> SqlSource:
+        """This source with some constructor arguments changed (``after`` reset unless given)."""
+        options: dict[str, Any] = {
+            "key": self.key,
+            "query": self.query,
+            "table": self.table,
+            "page_size": self.page_size,
+            "start_position": self.start_position,
+            "connect_timeout": self.connect_timeout,
+            "range_start": self.range_start,
+            "range_end": self.range_end,
+        }
+        options.update(changes)
+        clone = type(self)(self.url, **options)
         clone._checked = self._checked
         return clone
+
+    def with_range(self, start: Any, end: Any) -> SqlSource:
+        """This source limited to the keys in ``(start, end]`` (tokens; None: unbounded)."""
+        return self._copy(range_start=start, range_end=end)
 
     async def plan_key_ranges(self, n: int) -> list[tuple[KeyToken | None, KeyToken | None]]:
         """Split the keys into at most ``n`` contiguous ranges ``(start, end]`` (key tokens,
@@ -560,20 +565,7 @@ class SqlSource:
 
     def resumed(self, *, position: int, key: Any) -> SqlSource:
         """This source continuing after ``key`` (a value or token), at position ``position + 1``."""
-        clone = type(self)(
-            self.url,
-            key=self.key,
-            query=self.query,
-            table=self.table,
-            page_size=self.page_size,
-            after=key,
-            start_position=position,
-            connect_timeout=self.connect_timeout,
-            range_start=self.range_start,
-            range_end=self.range_end,
-        )
-        clone._checked = self._checked
-        return clone
+        return self._copy(after=key, start_position=position)
 
     async def check(self) -> None:
         """Connect, compile the query, run its first page with ``LIMIT 1`` and look for NULL
