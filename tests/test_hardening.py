@@ -13,7 +13,6 @@ import base64
 import contextlib
 import json
 import math
-import os
 import random
 import ssl
 import sys
@@ -27,6 +26,7 @@ from urllib.parse import quote_plus
 import pytest
 import trustme
 from aiohttp import web
+from cli_helpers import clean_env, command
 
 from asyncsync import (
     AuthError,
@@ -54,21 +54,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --- running the CLI -------------------------------------------------------------------------
-
-
-def command() -> list[str]:
-    script = Path(sys.executable).with_name("asyncsync")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "asyncsync._cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    drop = ("ASYNCSYNC_", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
 
 
 @dataclass

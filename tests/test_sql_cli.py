@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sqlite3
-import sys
 import uuid
 from pathlib import Path
 
 import orjson
+from cli_helpers import run_cli
 
 from asyncsync.sink import Sink, SinkConfig
-
-CLI = [sys.executable, "-m", "asyncsync._cli"]
-
-
-async def run_cli(*args: str, cwd: Path) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCSYNC_")}
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
 
 
 async def test_upload_from_sqlite_table(tmp_path: Path) -> None:
@@ -40,13 +21,13 @@ async def test_upload_from_sqlite_table(tmp_path: Path) -> None:
             "INSERT INTO accounts VALUES (?, ?, ?)", [(i, f"n{i}", i / 2) for i in range(1, 1001)]
         )
     async with Sink(SinkConfig(require_auth=False)) as sink:
-        code, err = await run_cli(
+        result = await run_cli(
             "upload", "--url", sink.ingest_url, "--db", f"sqlite:///{db}", "--table",
             "accounts", "--key", "id", "--batch-size", "100", "--summary-json", "s.json",
             cwd=tmp_path,
         )  # fmt: skip
         records = sink.records()
-    assert code == 0, err
+    assert result.code == 0, result.err
     assert [r["id"] for r in records] == list(range(1, 1001))
     assert records[1] == {"id": 2, "name": "n2", "balance": 1.0}
     summary = orjson.loads((tmp_path / "s.json").read_bytes())
@@ -65,7 +46,7 @@ async def test_upload_from_postgres_query(tmp_path: Path, postgres_url: str) -> 
             f"INSERT INTO {table} VALUES ($1, $2)", [(i, i * 1.25) for i in range(1, 2501)]
         )
         async with Sink(SinkConfig(require_auth=False)) as sink:
-            code, err = await run_cli(
+            result = await run_cli(
                 "upload", "--url", sink.ingest_url, "--db", postgres_url, "--query",
                 f"SELECT id, amount FROM {table} WHERE id % 5 <> 0", "--key", "id",
                 cwd=tmp_path,
@@ -74,6 +55,6 @@ async def test_upload_from_postgres_query(tmp_path: Path, postgres_url: str) -> 
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
-    assert code == 0, err
+    assert result.code == 0, result.err
     assert len(records) == 2000
     assert records[0] == {"id": 1, "amount": "1.25"}  # numeric as an exact string

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import sqlite3
-import sys
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
+from cli_helpers import run_cli
 
 from asyncsync._sql import SqlSource, open_sql_source
 from asyncsync.sink import Sink, SinkConfig
 
-CLI = [sys.executable, "-m", "asyncsync._cli"]
 ROWS = 1000
 
 
@@ -109,21 +107,6 @@ async def test_plan_key_ranges_postgres(postgres_url: str) -> None:
         await conn.close()
 
 
-async def run_cli(*args: str, cwd: Path) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCSYNC_")}
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
-
-
 async def test_cli_shards_deliver_every_row_once(tmp_path: Path) -> None:
     db = make_db(tmp_path / "x.db")
     async with Sink(SinkConfig(require_auth=False)) as sink:
@@ -136,8 +119,8 @@ async def test_cli_shards_deliver_every_row_once(tmp_path: Path) -> None:
             for k in range(3)
         ))  # fmt: skip
         records = sink.records()
-    for code, err in results:
-        assert code == 0, err
+    for result in results:
+        assert result.code == 0, result.err
     ids = [r["id"] for r in records]
     assert sorted(ids) == [i * 3 for i in range(ROWS)]  # every row, none twice
     # one checkpoint per shard, each with its own fingerprint
@@ -148,13 +131,13 @@ async def test_cli_shards_deliver_every_row_once(tmp_path: Path) -> None:
 async def test_cli_processes_with_db(tmp_path: Path) -> None:
     db = make_db(tmp_path / "x.db")
     async with Sink(SinkConfig(require_auth=False)) as sink:
-        code, err = await run_cli(
+        result = await run_cli(
             "upload", "--url", sink.ingest_url, "--db", f"sqlite:///{db}", "--table", "s",
             "--key", "code", "--processes", "2", "--batch-size", "100", "--no-progress",
             "--summary-json", "s.json", cwd=tmp_path,
         )  # fmt: skip
         records = sink.records()
-    assert code == 0, err
+    assert result.code == 0, result.err
     assert sorted(r["code"] for r in records) == [f"k-{i:05d}x" for i in range(ROWS)]
     summary = orjson.loads((tmp_path / "s.json").read_bytes())
     assert summary["records_sent"] == ROWS
@@ -175,5 +158,5 @@ async def test_cli_shard_beyond_the_ranges_sends_nothing(tmp_path: Path) -> None
             for k in range(3)
         ]  # fmt: skip
         records = sink.records()
-    assert [code for code, _ in results] == [0, 0, 0], results
+    assert [r.code for r in results] == [0, 0, 0], results
     assert [r["id"] for r in records] == [0]
