@@ -5,15 +5,6 @@ The public face is re-exported here; every concept lives in a private module.
 
 from __future__ import annotations
 
-from ._auth import (
-    AuthProvider,
-    CallableProvider,
-    JsonLogin,
-    OAuth2ClientCredentials,
-    StaticToken,
-    TokenResponse,
-)
-from ._checkpoint import CheckpointStore, Fingerprint, default_checkpoint_path
 from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, Action, BatchLimits, RetryPolicy
 from ._exceptions import (
     AsyncSyncError,
@@ -26,10 +17,19 @@ from ._exceptions import (
 )
 from ._hooks import RetryDetails, UploadHooks
 from ._records import Batch, RecordBlock, Rejected
-from ._sources import CsvSource, IterableSource, JsonlSource, Source, StdinSource, open_source
 from ._summary import Counters, RunSummary
-from ._token import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
 from ._uploader import Uploader, upload
+from .auth._manager import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
+from .auth._providers import (
+    AuthProvider,
+    CallableProvider,
+    JsonLogin,
+    OAuth2ClientCredentials,
+    StaticToken,
+    TokenResponse,
+)
+from .checkpoint._checkpoint import CheckpointStore, Fingerprint, default_checkpoint_path
+from .sources._files import CsvSource, IterableSource, JsonlSource, Source, StdinSource, open_source
 
 __version__ = "0.1.0"
 

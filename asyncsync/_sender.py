@@ -32,7 +32,7 @@ from ._hooks import RetryDetails, UploadHooks
 from ._records import Batch
 from ._redact import redact
 from ._summary import Counters
-from ._token import Token, TokenManager
+from .auth._manager import Token, TokenManager
 
 __all__ = ["BatchResult", "PauseGate", "RateLimiter", "Sender", "parse_retry_after"]
 

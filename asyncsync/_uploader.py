@@ -30,11 +30,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from ._acklog import AckLog, AckLoggingLedger, fold_ack_log
-from ._auth import AuthProvider
 from ._batcher import batch as make_batches
 from ._body import BodyEncoder
-from ._checkpoint import Checkpointer, CheckpointStore, Fingerprint
 from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from ._deadletter import DeadLetterFile
 from ._exceptions import ConfigError, Interrupted
@@ -42,10 +39,13 @@ from ._hooks import UploadHooks
 from ._pipeline import Pipeline, default_queue_size
 from ._records import RecordBlock
 from ._sender import PauseGate, RateLimiter, Sender
-from ._sources import Source, open_source
-from ._sql import SqlSource
 from ._summary import Counters, RunSummary
-from ._token import TokenManager, TokenStore
+from .auth._manager import TokenManager, TokenStore
+from .auth._providers import AuthProvider
+from .checkpoint._acklog import AckLog, AckLoggingLedger, fold_ack_log
+from .checkpoint._checkpoint import Checkpointer, CheckpointStore, Fingerprint
+from .sources._files import Source, open_source
+from .sources._sql import SqlSource
 
 __all__ = ["Uploader", "upload"]
 
@@ -70,7 +70,7 @@ class Uploader:
     ``auth`` is an auth provider (a :class:`TokenManager` is built around it), a ready
     ``TokenManager`` (shared, not closed by the uploader), or None for no authentication.
     ``token_store`` (with a provider) shares the token with other processes (see
-    :func:`~asyncsync._stores.open_token_store`); the caller closes it.
+    :func:`~asyncsync.auth._stores.open_token_store`); the caller closes it.
     """
 
     def __init__(

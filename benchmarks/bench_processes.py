@@ -66,7 +66,7 @@ def csv_file(records: int, data_dir: Path = DATA_DIR) -> Path:
 
 def cli() -> list[str]:
     script = Path(sys.executable).with_name("asyncsync")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync._cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync.cli._main"]
 
 
 def start_sink() -> tuple[subprocess.Popen[str], str]:

@@ -30,15 +30,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from asyncsync._checkpoint import (
+from asyncsync._records import Batch
+from asyncsync._summary import Counters
+from asyncsync.checkpoint._checkpoint import (
     Checkpointer,
     CheckpointState,
     CheckpointStore,
     Fingerprint,
     WatermarkTracker,
 )
-from asyncsync._records import Batch
-from asyncsync._summary import Counters
 
 RATE = 5_000  # batches/s: 1 M records/s at batch 200
 CHOSEN = "temp + fsync + replace + dir fsync"

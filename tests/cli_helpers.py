@@ -16,7 +16,7 @@ def command() -> list[str]:
     script = Path(sys.executable).with_name("asyncsync")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "asyncsync._cli"]
+    return [sys.executable, "-m", "asyncsync.cli._main"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

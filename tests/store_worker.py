@@ -27,9 +27,9 @@ import time
 
 import orjson
 
-from asyncsync._auth import OAuth2ClientCredentials
-from asyncsync._stores import FileTokenStore, RedisTokenStore
-from asyncsync._token import TokenManager, TokenStore
+from asyncsync.auth._manager import TokenManager, TokenStore
+from asyncsync.auth._providers import OAuth2ClientCredentials
+from asyncsync.auth._stores import FileTokenStore, RedisTokenStore
 
 
 def build_store(args: argparse.Namespace) -> TokenStore:

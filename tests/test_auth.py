@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from asyncsync import AuthError, ConfigError
-from asyncsync._auth import (
+from asyncsync.auth._providers import (
     MAX_LIFETIME,
     CallableProvider,
     JsonLogin,

@@ -16,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from asyncsync import _checkpoint
-from asyncsync._checkpoint import (
+from asyncsync._exceptions import CheckpointError, SourceError
+from asyncsync._records import Batch, Rejected
+from asyncsync._summary import Counters
+from asyncsync.checkpoint import _checkpoint
+from asyncsync.checkpoint._checkpoint import (
     Checkpointer,
     CheckpointState,
     CheckpointStore,
@@ -26,9 +29,6 @@ from asyncsync._checkpoint import (
     WatermarkTracker,
     default_checkpoint_path,
 )
-from asyncsync._exceptions import CheckpointError, SourceError
-from asyncsync._records import Batch, Rejected
-from asyncsync._summary import Counters
 
 SETTINGS: dict[str, Any] = {"batch_size": 200, "max_batch_bytes": 1_000_000, "body": "json"}
 

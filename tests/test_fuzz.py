@@ -23,19 +23,19 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from asyncsync import Action, AuthError, ConfigError, RetryPolicy
-from asyncsync._auth import (
+from asyncsync._body import BodyEncoder
+from asyncsync._redact import RedactingFilter, redact, register_secret
+from asyncsync._sender import Sender
+from asyncsync._sender import parse_retry_after as sender_retry_after
+from asyncsync.auth._manager import Token
+from asyncsync.auth._providers import (
     MAX_LIFETIME,
     TokenResponse,
     TransientAuthError,
     parse_token_response,
     token_value_problem,
 )
-from asyncsync._auth import parse_retry_after as auth_retry_after
-from asyncsync._body import BodyEncoder
-from asyncsync._redact import RedactingFilter, redact, register_secret
-from asyncsync._sender import Sender
-from asyncsync._sender import parse_retry_after as sender_retry_after
-from asyncsync._token import Token
+from asyncsync.auth._providers import parse_retry_after as auth_retry_after
 
 FUZZ = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None

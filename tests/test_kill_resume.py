@@ -121,7 +121,7 @@ def run_sink(tmp_path: Path, *options: str) -> Iterator[SinkProcess]:
 
 def command() -> list[str]:
     script = Path(sys.executable).with_name("asyncsync")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync._cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync.cli._main"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -582,9 +582,9 @@ def ack(seq: int, first: int, last: int, offset: int = -1) -> tuple[int, int, in
 def test_ack_log_fold_moves_the_watermark_over_contiguous_batches() -> None:
     """Entries right after the watermark move it (with their offset); those beyond a gap join
     the settled ranges; records are counted once; folding again changes nothing."""
-    from asyncsync._acklog import _folded
-    from asyncsync._checkpoint import CheckpointState, Fingerprint, Watermark
     from asyncsync._summary import Counters
+    from asyncsync.checkpoint._acklog import _folded
+    from asyncsync.checkpoint._checkpoint import CheckpointState, Fingerprint, Watermark
 
     state = CheckpointState(
         job_id="j",
@@ -617,8 +617,8 @@ def test_ack_log_fold_moves_the_watermark_over_contiguous_batches() -> None:
 def test_ack_log_fold_stops_at_a_line_whose_dead_letter_may_be_lost() -> None:
     """The watermark does not pass a line missing from the batches (a rejected line, whose dead
     letter may have died in a buffer) unless the checkpoint says it was saved."""
-    from asyncsync._acklog import _folded
-    from asyncsync._checkpoint import CheckpointState, Fingerprint, Watermark
+    from asyncsync.checkpoint._acklog import _folded
+    from asyncsync.checkpoint._checkpoint import CheckpointState, Fingerprint, Watermark
 
     state = CheckpointState(
         job_id="j", fingerprint=Fingerprint.of_stream("x", {}), watermark=Watermark(3, 300)
@@ -640,8 +640,8 @@ def _fields(state: object) -> dict[str, object]:
 def test_ack_log_ignores_torn_and_foreign_entries_and_rotates_safely(tmp_path: Path) -> None:
     """A torn last entry and another job's file are ignored; a switch never drops entries that
     no completed save covers."""
-    from asyncsync._acklog import AckLog as _AckLog
     from asyncsync._summary import Counters
+    from asyncsync.checkpoint._acklog import AckLog as _AckLog
 
     log = _AckLog(tmp_path / "c")
     c = Counters()

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from asyncsync._cli import main
-from asyncsync._multiproc import client_identity, merge_exit_codes, merge_summaries
-from asyncsync._settings import settings_from_argv
-from asyncsync._shards import plan_shards
+from asyncsync.cli._main import main
+from asyncsync.cli._processes import client_identity, merge_exit_codes, merge_summaries
+from asyncsync.cli._settings import settings_from_argv
 from asyncsync.sink import Sink, SinkConfig
+from asyncsync.sources._shards import plan_shards
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT_SECRET = "multiproc-secret-for-tests"
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 
 def command() -> list[str]:
     script = Path(sys.executable).with_name("asyncsync")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync._cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync.cli._main"]
 
 
 def env(**extra: str) -> dict[str, str]:

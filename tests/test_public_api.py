@@ -16,12 +16,14 @@ def test_all_names_exist_and_are_unique() -> None:
 
 
 def test_public_objects_live_in_private_modules() -> None:
-    """Classes and functions are defined in asyncsync._something and re-exported."""
+    """Classes and functions are defined in a private module (asyncsync._x or asyncsync.part._x)."""
     for name in asyncsync.__all__:
         obj = getattr(asyncsync, name)
         module = getattr(obj, "__module__", None)
         if module is not None and callable(obj):
-            assert module.startswith("asyncsync._"), f"{name} is defined in {module}"
+            parts = module.split(".")
+            assert parts[0] == "asyncsync", f"{name} is defined in {module}"
+            assert parts[-1].startswith("_"), f"{name} is defined in {module}"
 
 
 def test_exported_errors_form_one_tree() -> None:

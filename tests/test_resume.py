@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from asyncsync import BatchLimits, CheckpointError, upload
-from asyncsync._checkpoint import CheckpointStore
+from asyncsync.checkpoint._checkpoint import CheckpointStore
 from asyncsync.sink import Sink, SinkConfig
 
 

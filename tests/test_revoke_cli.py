@@ -25,7 +25,7 @@ async def test_token_revoked_once_at_the_end(tmp_path: Path) -> None:
             if revoke:
                 args += ["--revoke-url", sink.revoke_url]
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asyncsync._cli", *args, cwd=tmp_path, env=env,
+                sys.executable, "-m", "asyncsync.cli._main", *args, cwd=tmp_path, env=env,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             _, err = await asyncio.wait_for(proc.communicate(), timeout=60)

@@ -13,13 +13,13 @@ import pytest
 from aiohttp import web
 
 from asyncsync import Action, AuthError, RetryPolicy
-from asyncsync._auth import StaticToken, TokenResponse
 from asyncsync._body import BodyEncoder
 from asyncsync._hooks import RetryDetails, UploadHooks
 from asyncsync._records import Batch
 from asyncsync._sender import PauseGate, RateLimiter, Sender, parse_retry_after
 from asyncsync._summary import Counters
-from asyncsync._token import TokenManager
+from asyncsync.auth._manager import TokenManager
+from asyncsync.auth._providers import StaticToken, TokenResponse
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -269,7 +269,7 @@ async def test_stale_401_resends_without_spending_attempts(
         ok = request.headers["Authorization"] == "Bearer token-1"
         return web.Response(status=200 if ok else 401)
 
-    from asyncsync._auth import CallableProvider
+    from asyncsync.auth._providers import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch))
@@ -295,7 +295,7 @@ async def test_401_on_fresh_token_is_auth_error(
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=401)
 
-    from asyncsync._auth import CallableProvider
+    from asyncsync.auth._providers import CallableProvider
 
     url = await serve(handler)
     t = FakeTime()
@@ -392,7 +392,7 @@ async def test_401_for_a_token_that_expired_in_flight_is_not_a_refusal(
             return web.Response(status=401)
         return web.Response(status=200)
 
-    from asyncsync._auth import CallableProvider
+    from asyncsync.auth._providers import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from asyncsync._cli import build_parser, main
 from asyncsync._config import DEFAULT_LIMITS, DEFAULT_RETRY
 from asyncsync._exceptions import ConfigError
-from asyncsync._settings import (
+from asyncsync.cli._main import build_parser, main
+from asyncsync.cli._settings import (
     DEFAULT_LOGIN_BODY,
     OPTIONS,
     Secret,
@@ -588,7 +588,7 @@ def test_every_contract_flag_exists() -> None:
 
 def test_default_state_files_fall_back_to_the_working_directory(tmp_path, monkeypatch) -> None:
     """Exports on a read-only mount: default checkpoint and dead-letter files go to the CWD."""
-    from asyncsync._cli import writable_default
+    from asyncsync.cli._main import writable_default
 
     readonly = tmp_path / "exports"
     readonly.mkdir()

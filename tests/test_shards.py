@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from asyncsync._exceptions import ConfigError, SourceError
 from asyncsync._records import Rejected
-from asyncsync._shards import Shard, open_shard, plan_shards, shard_path
-from asyncsync._sources import CsvSource, JsonlSource, Source
+from asyncsync.sources._files import CsvSource, JsonlSource, Source
+from asyncsync.sources._shards import Shard, open_shard, plan_shards, shard_path
 
 Read = tuple[list[tuple[int, bytes]], list[tuple[int, str]]]
 

@@ -25,12 +25,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncsync import _sources
 from asyncsync._batcher import batch
 from asyncsync._config import BatchLimits
 from asyncsync._exceptions import ConfigError, SourceError
 from asyncsync._records import Batch, RecordBlock, Rejected
-from asyncsync._sources import (
+from asyncsync.sources import _files as _sources
+from asyncsync.sources._files import (
     CsvSource,
     IterableSource,
     JsonlSource,
@@ -864,7 +864,7 @@ def test_stdin_is_the_default_stream() -> None:
     """`open_source("-")` reads the process's real stdin."""
     code = (
         "import asyncio\n"
-        "from asyncsync._sources import open_source\n"
+        "from asyncsync.sources._files import open_source\n"
         "async def main():\n"
         "    src = open_source('-')\n"
         "    async for b in src.blocks():\n"

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncsync import _sql
 from asyncsync._exceptions import ConfigError, SourceError
 from asyncsync._records import Rejected
-from asyncsync._sources import Source
-from asyncsync._sql import (
+from asyncsync.sources import _sql
+from asyncsync.sources._files import Source
+from asyncsync.sources._sql import (
     PostgresSource,
     SqlBlock,
     SqliteSource,

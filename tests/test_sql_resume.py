@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from asyncsync import BatchLimits, upload
-from asyncsync._checkpoint import CheckpointStore
-from asyncsync._sql import SqlSource, open_sql_source
+from asyncsync.checkpoint._checkpoint import CheckpointStore
 from asyncsync.sink import Sink, SinkConfig
+from asyncsync.sources._sql import SqlSource, open_sql_source
 
 
 @pytest.mark.parametrize("keytype", ["int", "text"])

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from cli_helpers import run_cli
 
-from asyncsync._sql import SqlSource, open_sql_source
 from asyncsync.sink import Sink, SinkConfig
+from asyncsync.sources._sql import SqlSource, open_sql_source
 
 ROWS = 1000
 

@@ -24,8 +24,9 @@ import pytest
 from redis.asyncio import Redis
 
 from asyncsync import ConfigError
-from asyncsync._auth import OAuth2ClientCredentials
-from asyncsync._stores import (
+from asyncsync.auth._manager import TokenManager, TokenStore, fingerprint
+from asyncsync.auth._providers import OAuth2ClientCredentials
+from asyncsync.auth._stores import (
     DEFAULT_PREFIX,
     FileTokenStore,
     RedisTokenStore,
@@ -34,7 +35,6 @@ from asyncsync._stores import (
     open_token_store,
     store_key,
 )
-from asyncsync._token import TokenManager, TokenStore, fingerprint
 from asyncsync.sink import Sink, SinkConfig
 
 WORKER = Path(__file__).with_name("store_worker.py")

@@ -21,7 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncsync import AuthError, ConfigError
-from asyncsync._auth import (
+from asyncsync.auth._manager import (
+    MemoryTokenStore,
+    Token,
+    TokenManager,
+    TokenStats,
+    effective_skew,
+    refresh_at,
+    usable_until,
+)
+from asyncsync.auth._providers import (
     MAX_LIFETIME,
     CallableProvider,
     JsonLogin,
@@ -30,15 +39,6 @@ from asyncsync._auth import (
     TokenResponse,
     absolute_to_lifetime,
     expiry_to_lifetime,
-)
-from asyncsync._token import (
-    MemoryTokenStore,
-    Token,
-    TokenManager,
-    TokenStats,
-    effective_skew,
-    refresh_at,
-    usable_until,
 )
 
 try:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from asyncsync import AuthError, BatchLimits, RetryPolicy, Uploader, upload
-from asyncsync._auth import OAuth2ClientCredentials
+from asyncsync.auth._providers import OAuth2ClientCredentials
 from asyncsync.sink import Sink, SinkConfig
 
 FAST_RETRY = RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.05)

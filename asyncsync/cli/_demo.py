@@ -27,7 +27,8 @@ from typing import Any
 
 from rich.console import Console
 
-from ._cli import (
+from .._summary import RunSummary
+from ._main import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -39,7 +40,6 @@ from ._cli import (
 )
 from ._progress import format_bytes
 from ._settings import Settings, resolve
-from ._summary import RunSummary
 
 __all__ = ["DemoPlan", "run_demo", "write_export"]
 
@@ -174,7 +174,7 @@ def _read_dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 async def _run(demo: DemoPlan, source: Path, progress: bool | None, out: Console) -> int:
-    from .sink import Sink, SinkConfig
+    from ..sink import Sink, SinkConfig
 
     config = SinkConfig(
         token_ttl=TOKEN_TTL,

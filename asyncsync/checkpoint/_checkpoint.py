@@ -73,9 +73,9 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ._exceptions import CheckpointError, SourceError
-from ._records import Batch, Rejected
-from ._summary import Counters
+from .._exceptions import CheckpointError, SourceError
+from .._records import Batch, Rejected
+from .._summary import Counters
 
 __all__ = [
     "CHECKPOINT_SUFFIX",

@@ -1,10 +1,10 @@
 """Shared token stores: one token for every process and host that uses the same credentials.
 
 ``--token-store file:PATH`` and ``--token-store redis://HOST:PORT/DB`` (or ``rediss://``) give
-:class:`~asyncsync._token.TokenManager` a :class:`~asyncsync._token.TokenStore`: under the
-store's lock it re-reads the store, adopts a token another process saved, or fetches one and
-saves it. The store is an optimisation, never the source of truth: every failure here (an
-unreachable Redis, an unreadable file, a lock not obtained in time) is raised as a
+:class:`~asyncsync.auth._manager.TokenManager` a :class:`~asyncsync.auth._manager.TokenStore`:
+under the store's lock it re-reads the store, adopts a token another process saved, or fetches
+one and saves it. The store is an optimisation, never the source of truth: every failure here
+(an unreachable Redis, an unreadable file, a lock not obtained in time) is raised as a
 :class:`TokenStoreError`, which the manager logs before fetching a token itself.
 
 Locks are leases: they end when their holder dies, so a crashed process cannot stall the
@@ -57,9 +57,9 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import orjson
 
-from ._auth import display_url
-from ._exceptions import AsyncSyncError, ConfigError
-from ._token import DEFAULT_FETCH_TIMEOUT, TokenStore
+from .._exceptions import AsyncSyncError, ConfigError
+from ._manager import DEFAULT_FETCH_TIMEOUT, TokenStore
+from ._providers import display_url
 
 if sys.platform != "win32":
     import fcntl
@@ -313,7 +313,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class FileTokenStore:
-    """A :class:`~asyncsync._token.TokenStore` in a JSON file shared by local processes.
+    """A :class:`~asyncsync.auth._manager.TokenStore` in a JSON file shared by local processes.
 
     The file maps store keys to ``{"token", "expires_at", "saved_at"}`` (expiry in epoch
     seconds, or null), so several credentials may share one file; a save drops expired
@@ -523,7 +523,7 @@ def _store_failures() -> tuple[type[BaseException], ...]:
 
 
 class RedisTokenStore:
-    """A :class:`~asyncsync._token.TokenStore` in Redis, shared by processes on many hosts.
+    """A :class:`~asyncsync.auth._manager.TokenStore` in Redis, shared by processes on many hosts.
 
     The entry ``<prefix><key>`` holds ``{"token", "expires_at"}`` as JSON with a TTL equal to
     the token's remaining lifetime (``PX``), so Redis drops expired tokens by itself. The

@@ -53,8 +53,8 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
-from ._exceptions import ConfigError, SourceError
-from ._sources import CSV_EXTENSIONS, JSONL_EXTENSIONS, Source, open_source
+from .._exceptions import ConfigError, SourceError
+from ._files import CSV_EXTENSIONS, JSONL_EXTENSIONS, Source, open_source
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader

@@ -36,8 +36,8 @@ from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
-from ._exceptions import ConfigError
+from .._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
+from .._exceptions import ConfigError
 
 __all__ = [
     "DEFAULT_LOGIN_BODY",

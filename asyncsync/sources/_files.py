@@ -65,8 +65,8 @@ from typing import IO, Any, Final, Protocol, TypeVar, cast, runtime_checkable
 import msgspec
 import orjson
 
-from ._exceptions import ConfigError, SourceError
-from ._records import LineEnds, RecordBlock, Rejected
+from .._exceptions import ConfigError, SourceError
+from .._records import LineEnds, RecordBlock, Rejected
 
 __all__ = [
     "JSONL_EXTENSIONS",

@@ -31,8 +31,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ._hooks import UploadHooks
-from ._summary import Counters, RunSummary
+from .._hooks import UploadHooks
+from .._summary import Counters, RunSummary
 
 __all__ = ["ProgressDisplay", "format_bytes"]
 

@@ -151,10 +151,10 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ._exceptions import ConfigError, SourceError
-from ._records import RecordBlock, Rejected
-from ._redact import redact, register_secret
-from ._sources import _Worker
+from .._exceptions import ConfigError, SourceError
+from .._records import RecordBlock, Rejected
+from .._redact import redact, register_secret
+from ._files import _Worker
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

@@ -30,9 +30,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from ._checkpoint import default_checkpoint_path
-from ._exceptions import (
+from .. import __version__
+from .._exceptions import (
     AsyncSyncError,
     AuthError,
     CheckpointError,
@@ -40,17 +39,18 @@ from ._exceptions import (
     Interrupted,
     SourceError,
 )
-from ._hooks import RetryDetails, UploadHooks
+from .._hooks import RetryDetails, UploadHooks
+from .._redact import RedactingFilter, redact, register_secret
+from .._summary import Counters, RunSummary
+from ..checkpoint._checkpoint import default_checkpoint_path
 from ._progress import ProgressDisplay, format_bytes
-from ._redact import RedactingFilter, redact, register_secret
 from ._settings import Settings, add_upload_arguments, resolve, usage_error_message
-from ._summary import Counters, RunSummary
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from ._auth import AuthProvider
-    from ._records import Batch
+    from .._records import Batch
+    from ..auth._providers import AuthProvider
 
 __all__ = ["build_parser", "exit_code", "main"]
 
@@ -292,7 +292,7 @@ def logging_to_stderr(verbosity: int, secrets: Iterable[str] = ()) -> Iterator[N
 
 def build_auth(settings: Settings) -> AuthProvider | None:
     """The auth provider ``settings.auth`` names, with the secrets revealed only here."""
-    from ._auth import JsonLogin, OAuth2ClientCredentials, StaticToken
+    from ..auth._providers import JsonLogin, OAuth2ClientCredentials, StaticToken
 
     if settings.auth == "none":
         return None
@@ -384,7 +384,7 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
 
         settings = replay_settings(settings)  # a dead-letter file of its own
         source = DeadLetterSource(settings.source or "")  # SourceError before any request
-    from ._uploader import Uploader
+    from .._uploader import Uploader
 
     up: Uploader | None = None
 
@@ -396,7 +396,7 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
     if hooks.display is None and progress_wanted(settings):
         hooks.display = ProgressDisplay(console, token_requests=token_requests)
     if settings.db is not None:
-        from ._sql import open_sql_source
+        from ..sources._sql import open_sql_source
 
         assert settings.key is not None  # checked by resolve()
         sql = open_sql_source(
@@ -404,7 +404,7 @@ async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) 
         )
         await sql.check()  # a bad URL, table, query or key: SourceError (exit 2) before sending
         source = sql
-    from ._multiproc import close_token_store, open_run_token_store, shard_job, sql_shard_job
+    from ._processes import close_token_store, open_run_token_store, shard_job, sql_shard_job
 
     # --shard K/N: the shard's byte range (or key range), checkpoint and dead-letter file;
     # --token-store: the shared store (a bad one is a ConfigError here, before any request)
@@ -559,7 +559,7 @@ def run_upload(settings: Settings) -> int:
             "network path can read the token and the records\n"
         )
     if settings.processes > 1:
-        from ._multiproc import run_processes
+        from ._processes import run_processes
 
         return run_processes(settings, console)  # N children, one report
     hooks = RunHooks()
@@ -582,7 +582,7 @@ def _run_sink(argv: list[str]) -> int:
         sys.stdout.write(_SINK_HELP + "\n")
         argv = ["--help"]
     try:
-        from .sink import main as sink_main
+        from ..sink import main as sink_main
     except ImportError as exc:  # pragma: no cover - the sink ships with the package
         raise ConfigError(f"the reference sink is not available: {exc}") from None
     try:
@@ -623,5 +623,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(exc)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m asyncsync._cli`
+if __name__ == "__main__":  # pragma: no cover - `python -m asyncsync.cli._main`
     raise SystemExit(main())

@@ -21,10 +21,10 @@ import struct
 import zlib
 from pathlib import Path
 
+from .._exceptions import CheckpointError
+from .._records import Batch, Rejected
+from .._summary import Counters
 from ._checkpoint import Checkpointer, CheckpointState, CheckpointStore
-from ._exceptions import CheckpointError
-from ._records import Batch, Rejected
-from ._summary import Counters
 
 __all__ = ["AckLog", "AckLoggingLedger", "fold_ack_log"]
 

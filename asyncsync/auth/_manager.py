@@ -48,14 +48,14 @@ from typing import Final, Literal, Protocol
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from ._auth import (
+from .._exceptions import AuthError, ConfigError
+from ._providers import (
     AuthProvider,
     StaticToken,
     TransientAuthError,
     clamp_lifetime,
     token_value_problem,
 )
-from ._exceptions import AuthError, ConfigError
 
 __all__ = [
     "DEFAULT_SKEW",

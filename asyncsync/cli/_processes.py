@@ -1,29 +1,30 @@
 """Scale-out runs: ``--token-store``, ``--shard K/N`` and ``--processes N``.
 
 ``--token-store file:PATH|redis://HOST:PORT/DB``: the upload's token manager shares its token
-through the store (:mod:`asyncsync._stores`), keyed by the token URL and the client identity
-(the client id; for a JSON login, the login body with its secret fields left out, so two users
-never share a key). A bad spec is a ConfigError (exit 2) before any request.
+through the store (:mod:`asyncsync.auth._stores`), keyed by the token URL and the client
+identity (the client id; for a JSON login, the login body with its secret fields left out, so
+two users never share a key). A bad spec is a ConfigError (exit 2) before any request.
 
-``--shard K/N`` uploads shard K (0-based) of the N that :func:`~asyncsync._shards.plan_shards`
-cuts the file into, with its own checkpoint ``<source>.shard-K-of-N.asyncsync`` (whose
-fingerprint holds the shard's byte range) and dead-letter file
-``<source>.shard-K-of-N.failed.jsonl`` (unless ``--checkpoint``/``--failed`` say otherwise).
-Line numbers stay global, and so do Idempotency-Keys: they derive from positions.
+``--shard K/N`` uploads shard K (0-based) of the N that
+:func:`~asyncsync.sources._shards.plan_shards` cuts the file into, with its own checkpoint
+``<source>.shard-K-of-N.asyncsync`` (whose fingerprint holds the shard's byte range) and dead-
+letter file ``<source>.shard-K-of-N.failed.jsonl`` (unless ``--checkpoint``/``--failed`` say
+otherwise). Line numbers stay global, and so do Idempotency-Keys: they derive from positions.
 
-With ``--db``, shard K is key range K of those :meth:`~asyncsync._sql.SqlSource.plan_key_ranges`
-makes (``(start, end]`` on the key, planned once by a ``--processes`` parent for every child):
-positions are row ordinals within the shard, Idempotency-Keys stay unique because each shard has
-its own job id, the checkpoint is ``--checkpoint`` only (``.shard-K-of-N`` added under
-``--processes``) and the dead-letter file ``<failed>.shard-K-of-N.jsonl`` by default.
+With ``--db``, shard K is key range K of those
+:meth:`~asyncsync.sources._sql.SqlSource.plan_key_ranges` makes (``(start, end]`` on the key,
+planned once by a ``--processes`` parent for every child): positions are row ordinals within the
+shard, Idempotency-Keys stay unique because each shard has its own job id, the checkpoint is
+``--checkpoint`` only (``.shard-K-of-N`` added under ``--processes``) and the dead-letter file
+``<failed>.shard-K-of-N.jsonl`` by default.
 
 ``--processes N`` is N ``--shard K/N`` uploads at once, in N child processes, and one report:
 
-* **children are subprocesses** (``python -m asyncsync._multiproc``), each given its settings
+* **children are subprocesses** (``python -m asyncsync.cli._processes``), each given its settings
   (a pickle, secrets included) on its stdin and reporting on its stdout. Not ``fork``: the
   parent may hold threads, and a forked child inherits a held token-file lock. Not
   ``multiprocessing``: its spawn re-imports the parent's ``__main__`` (the console script, or
-  a program embedding :func:`asyncsync._cli.main`), and it cannot put a child in its own
+  a program embedding :func:`asyncsync.cli._main.main`), and it cannot put a child in its own
   process group atomically. A fresh interpreter costs ~0.4 s of imports per child, paid in
   parallel. Secrets travel only through that private pipe, never on a command line or in the
   environment.
@@ -71,20 +72,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ._checkpoint import CHECKPOINT_SUFFIX, CheckpointStore, default_checkpoint_path
-from ._exceptions import AsyncSyncError, ConfigError
-from ._hooks import UploadHooks
-from ._redact import redact
-from ._shards import Shard, open_shard, plan_shards, shard_path, source_kind
-from ._summary import Counters, LatencySample, RunSummary
+from .._exceptions import AsyncSyncError, ConfigError
+from .._hooks import UploadHooks
+from .._redact import redact
+from .._summary import Counters, LatencySample, RunSummary
+from ..checkpoint._checkpoint import CHECKPOINT_SUFFIX, CheckpointStore, default_checkpoint_path
+from ..sources._shards import Shard, open_shard, plan_shards, shard_path, source_kind
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..auth._manager import TokenStore
+    from ..sources._files import Source
+    from ..sources._sql import SqlSource
     from ._settings import Settings
-    from ._sources import Source
-    from ._sql import SqlSource
-    from ._token import TokenStore
 
 __all__ = [
     "EXIT_ORDER",
@@ -153,8 +154,8 @@ def open_run_token_store(settings: Settings) -> TokenStore | None:
     spec = settings.token_store
     if spec is None:
         return None
-    from ._stores import open_token_store
-    from ._token import DEFAULT_FETCH_TIMEOUT
+    from ..auth._manager import DEFAULT_FETCH_TIMEOUT
+    from ..auth._stores import open_token_store
 
     if settings.auth not in ("oauth2", "login") or settings.token_url is None:
         open_token_store(spec, endpoint="http://unused.invalid/", client_id=None)
@@ -260,7 +261,7 @@ def _check_scale_out(settings: Settings, what: str) -> None:
 
 async def sql_shard_job(settings: Settings, sql: SqlSource) -> ShardJob | None:
     """``--shard K/N --db ...``: the rows of key range K of the N that
-    :meth:`~asyncsync._sql.SqlSource.plan_key_ranges` makes (none when there are fewer
+    :meth:`~asyncsync.sources._sql.SqlSource.plan_key_ranges` makes (none when there are fewer
     ranges than N). Positions count from 1 in each shard; the checkpoint is ``--checkpoint``
     only (none by default), the dead-letter file ``<failed>.shard-K-of-N`` by default."""
     if settings.shard is None:
@@ -274,7 +275,7 @@ async def sql_shard_job(settings: Settings, sql: SqlSource) -> ShardJob | None:
         log.info("shard %d/%d of %s: keys after %r up to %r", k, n, sql.name, start, end)
         source = sql.with_range(start, end)
     else:
-        from ._sources import open_source
+        from ..sources._files import open_source
 
         log.info("shard %d/%d of %s: no rows (%d key ranges)", k, n, sql.name, len(ranges))
         source = open_source([])
@@ -386,7 +387,7 @@ class _Child:
 
 async def _plan_sql(settings: Settings, n: int) -> list[tuple[Any, Any]]:
     """The key ranges of a ``--processes N --db`` run, planned once here for every child."""
-    from ._sql import open_sql_source
+    from ..sources._sql import open_sql_source
 
     assert settings.db is not None and settings.key is not None  # checked by resolve()
     sql = open_sql_source(settings.db, query=settings.query, table=settings.table, key=settings.key)
@@ -441,7 +442,7 @@ def _warn_about_single_checkpoint(source: str, settings: Settings) -> None:
 
 def run_processes(settings: Settings, console: Console) -> int:
     """``upload --processes N``: plan, run N children, report once; returns the exit code."""
-    from ._cli import progress_wanted, report
+    from ._main import progress_wanted, report
 
     started = time.monotonic()
     n = settings.processes
@@ -557,7 +558,7 @@ async def _supervise(
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "asyncsync._multiproc",
+                "asyncsync.cli._processes",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -758,7 +759,7 @@ def _child_error(exc: BaseException, verbosity: int) -> None:
 
 
 def child_main() -> int:
-    """``python -m asyncsync._multiproc``: one shard of a ``--processes`` run.
+    """``python -m asyncsync.cli._processes``: one shard of a ``--processes`` run.
 
     Reads its pickled :class:`Settings` and the run's shard plan from stdin, reports on stdout
     (JSON lines; the process's own stdout is moved to stderr so nothing else can write there),
@@ -776,7 +777,7 @@ def child_main() -> int:
         _plans[key] = plan
     from rich.console import Console
 
-    from ._cli import RunHooks, exit_code, logging_to_stderr, run_async, upload_with
+    from ._main import RunHooks, exit_code, logging_to_stderr, run_async, upload_with
 
     hooks = RunHooks()
     hooks.display = _Reporter(report_fd, lambda: hooks.token_requests)

@@ -31,10 +31,10 @@ from typing import Final
 import msgspec
 import orjson
 
-from ._exceptions import ConfigError, SourceError
-from ._records import RecordBlock, Rejected
+from .._exceptions import ConfigError, SourceError
+from .._records import RecordBlock, Rejected
+from ..sources._files import JsonlSource
 from ._settings import Settings
-from ._sources import JsonlSource
 
 __all__ = ["REPLAY_FAILED_SUFFIX", "DeadLetterSource", "replay_settings"]
 

@@ -42,7 +42,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from ._exceptions import AuthError, ConfigError
+from .._exceptions import AuthError, ConfigError
 
 __all__ = [
     "DEFAULT_LOGIN_TEMPLATE",
