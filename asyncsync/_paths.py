@@ -77,9 +77,9 @@ def default_state_paths(
         )
     if not fallback:
         return paths
-    failed = writable_default(paths.failed)
-    assert failed is not None
-    return StatePaths(writable_default(paths.checkpoint), failed)
+    moved = writable_default(paths.failed)
+    assert moved is not None
+    return StatePaths(writable_default(paths.checkpoint), moved)
 
 
 def shard_path(base: str | os.PathLike[str], index: int, count: int, suffix: str = "") -> Path:
