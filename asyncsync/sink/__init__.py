@@ -20,9 +20,10 @@ library, aiohttp and orjson), so client tests run against it cannot confirm them
 
 from __future__ import annotations
 
-from ._app import STATE, SinkState, create_app
+from ._app import create_app
 from ._cli import main
 from ._config import Faults, SinkConfig
 from ._server import Sink
+from ._state import STATE, SinkState
 
 __all__ = ["STATE", "Faults", "Sink", "SinkConfig", "SinkState", "create_app", "main"]

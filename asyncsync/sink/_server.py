@@ -9,8 +9,9 @@ from typing import Any, Self
 import orjson
 from aiohttp import web
 
-from ._app import SinkState, create_app, set_faults
+from ._app import create_app
 from ._config import Faults, SinkConfig
+from ._state import SinkState, set_faults
 
 __all__ = ["Sink"]
 
