@@ -25,9 +25,8 @@ from typing import IO, Any
 import orjson
 
 from ._exceptions import ConfigError
-from ._records import Rejected
+from ._records import BatchResult, Rejected
 from ._redact import redact
-from ._sender import BatchResult
 
 __all__ = ["DeadLetterFile"]
 

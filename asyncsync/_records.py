@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-__all__ = ["Batch", "LineEnds", "RecordBlock", "Rejected", "compact_positions"]
+__all__ = ["Batch", "BatchResult", "LineEnds", "RecordBlock", "Rejected", "compact_positions"]
 
 
 def compact_positions(positions: Sequence[int]) -> Sequence[int]:
@@ -121,6 +121,20 @@ class Batch:
             self.end_key,
         )
         return left, right
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """How one batch (or one half of a split batch) ended: ``delivered`` (acknowledged), or
+    not, with the last ``status`` (None: no response), the ``attempts`` made and the ``error``
+    written to the dead-letter file. ``key`` is the ``Idempotency-Key`` it was sent with."""
+
+    batch: Batch
+    key: str
+    delivered: bool
+    status: int | None
+    attempts: int
+    error: str = ""
 
 
 class LineEnds(Sequence[int]):

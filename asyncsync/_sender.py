@@ -21,7 +21,6 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 import aiohttp
 
@@ -29,7 +28,7 @@ from ._body import BodyEncoder
 from ._config import Action, RetryPolicy
 from ._exceptions import AuthError, ConfigError
 from ._hooks import RetryDetails, UploadHooks
-from ._records import Batch
+from ._records import Batch, BatchResult
 from ._redact import redact
 from ._summary import Counters
 from .auth._manager import Token, TokenManager
@@ -45,18 +44,6 @@ MAX_REAUTH = 3  # 401s per batch answered by a refresh; past that the API refuse
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """How one batch (or one half of a split batch) ended."""
-
-    batch: Batch
-    key: str
-    delivered: bool
-    status: int | None
-    attempts: int
-    error: str = ""
 
 
 def parse_retry_after(value: str | None, *, now_wall: float | None = None) -> float | None:
