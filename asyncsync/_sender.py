@@ -1,166 +1,55 @@
 """Send one batch: body, headers, token, Idempotency-Key, response classification, retries.
 
 Per request the hot path is: wait at the shared pause gate (one clock read), take the token
-(the manager's lock-free fast path), build the headers, POST, read a bounded body, look the
-status up in the policy table. Everything else happens only when something went wrong.
+(the manager's lock-free fast path), build the headers, POST through the transport (which
+reads a bounded body), look the status up in the policy table. Everything else happens only
+when something went wrong.
 
-Retry timing is full jitter, ``uniform(0, min(backoff_max, backoff_initial * 2**(n-2)))``
-before attempt ``n``, or the server's ``Retry-After``. The loop is written out rather than
-driven by tenacity because three of its branches are not retries of the same call: a 401
-resends with another token without spending an attempt, a 413 splits the batch into two new
-ones, and a ``Retry-After`` pauses every worker through :class:`PauseGate`, not only this one.
-The random source and the clock are injected so tests are deterministic and instant.
+Retry timing is :class:`~asyncsync._retry.Backoff` (full jitter): before attempt ``n``,
+``uniform(0, min(backoff_max, backoff_initial * 2**(n-2)))``, or the server's ``Retry-After``.
+The loop is written out rather than driven by a retry library because three of its branches
+are not retries of the same call: a 401 resends with another token without spending an
+attempt, a 413 splits the batch into two new ones, and a ``Retry-After`` pauses every worker
+through :class:`~asyncsync._retry.PauseGate`, not only this one. The random source and the
+clock are injected so tests are deterministic and instant.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
-
-import aiohttp
+from collections.abc import Mapping
 
 from ._body import BodyEncoder
 from ._config import Action, RetryPolicy
-from ._exceptions import AuthError, ConfigError
+from ._exceptions import AuthError
 from ._hooks import RetryDetails, UploadHooks
+from ._http import Response, Transport, TransportError
 from ._records import Batch, BatchResult
 from ._redact import redact
+from ._retry import Backoff, Budget, Clock, PauseGate, RateLimiter, Sleep, parse_retry_after
 from ._summary import Counters
 from .auth._manager import Token, TokenManager
 
-__all__ = ["BatchResult", "PauseGate", "RateLimiter", "Sender", "parse_retry_after"]
+__all__ = ["Sender"]
 
 log = logging.getLogger("asyncsync.sender")
 
 USER_AGENT = "asyncsync"
 EXCERPT_LIMIT = 1024  # bytes of a failed response kept for the dead-letter file
-OK_BODY_LIMIT = 64 * 1024  # bytes of a 2xx body read so the connection can be reused
+OK_BODY_LIMIT = 64 * 1024  # bytes of a body read so the connection can be reused
 MAX_REAUTH = 3  # 401s per batch answered by a refresh; past that the API refuses us
-
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
-
-
-def parse_retry_after(value: str | None, *, now_wall: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            return None
-        now = time.time() if now_wall is None else now_wall
-        seconds = when.timestamp() - now
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
-
-
-class PauseGate:
-    """One shared pause: a ``Retry-After`` seen by any worker holds back every worker."""
-
-    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
-        self._until = 0.0
-        self._clock = clock
-        self._sleep = sleep
-
-    @property
-    def paused_until(self) -> float:
-        return self._until
-
-    def pause_for(self, seconds: float) -> None:
-        self._until = max(self._until, self._clock() + seconds)
-
-    async def wait(self) -> None:
-        # loop: another worker may extend the pause while we sleep
-        while (delay := self._until - self._clock()) > 0:
-            await self._sleep(delay)
-
-
-class RateLimiter:
-    """At most ``rate`` requests per second across all workers (evenly spaced slots)."""
-
-    def __init__(
-        self, rate: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
-    ) -> None:
-        if rate <= 0:
-            raise ConfigError(f"rate must be > 0 requests/s, got {rate!r}", field="rate")
-        self._interval = 1.0 / rate
-        self._next = 0.0
-        self._clock = clock
-        self._sleep = sleep
-
-    async def acquire(self) -> None:
-        now = self._clock()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await self._sleep(slot - now)
-
-
-def describe_exception(exc: BaseException) -> str:
-    """A short, secret-free reason for a transport failure (the one place they are named)."""
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "response payload error"
-    if isinstance(exc, aiohttp.ClientOSError):
-        return f"connection error: {exc.strerror or type(exc).__name__}"
-    return redact(f"{type(exc).__name__}: {exc}")[:200]
-
-
-def _fatal_transport_error(exc: BaseException, url: str) -> Exception | None:
-    """Errors no retry can fix: TLS verification and unusable URLs end the run."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError) or (
-        isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ssl.SSLError)
-    ):
-        detail = getattr(exc, "os_error", exc)
-        return ConfigError(
-            f"TLS verification failed for {url}: {detail} (use --ca-bundle PATH for a private CA)",
-            field="url",
-        )
-    if isinstance(exc, aiohttp.InvalidURL):
-        return ConfigError(f"invalid URL {url!r}", field="url")
-    return None
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body; a longer body is left unread (the connection closes)."""
-    length = resp.content_length
-    if length is not None and length <= limit:
-        return await resp.read()  # the common case: one read, the connection is reused
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await resp.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 class Sender:
-    """Delivers batches to one URL; shared by every worker of a run."""
+    """Delivers batches to one URL through a :class:`~asyncsync._http.Transport`; shared by
+    every worker of a run."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         url: str,
         *,
         tokens: TokenManager | None,
@@ -177,7 +66,7 @@ class Sender:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self._session = session
+        self._transport = transport
         self._url = url
         self._tokens = tokens
         self._encoder = encoder
@@ -186,13 +75,14 @@ class Sender:
         self._counters = counters
         self._hooks = hooks
         self._base_headers = {"User-Agent": USER_AGENT, **encoder.headers, **(headers or {})}
-        # None: the session's timeout applies (cheaper than a per-request one)
-        self._timeout = aiohttp.ClientTimeout(total=timeout) if timeout is not None else None
+        # None: the transport's own timeout applies (cheaper than a per-request one)
+        self._timeout = timeout
         self._gate = gate or PauseGate(clock=clock, sleep=sleep)
         self._rate = rate
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(retry.backoff_initial, retry.backoff_max, rng=rng)
+        self._budget = Budget(attempts=retry.max_attempts, seconds=retry.max_retry_time)
         #: the policy table for every status, looked up once per response
         self._actions = {status: retry.action_for(status) for status in range(100, 600)}
 
@@ -217,17 +107,17 @@ class Sender:
         results.sort(key=lambda r: r.batch.first)
         return results
 
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self._retry.backoff_max, self._retry.backoff_initial * 2 ** max(0, attempt - 2))
-        return self._rng.uniform(0, cap)
-
     async def _send_one(self, batch: Batch) -> BatchResult | tuple[Batch, Batch]:
         key = self.key_for(batch)
         body = self._encoder.encode(batch.records)
         counters = self._counters
         counters.batches += 1
         policy = self._retry
+        budget = self._budget
         actions = self._actions
+        transport = self._transport
+        url = self._url
+        timeout = self._timeout
         attempts = 0
         reauths = 0
         first_unauthorized: float | None = None
@@ -252,23 +142,23 @@ class Sender:
             sent_at = self._clock()
             retry_after: float | None = None
             try:
-                async with self._post(body, headers) as resp:
-                    status = resp.status
-                    action = actions.get(status) or policy.action_for(status)
-                    if action is Action.ACK:
-                        await _read_bounded(resp, OK_BODY_LIMIT)
-                        counters.latencies.add(self._clock() - sent_at)
-                        counters.bytes_sent += len(body)
-                        return BatchResult(batch, key, True, status, attempts)
-                    excerpt = await _read_bounded(resp, EXCERPT_LIMIT)
-                    reason = self._describe_status(resp, excerpt, token)
-                    if action is Action.RETRY:
-                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                fatal = _fatal_transport_error(exc, self._url)
-                if fatal is not None:
-                    raise fatal from exc
-                status, action, reason = None, Action.RETRY, describe_exception(exc)
+                resp = await transport.post(
+                    url, body=body, headers=headers, timeout=timeout, max_body=OK_BODY_LIMIT
+                )
+            except TransportError as exc:
+                if not exc.retryable:  # TLS verification, an unusable URL: ends the run
+                    raise
+                status, action, reason = None, Action.RETRY, str(exc)
+            else:
+                status = resp.status
+                action = actions.get(status) or policy.action_for(status)
+                if action is Action.ACK:
+                    counters.latencies.add(self._clock() - sent_at)
+                    counters.bytes_sent += len(body)
+                    return BatchResult(batch, key, True, status, attempts)
+                reason = self._describe_status(resp, resp.body[:EXCERPT_LIMIT], token)
+                if action is Action.RETRY:
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             finally:
                 counters.in_flight -= 1
 
@@ -308,7 +198,7 @@ class Sender:
 
             # RETRY
             elapsed = self._clock() - started
-            if attempts >= policy.max_attempts or elapsed >= policy.max_retry_time:
+            if budget.exhausted(attempts, elapsed):
                 why = (
                     f"gave up after {attempts} attempts"
                     if attempts >= policy.max_attempts
@@ -319,8 +209,8 @@ class Sender:
                 wait = min(retry_after, policy.retry_after_max)
                 self._gate.pause_for(wait)
             else:
-                wait = self._backoff(attempts + 1)
-            wait = min(wait, max(0.0, policy.max_retry_time - elapsed))
+                wait = self._backoff.delay(attempts)
+            wait = min(wait, budget.left(elapsed))
             counters.retries += 1
             counters.retries_by_status[str(status) if status is not None else "error"] += 1
             details = RetryDetails(batch.seq, key, attempts + 1, reason, status, wait)
@@ -331,16 +221,7 @@ class Sender:
             if retry_after is None and wait > 0:
                 await self._sleep(wait)
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> aiohttp.client._RequestContextManager:
-        if self._timeout is None:
-            return self._session.post(self._url, data=body, headers=headers, allow_redirects=False)
-        return self._session.post(
-            self._url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
-        )
-
-    def _describe_status(
-        self, resp: aiohttp.ClientResponse, excerpt: bytes, token: Token | None
-    ) -> str:
+    def _describe_status(self, resp: Response, excerpt: bytes, token: Token | None) -> str:
         status = resp.status
         if 300 <= status < 400:
             location = resp.headers.get("Location", "?")

@@ -5,7 +5,7 @@
     async with Uploader(url, auth=OAuth2ClientCredentials(...)) as up:
         summary = await up.upload("export.jsonl")
 
-An ``Uploader`` owns one ``aiohttp.ClientSession`` (connection limit = workers, keep-alive)
+An ``Uploader`` owns one HTTP transport (connection limit = workers, keep-alive)
 and one :class:`TokenManager`, shared by every upload made through it. Its lifecycle is
 explicit: use it inside ``async with`` (or call :meth:`Uploader.aclose`); after close it
 refuses work with a ``RuntimeError``.
@@ -28,17 +28,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import aiohttp
-
 from ._batcher import batch as make_batches
 from ._body import BodyEncoder
 from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from ._deadletter import DeadLetterFile
 from ._exceptions import ConfigError, Interrupted
 from ._hooks import UploadHooks
+from ._http import Transport, open_transport
 from ._pipeline import Pipeline, default_queue_size
 from ._records import RecordBlock
-from ._sender import PauseGate, RateLimiter, Sender
+from ._retry import PauseGate, RateLimiter
+from ._sender import Sender
 from ._summary import Counters, RunSummary
 from .auth._manager import TokenManager, TokenStore
 from .auth._providers import AuthProvider
@@ -145,7 +145,7 @@ class Uploader:
         self._grace = grace
         self._signals = install_signal_handlers
         self._state = _State.UNOPENED
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: Transport | None = None
         self._tokens: TokenManager | None = None
         self._owns_tokens = False
         self._gate = PauseGate()
@@ -177,22 +177,15 @@ class Uploader:
             raise RuntimeError("Cannot use an Uploader that has been closed.")
         if self._state is _State.OPEN:
             return
-        connector = aiohttp.TCPConnector(
-            limit=self._concurrency,
-            ssl=self._ssl if self._ssl is not None else True,
-            enable_cleanup_closed=False,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            raise_for_status=False,
+        self._transport = open_transport(
+            connections=self._concurrency, timeout=self._timeout, ssl=self._ssl
         )
         if isinstance(self._auth, TokenManager):
             self._tokens = self._auth
         elif self._auth is not None:
             self._tokens = TokenManager(
                 self._auth,
-                session=self._session,
+                transport=self._transport,
                 skew=self._token_skew,
                 store=self._token_store,
                 # --timeout bounds token requests too (a hung token endpoint, exit 3)
@@ -211,8 +204,8 @@ class Uploader:
             if self._tokens is not None and self._owns_tokens:
                 await self._tokens.aclose()
         finally:
-            if self._session is not None:
-                await self._session.close()
+            if self._transport is not None:
+                await self._transport.aclose()
 
     async def upload(self, source: SourceLike) -> RunSummary:
         """Upload every record of ``source``; returns the run summary.
@@ -227,7 +220,7 @@ class Uploader:
             if self._state is _State.CLOSED:
                 raise RuntimeError("Cannot upload with an Uploader that has been closed.")
             await self._open()
-        assert self._session is not None
+        assert self._transport is not None
         src = open_source(source)  # SourceError here, before any request
         counters = Counters()
         dead = DeadLetterFile(self._failed_path(src), lines=src.kind in ("jsonl", "csv", "stdin"))
@@ -263,7 +256,7 @@ class Uploader:
         auth_base = self._tokens.stats.requests if self._tokens is not None else 0
         auth_before = counters.auth_requests
         sender = Sender(
-            self._session,
+            self._transport,
             self.url,
             tokens=self._tokens,
             encoder=self._encoder,

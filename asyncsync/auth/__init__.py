@@ -1,1 +1,38 @@
-"""auth."""
+"""Authentication: the token manager, the providers that fetch tokens, the shared stores.
+
+:class:`TokenManager` hands every sender a valid token (one fetch per lifetime, single
+flight); an :class:`AuthProvider` knows how to ask one endpoint for a token; a
+:class:`TokenStore` shares one token between processes and hosts.
+"""
+
+from __future__ import annotations
+
+from ._manager import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
+from ._providers import (
+    AuthProvider,
+    CallableProvider,
+    JsonLogin,
+    OAuth2ClientCredentials,
+    StaticToken,
+    TokenResponse,
+    TransientAuthError,
+)
+from ._stores import FileTokenStore, RedisTokenStore, open_token_store
+
+__all__ = [
+    "AuthProvider",
+    "CallableProvider",
+    "FileTokenStore",
+    "JsonLogin",
+    "MemoryTokenStore",
+    "OAuth2ClientCredentials",
+    "RedisTokenStore",
+    "StaticToken",
+    "Token",
+    "TokenManager",
+    "TokenResponse",
+    "TokenStats",
+    "TokenStore",
+    "TransientAuthError",
+    "open_token_store",
+]

@@ -45,10 +45,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Literal, Protocol
 
-import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
-
 from .._exceptions import AuthError, ConfigError
+from .._http import Transport, TransportError, map_aiohttp_exception, open_transport
+from .._retry import Backoff, Budget
 from ._providers import (
     AuthProvider,
     StaticToken,
@@ -242,15 +241,21 @@ class TokenManager:
     timeline and the invariants.
 
     Retries of one fetch: transient failures (connection errors, timeouts, 408, 429, 5xx)
-    wait ``uniform(0, min(backoff_max, backoff_initial * 2 ** (n - 1)))`` after attempt ``n``,
-    or the server's ``Retry-After``; the fetch gives up after ``max_attempts`` requests or
-    when the next wait would pass ``max_fetch_time`` seconds since its first request. Each
-    request is bounded by ``fetch_timeout``.
+    wait :class:`~asyncsync._retry.Backoff` ``uniform(0, min(backoff_max, backoff_initial *
+    2 ** (n - 1)))`` after attempt ``n``, or the server's ``Retry-After``; the fetch gives up
+    after ``max_attempts`` requests or when the next wait would pass ``max_fetch_time``
+    seconds since its first request (a :class:`~asyncsync._retry.Budget`). Each request is
+    bounded by ``fetch_timeout``.
+
+    ``transport``: the :class:`~asyncsync._http.Transport` token and revocation requests go
+    through (the uploader passes its own); None: the manager opens one when it first needs
+    it and closes it in :meth:`aclose`. ``store``: a :class:`TokenStore` shared with other
+    processes. ``revoke_on_close``: revoke the current token in :meth:`aclose`.
     """
 
     __slots__ = (
-        "_backoff_initial",
-        "_backoff_max",
+        "_backoff",
+        "_budget",
         "_clock",
         "_closed",
         "_consecutive_failures",
@@ -262,11 +267,10 @@ class TokenManager:
         "_fetch_timeout",
         "_hard_at",
         "_last_request_at",
-        "_max_attempts",
-        "_max_fetch_time",
         "_min_interval",
         "_next_proactive_at",
-        "_owns_session",
+        "_owns_transport",
+        "_proactive_backoff",
         "_provider",
         "_refresh_at",
         "_refreshes_401",
@@ -274,7 +278,7 @@ class TokenManager:
         "_requests",
         "_revoke_on_close",
         "_revoked",
-        "_session",
+        "_rng",
         "_short_streak",
         "_skew",
         "_sleep",
@@ -282,6 +286,7 @@ class TokenManager:
         "_store",
         "_task",
         "_token",
+        "_transport",
         "_wall_clock",
     )
 
@@ -289,8 +294,10 @@ class TokenManager:
         self,
         provider: AuthProvider,
         *,
-        session: aiohttp.ClientSession | None = None,
         skew: float = DEFAULT_SKEW,
+        store: TokenStore | None = None,
+        revoke_on_close: bool = False,
+        transport: Transport | None = None,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
@@ -298,11 +305,10 @@ class TokenManager:
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         failure_cooldown: float = DEFAULT_FAILURE_COOLDOWN,
-        revoke_on_close: bool = False,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
-        store: TokenStore | None = None,
         wall_clock: Clock = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         for name, value, allow_zero in (
             ("skew", skew, True),
@@ -322,15 +328,19 @@ class TokenManager:
                 f"max_attempts must be an int >= 1, got {max_attempts!r}", field="max_attempts"
             )
         self._provider = provider
-        self._session = session
-        self._owns_session = session is None
+        self._transport = transport
+        self._owns_transport = transport is None
         self._skew = float(skew)
         self._fetch_timeout = float(fetch_timeout)
         self._min_interval = float(min_interval)
-        self._max_attempts = max_attempts
-        self._max_fetch_time = float(max_fetch_time)
-        self._backoff_initial = float(backoff_initial)
-        self._backoff_max = float(backoff_max)
+        # the fetch's retry loop: attempts and time, whichever runs out first
+        self._budget = Budget(attempts=max_attempts, seconds=float(max_fetch_time))
+        self._rng = rng if rng is not None else random.Random()
+        self._backoff = Backoff(float(backoff_initial), float(backoff_max), rng=self._rng)
+        # failed proactive refreshes: from the cool-down, doubling, at least half of each cap
+        self._proactive_backoff = Backoff(
+            float(failure_cooldown), PROACTIVE_BACKOFF_MAX, jitter=0.5, rng=self._rng
+        )
         self._failure_cooldown = float(failure_cooldown)
         self._revoke_on_close = revoke_on_close
         self._clock = clock
@@ -417,7 +427,8 @@ class TokenManager:
         return True
 
     async def aclose(self) -> None:
-        """Stop: cancel a fetch in flight, revoke the token if asked (once), close the session."""
+        """Stop: cancel a fetch in flight, revoke the token if asked (once), close the
+        transport if the manager opened it."""
         if self._closed:
             return
         self._closed = True
@@ -430,9 +441,9 @@ class TokenManager:
         if self._revoke_on_close and token is not None and not self._revoked:
             self._revoked = True
             await self._revoke(token)
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._owns_transport and self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.aclose()
 
     async def __aenter__(self) -> TokenManager:
         if self._closed:
@@ -567,7 +578,7 @@ class TokenManager:
             # FIELD-NOTES 14: processes sharing a token would all reach for the store's lock
             # at the same second; spread them over the first tenth of the window.
             spread = 0.1 * (self._hard_at - self._refresh_at)
-            self._refresh_at -= random.uniform(0.0, spread)
+            self._refresh_at -= self._rng.uniform(0.0, spread)
             self._refresh_at = max(self._refresh_at, token.obtained_at + floor)
         self._next_proactive_at = _NEG_INF
         self._consecutive_failures = 0
@@ -595,11 +606,8 @@ class TokenManager:
             self._failure_until = now + self._failure_cooldown
         if still_usable:
             # FIELD-NOTES 7: keep serving the token we have; try again later, with backoff.
-            pause = min(
-                self._failure_cooldown * 2 ** min(self._consecutive_failures - 1, 30),
-                PROACTIVE_BACKOFF_MAX,
-            )
-            pause = max(pause * random.uniform(0.5, 1.0), self._min_interval)
+            pause = self._proactive_backoff.delay(min(self._consecutive_failures, 31))
+            pause = max(pause, self._min_interval)
             if error.permanent:
                 pause = max(pause, self._failure_cooldown)
             self._next_proactive_at = now + pause
@@ -679,82 +687,75 @@ class TokenManager:
         except Exception as exc:
             logger.warning("token store save failed (%s)", type(exc).__name__)
 
+    def _open_transport(self) -> Transport:
+        transport = self._transport
+        if transport is None:
+            # created here, not in __init__: a transport needs the running event loop
+            transport = self._transport = open_transport(
+                connections=4, timeout=self._fetch_timeout, ssl=None
+            )
+            self._owns_transport = True
+        return transport
+
     async def _fetch(self) -> Token:
-        """Request a token from the provider, retrying transient failures (tenacity)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-            self._owns_session = True
-        session = self._session
+        """Request a token from the provider, retrying transient failures within the budget."""
+        transport = self._open_transport()
+        budget = self._budget
         started = self._clock()
         attempts = 0
-
-        def stop(state: RetryCallState) -> bool:
-            budget_left = self._max_fetch_time - (self._clock() - started)
-            return state.attempt_number >= self._max_attempts or state.upcoming_sleep > budget_left
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome is not None else None
-            if isinstance(error, TransientAuthError) and error.retry_after is not None:
-                return error.retry_after
-            exponent = min(state.attempt_number - 1, 60)
-            ceiling = min(self._backoff_max, self._backoff_initial * 2.0**exponent)
-            return random.uniform(0.0, ceiling)
-
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
-            logger.debug(
-                "token request attempt %d failed (%s); retrying in %.2fs",
-                state.attempt_number,
-                error,
-                state.upcoming_sleep,
-            )
-
-        async def attempt() -> Token:
-            nonlocal attempts
+        while True:
             attempts += 1
-            return await self._attempt(session)
+            try:
+                return await self._attempt(transport)
+            except TransientAuthError as error:
+                wait = error.retry_after
+                if wait is None:
+                    wait = self._backoff.delay(attempts)
+                if not budget.allows(attempts, self._clock() - started, wait):
+                    raise AuthError(
+                        f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})",
+                        endpoint=error.endpoint,
+                        status=error.status,
+                        permanent=False,
+                    ) from error
+                logger.debug(
+                    "token request attempt %d failed (%s); retrying in %.2fs",
+                    attempts,
+                    error,
+                    wait,
+                )
+            await self._sleep(wait)
 
-        retrying = AsyncRetrying(
-            sleep=self._sleep,
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception_type(TransientAuthError),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            return await retrying(attempt)
-        except TransientAuthError as error:
-            raise AuthError(
-                f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})",
-                endpoint=error.endpoint,
-                status=error.status,
-                permanent=False,
-            ) from error
-
-    async def _attempt(self, session: aiohttp.ClientSession) -> Token:
+    async def _attempt(self, transport: Transport) -> Token:
         """One token request. Lifetime counts from when it was sent (FIELD-NOTES 11)."""
         self._requests += self._counts_requests
         sent_at = self._clock()
         self._last_request_at = sent_at
         endpoint = self.endpoint
+        where = endpoint or "the provider"
         try:
             async with asyncio.timeout(self._fetch_timeout):
-                response = await self._provider.fetch(session, timeout=self._fetch_timeout)
+                response = await self._provider.fetch(transport, timeout=self._fetch_timeout)
         except AuthError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            what = (
-                f"timed out after {self._fetch_timeout:g}s"
-                if isinstance(exc, TimeoutError)
-                else type(exc).__name__
-            )
+        except TimeoutError as exc:  # our own bound: a provider that ignored its timeout
             raise TransientAuthError(
-                f"token request to {endpoint or 'the provider'} failed: {what}", endpoint=endpoint
+                f"token request to {where} failed: timed out after {self._fetch_timeout:g}s",
+                endpoint=endpoint,
+            ) from exc
+        except Exception as exc:
+            # a provider of the user's own may let its client's errors through
+            mapped = exc if isinstance(exc, TransportError) else map_aiohttp_exception(exc)
+            if mapped is None:
+                raise
+            if not mapped.retryable:
+                raise mapped from exc
+            raise TransientAuthError(
+                f"token request to {where} failed: {mapped}", endpoint=endpoint
             ) from exc
         problem = token_value_problem(response.access_token)
         if problem is not None:
-            raise AuthError(f"{endpoint or 'the provider'}: {problem}", endpoint=endpoint)
+            raise AuthError(f"{where}: {problem}", endpoint=endpoint)
         lifetime = response.expires_in
         if lifetime is not None:
             lifetime = None if math.isnan(lifetime) else clamp_lifetime(lifetime)
@@ -766,14 +767,14 @@ class TokenManager:
         )
 
     async def _revoke(self, token: Token) -> None:
-        session = self._session
-        if session is None:
-            if not self._owns_session:
+        transport = self._transport
+        if transport is None:
+            if not self._owns_transport:
                 return
-            session = self._session = aiohttp.ClientSession()
+            transport = self._open_transport()
         try:
             async with asyncio.timeout(self._fetch_timeout):
-                await self._provider.revoke(session, token.value)
+                await self._provider.revoke(transport, token.value)
         except Exception as exc:
             logger.warning("revoking token %s failed: %s", token.fingerprint, _safe(exc))
         else:
@@ -782,7 +783,7 @@ class TokenManager:
 
 def _safe(exc: BaseException) -> str:
     """An exception for a log line: our own errors are secret-free, others by type only."""
-    if isinstance(exc, AuthError):
+    if isinstance(exc, AuthError | TransportError):
         return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"

@@ -30,19 +30,24 @@ import logging
 import math
 import os
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal, Protocol
-from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote_plus, urlencode, urlsplit
 
-import aiohttp
 import orjson
 
 from .._exceptions import AuthError, ConfigError
+from .._http import (
+    RequestTimeout,
+    Transport,
+    TransportError,
+    display_url,
+    map_aiohttp_exception,
+)
+from .._retry import parse_retry_after
 
 __all__ = [
     "DEFAULT_LOGIN_TEMPLATE",
@@ -122,14 +127,14 @@ class AuthProvider(Protocol):
 
     async def fetch(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         *,
         timeout: float,  # noqa: ASYNC109 - the transport's per-request budget, by protocol
     ) -> TokenResponse:
         """Request one token; raise :class:`TransientAuthError` or ``AuthError`` on failure."""
         ...
 
-    async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
+    async def revoke(self, transport: Transport, token: str) -> None:
         """Revoke ``token`` (RFC 7009) if the provider knows how; may be a no-op."""
         ...
 
@@ -196,41 +201,8 @@ def expiry_to_lifetime(value: object, *, now_wall: float, field_name: str = "exp
     raise ValueError(f"{field_name} is a {type(value).__name__}")
 
 
-def parse_retry_after(value: str | None, *, now_wall: float) -> float | None:
-    """``Retry-After`` as seconds to wait (delta-seconds or an HTTP-date), or None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():  # not "²": str.isdigit() accepts it, float() does not
-        return float(text)
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - now_wall)
-
-
 # --------------------------------------------------------------------------------------------
 # Redaction helpers
-
-
-def display_url(url: str) -> str:
-    """``url`` without userinfo, query or fragment: safe for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 _SECRET_VALUE_RE: Final = re.compile(
@@ -457,31 +429,16 @@ def _refusal_message(
 # HTTP plumbing shared by the HTTP providers
 
 
-async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise AuthError(
-                f"token endpoint {endpoint} answered more than {MAX_RESPONSE_BYTES} bytes",
-                endpoint=endpoint,
-                status=response.status,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _describe_transport_error(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"timed out after {timeout:g}s"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.__class__.__name__}: {exc.os_error.strerror})"
-    return type(exc).__name__
+def _transient(exc: TransportError, endpoint: str | None, timeout: float) -> TransientAuthError:
+    """A retryable transport failure of a token request, worded for the token endpoint."""
+    what = f"timed out after {timeout:g}s" if isinstance(exc, RequestTimeout) else str(exc)
+    return TransientAuthError(
+        f"token request to {endpoint or 'the provider'} failed: {what}", endpoint=endpoint
+    )
 
 
 async def _post(
-    session: aiohttp.ClientSession,
+    transport: Transport,
     url: str,
     *,
     endpoint: str,
@@ -489,35 +446,27 @@ async def _post(
     data: bytes,
     total_timeout: float,
 ) -> tuple[int, Mapping[str, str], bytes]:
-    """POST without following redirects; transport failures become TransientAuthError."""
+    """POST (redirects are never followed); retryable transport failures become
+    TransientAuthError, the others (TLS verification: a setting, ``--ca-bundle``) pass."""
     try:
-        async with session.post(
+        response = await transport.post(
             url,
-            data=data,
-            headers=dict(headers),
-            allow_redirects=False,
-            raise_for_status=False,
-            timeout=aiohttp.ClientTimeout(total=total_timeout),
-        ) as response:
-            body = await _read_capped(response, endpoint)
-            return response.status, response.headers, body
-    except AuthError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        if isinstance(exc, aiohttp.ClientSSLError) or (
-            isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ssl.SSLError)
-        ):
-            # no retry fixes a certificate: fail now, as a setting (exit 2), naming the fix
-            detail = getattr(exc, "os_error", exc)
-            raise ConfigError(
-                f"TLS verification failed for {endpoint}: {detail} "
-                "(use --ca-bundle PATH for a private CA)",
-                field="token_url",
-            ) from exc
-        raise TransientAuthError(
-            f"token request to {endpoint} failed: {_describe_transport_error(exc, total_timeout)}",
+            body=data,
+            headers=headers,
+            timeout=total_timeout,
+            max_body=MAX_RESPONSE_BYTES + 1,
+        )
+    except TransportError as exc:
+        if not exc.retryable:
+            raise
+        raise _transient(exc, endpoint, total_timeout) from exc
+    if len(response.body) > MAX_RESPONSE_BYTES:
+        raise AuthError(
+            f"token endpoint {endpoint} answered more than {MAX_RESPONSE_BYTES} bytes",
             endpoint=endpoint,
-        ) from exc
+            status=response.status,
+        )
+    return response.status, response.headers, response.body
 
 
 def _check_url(url: str, field_name: str) -> str:
@@ -648,13 +597,13 @@ class OAuth2ClientCredentials:
 
     async def fetch(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         *,
         timeout: float,  # noqa: ASYNC109 - the transport's per-request budget, by protocol
     ) -> TokenResponse:
         endpoint = self.endpoint or self.token_url
         status, headers, body = await _post(
-            session,
+            transport,
             self.token_url,
             endpoint=endpoint,
             headers=self._headers(),
@@ -675,12 +624,12 @@ class OAuth2ClientCredentials:
             ),
         )
 
-    async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
+    async def revoke(self, transport: Transport, token: str) -> None:
         if self.revoke_url is None:
             return
         fields = [("token", token), ("token_type_hint", "access_token"), *self._client_fields()]
         await _revoke(
-            session,
+            transport,
             self.revoke_url,
             headers=self._headers(),
             data=urlencode(fields).encode("ascii"),
@@ -688,11 +637,11 @@ class OAuth2ClientCredentials:
 
 
 async def _revoke(
-    session: aiohttp.ClientSession, url: str, *, headers: Mapping[str, str], data: bytes
+    transport: Transport, url: str, *, headers: Mapping[str, str], data: bytes
 ) -> None:
     endpoint = display_url(url)
     status, _, _ = await _post(
-        session, url, endpoint=endpoint, headers=headers, data=data, total_timeout=30.0
+        transport, url, endpoint=endpoint, headers=headers, data=data, total_timeout=30.0
     )
     if not 200 <= status < 300:
         raise AuthError(
@@ -797,13 +746,13 @@ class JsonLogin:
 
     async def fetch(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         *,
         timeout: float,  # noqa: ASYNC109 - the transport's per-request budget, by protocol
     ) -> TokenResponse:
         endpoint = self.endpoint or self.url
         status, headers, body = await _post(
-            session,
+            transport,
             self.url,
             endpoint=endpoint,
             headers=self._headers,
@@ -822,12 +771,12 @@ class JsonLogin:
             secrets=self._secrets,
         )
 
-    async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
+    async def revoke(self, transport: Transport, token: str) -> None:
         """Log out: POST to ``revoke_url`` with the token as bearer and as an RFC 7009 form."""
         if self.revoke_url is None:
             return
         await _revoke(
-            session,
+            transport,
             self.revoke_url,
             headers={"Content-Type": _FORM, "Authorization": f"Bearer {token}"},
             data=urlencode([("token", token), ("token_type_hint", "access_token")]).encode(),
@@ -852,13 +801,13 @@ class StaticToken:
 
     async def fetch(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         *,
         timeout: float,  # noqa: ASYNC109 - the transport's per-request budget, by protocol
     ) -> TokenResponse:
         return TokenResponse(self._token, None)
 
-    async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
+    async def revoke(self, transport: Transport, token: str) -> None:
         return None
 
 
@@ -887,7 +836,7 @@ class CallableProvider:
 
     async def fetch(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         *,
         timeout: float,  # noqa: ASYNC109 - the transport's per-request budget, by protocol
     ) -> TokenResponse:
@@ -895,12 +844,24 @@ class CallableProvider:
             result: Any = await self._fn()
         except AuthError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientAuthError(
-                f"token callable {self.endpoint} failed: {_describe_transport_error(exc, timeout)}",
-                endpoint=self.endpoint,
-            ) from exc
         except Exception as exc:
+            # a transport error of the user's own client (aiohttp, a socket, a timeout) is
+            # worth retrying; anything else is a permanent failure named by type only
+            mapped = (
+                exc
+                if isinstance(exc, TransportError)
+                else map_aiohttp_exception(exc, timeout=timeout)
+            )
+            if mapped is not None and mapped.retryable:
+                raise TransientAuthError(
+                    f"token callable {self.endpoint} failed: "
+                    + (
+                        f"timed out after {timeout:g}s"
+                        if isinstance(mapped, RequestTimeout)
+                        else str(mapped)
+                    ),
+                    endpoint=self.endpoint,
+                ) from exc
             raise AuthError(
                 f"token callable {self.endpoint} raised {type(exc).__name__}",
                 endpoint=self.endpoint,
@@ -926,5 +887,5 @@ class CallableProvider:
             endpoint=self.endpoint,
         )
 
-    async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
+    async def revoke(self, transport: Transport, token: str) -> None:
         return None

@@ -41,7 +41,6 @@ import hashlib
 import logging
 import math
 import os
-import random
 import secrets
 import socket
 import stat
@@ -57,9 +56,11 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import orjson
 
+from .._atomic import atomic_write
 from .._exceptions import AsyncSyncError, ConfigError
+from .._http import display_url
+from .._retry import Backoff
 from ._manager import DEFAULT_FETCH_TIMEOUT, TokenStore
-from ._providers import display_url
 
 if sys.platform != "win32":
     import fcntl
@@ -93,6 +94,9 @@ DEFAULT_PREFIX: Final = "asyncsync:token:"
 POLL_MIN: Final = 0.02
 #: ... up to this.
 POLL_MAX: Final = 0.25
+#: ... each pause drawn from [pause / 2, pause * 1.5]: waiters do not poll in step after a
+#: release, and none polls at once (the retry formula of every loop, asyncsync._retry)
+_POLL: Final = Backoff(1.5 * POLL_MIN, 1.5 * POLL_MAX, multiplier=1.5, jitter=2 / 3)
 #: A token file larger than this is not a token file.
 MAX_FILE_BYTES: Final = 1 << 20
 FILE_VERSION: Final = 1
@@ -191,14 +195,10 @@ def _wall_expiry(expires_at_wall: float | None) -> float | None:
     return float(expires_at_wall)
 
 
-async def _pause(attempt_pause: float, deadline: float) -> float:
-    """Sleep a jittered ``attempt_pause`` (never past ``deadline``); the next, longer pause.
-
-    The jitter keeps many waiters from polling in step after a release.
-    """
+async def _pause(attempt: int, deadline: float) -> None:
+    """Sleep the jittered pause after ``attempt`` failed polls, never past ``deadline``."""
     left = deadline - time.monotonic()
-    await asyncio.sleep(max(0.0, min(attempt_pause * random.uniform(0.5, 1.5), left)))
-    return min(attempt_pause * 1.5, POLL_MAX)
+    await asyncio.sleep(max(0.0, min(_POLL.delay(attempt), left)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,42 +274,6 @@ class _LockAttempt:
             fd, self.fd = self.fd, None
         self.wake.set()
         return fd
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        logger.debug("fsync of directory %s failed; the rename may not be durable", directory)
-    finally:
-        os.close(fd)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``: a 0600 temp file, fsync, rename."""
-    directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # the mode above is filtered by the umask; this is not
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 class FileTokenStore:
@@ -421,7 +385,7 @@ class FileTokenStore:
             raise self._unavailable("cannot open its lock file", exc) from exc
         assert fd is not None
         try:
-            pause = POLL_MIN
+            polls = 0
             while not attempt.abandoned:
                 try:
                     locked = _try_flock(fd)
@@ -435,8 +399,8 @@ class FileTokenStore:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                attempt.wake.wait(min(pause * random.uniform(0.5, 1.5), left))
-                pause = min(pause * 1.5, POLL_MAX)
+                polls += 1
+                attempt.wake.wait(min(_POLL.delay(polls), left))
             return False
         finally:
             if fd is not None:
@@ -495,7 +459,8 @@ class FileTokenStore:
             entries[self._key] = {"token": token, "expires_at": expires_at, "saved_at": now}
         data = orjson.dumps({"version": FILE_VERSION, "tokens": entries})
         try:
-            _write_private(self.path, data)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(self.path, data, mode=0o600)
         except OSError as exc:
             raise self._unavailable("cannot write it", exc) from exc
 
@@ -703,7 +668,7 @@ class RedisTokenStore:
 
     async def _acquire(self, client: Redis, owner: str, lease_ms: int) -> None:
         deadline = time.monotonic() + self._wait_timeout
-        pause = POLL_MIN
+        polls = 0
         while True:
             async with asyncio.timeout(self._socket_timeout):
                 acquired = await client.set(self.lock_key, owner, nx=True, px=lease_ms)
@@ -719,7 +684,8 @@ class RedisTokenStore:
                 raise TokenStoreLockTimeout(
                     f"token store {self._where}: lock not obtained within {self._wait_timeout:g}s"
                 )
-            pause = await _pause(pause, deadline)
+            polls += 1
+            await _pause(polls, deadline)
 
     async def _renew(self, client: Redis, owner: str, lease_ms: int) -> None:
         """Extend our lease every third of it while the fetch runs; stop once it is lost."""
