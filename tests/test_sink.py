@@ -109,6 +109,26 @@ def test_sink_imports_nothing_from_the_client() -> None:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
 
 
+def test_sink_modules_import_no_circle() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in SINK_DIR.glob("*.py"):
+        deps = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module)
+                else:  # from . import _admin, ...
+                    deps.update(a.name for a in node.names)
+
+    def visit(module: str, trail: tuple[str, ...]) -> None:
+        assert module not in trail, " -> ".join((*trail, module))
+        for dep in graph.get(module, ()):
+            visit(dep, (*trail, module))
+
+    for module in graph:
+        visit(module, ())
+
+
 # -- token endpoint --------------------------------------------------------------------------
 
 
@@ -836,3 +856,59 @@ def test_main_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
 def test_stats_are_json() -> None:
     stats = json.loads(json.dumps(Sink().stats(detail=True)))
     assert stats["records"] == 0
+
+
+# -- the parts, without a server -------------------------------------------------------------
+
+
+def test_body_decoding_is_bounded_and_formats_are_named() -> None:
+    from asyncsync.sink._bodies import BadBody, decode, forbidden_record, parse
+
+    bomb = gzip.compress(b"[" + b" " * 10_000 + b"]")
+    with pytest.raises(BadBody) as err:
+        decode(bomb, "gzip", 1_000)
+    assert err.value.status == 413
+    two = gzip.compress(b'[{"a":') + gzip.compress(b"1}]")
+    assert decode(two, " GZIP ", 1_000) == b'[{"a":1}]'
+    with pytest.raises(BadBody) as err:
+        decode(b"x", "br", 1_000)
+    assert err.value.status == 415
+    with pytest.raises(BadBody, match="uncompressed JSON"):
+        decode(b'[{"a": 1}]', "gzip", 1_000)
+
+    assert parse(b'[{"a":1}]', "application/json") == ([{"a": 1}], "json")
+    assert parse(b'{"rows":[{"a":1}]}', "application/json") == ([{"a": 1}], "wrapped")
+    assert parse(b'{"a":1}\n\n{"a":2}\n', "application/x-ndjson") == (
+        [{"a": 1}, {"a": 2}],
+        "ndjson",
+    )
+    for bad in (b"[1]", b'{"a":[1],"b":[2]}', b"[{"):
+        with pytest.raises(BadBody):
+            parse(bad, "application/json")
+    assert forbidden_record([{"a": 1}, {"b": 2}, {"b": 3}], "b") == 1
+    assert forbidden_record([{"a": 1}], "b") is None
+
+
+def test_fault_schedules() -> None:
+    from asyncsync.sink._faults import FaultRuntime
+
+    def draws(faults: Faults) -> list[int | str | None]:
+        rt = FaultRuntime()
+        rt.sync(faults, 0.0)
+        out = []
+        for _ in range(50):
+            rt.hangs(faults)
+            out.append(rt.draw(faults))
+        return out
+
+    # Each decision has its own RNG: turning hangs on leaves the error draws as they were.
+    plain = draws(Faults(error_rate=0.3, reset_rate=0.1, seed=7))
+    assert plain == draws(Faults(error_rate=0.3, reset_rate=0.1, hang_rate=0.5, seed=7))
+    assert {"reset", None} < set(plain)
+
+    faults = Faults(revoke_all_after=2, throttle_every=3, auth_outage=5.0, auth_outage_requests=1)
+    rt = FaultRuntime()
+    rt.sync(faults, 100.0)
+    assert [rt.revoke_all_due() for _ in range(5)] == [False, False, True, False, False]
+    assert [rt.throttle_due(faults) for _ in range(6)] == [False, False, True] * 2
+    assert [rt.auth_down(200.0), rt.auth_down(104.9), rt.auth_down(105.0)] == [True, True, False]
