@@ -13,6 +13,8 @@ import orjson
 import pytest
 
 from asyncsync import AuthError, ConfigError
+from asyncsync._http import AiohttpTransport
+from asyncsync._retry import parse_retry_after
 from asyncsync.auth._providers import (
     MAX_LIFETIME,
     CallableProvider,
@@ -25,7 +27,6 @@ from asyncsync.auth._providers import (
     display_url,
     expand_template,
     expiry_to_lifetime,
-    parse_retry_after,
     parse_token_response,
     redacted_excerpt,
 )
@@ -46,9 +47,9 @@ async def server() -> AsyncIterator[TokenServer]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as sess:
-        yield sess
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    async with AiohttpTransport(connections=4, timeout=30) as tr:
+        yield tr
 
 
 def parse(status: int, body: object, headers: dict[str, str] | None = None, **kw: object):
@@ -69,11 +70,11 @@ def test_basic_credentials_are_form_encoded_then_base64_per_rfc6749_2_3_1() -> N
     assert header == "Basic " + base64.b64encode(expected_pair.encode()).decode()
 
 
-async def test_basic_auth_round_trips_through_a_real_server(server: TokenServer, session) -> None:
+async def test_basic_auth_round_trips_through_a_real_server(server: TokenServer, transport) -> None:
     """The server decodes the same id and secret that were configured."""
     server.client_id, server.client_secret = "my:client id", "p+ss wörd:é"
     provider = OAuth2ClientCredentials(server.url(), "my:client id", "p+ss wörd:é", scope="a b")
-    response = await provider.fetch(session, timeout=5)
+    response = await provider.fetch(transport, timeout=5)
     assert response.access_token == server.issued[0]
     assert response.expires_in == 3600
     assert response.token_type == "Bearer"
@@ -83,7 +84,7 @@ async def test_basic_auth_round_trips_through_a_real_server(server: TokenServer,
     assert seen.form == {"grant_type": "client_credentials", "scope": "a b"}
 
 
-async def test_post_method_sends_credentials_in_the_form(server: TokenServer, session) -> None:
+async def test_post_method_sends_credentials_in_the_form(server: TokenServer, transport) -> None:
     """client_secret_post: id and secret in the body, no Authorization header; extra fields."""
     provider = OAuth2ClientCredentials(
         server.url(),
@@ -93,7 +94,7 @@ async def test_post_method_sends_credentials_in_the_form(server: TokenServer, se
         scope=["read", "write"],
         extra={"audience": "https://api.example"},
     )
-    response = await provider.fetch(session, timeout=5)
+    response = await provider.fetch(transport, timeout=5)
     assert response.access_token == server.issued[0]
     seen = server.requests[0]
     assert "Authorization" not in seen.headers
@@ -107,12 +108,12 @@ async def test_post_method_sends_credentials_in_the_form(server: TokenServer, se
 
 
 async def test_bad_secret_is_a_permanent_error_naming_endpoint_and_status(
-    server: TokenServer, session
+    server: TokenServer, transport
 ) -> None:
     """401 invalid_client: permanent AuthError with endpoint and status, no secret."""
     provider = OAuth2ClientCredentials(server.url(), server.client_id, "wrong-" + SECRET)
     with pytest.raises(AuthError) as info:
-        await provider.fetch(session, timeout=5)
+        await provider.fetch(transport, timeout=5)
     err = info.value
     assert not isinstance(err, TransientAuthError)
     assert err.permanent
@@ -124,12 +125,12 @@ async def test_bad_secret_is_a_permanent_error_naming_endpoint_and_status(
 
 
 async def test_redirect_is_not_followed_and_names_the_location(
-    server: TokenServer, session
+    server: TokenServer, transport
 ) -> None:
     """3xx: permanent, names the Location (without its query); the target is never reached."""
     provider = OAuth2ClientCredentials(server.url("/redirect"), server.client_id, SECRET)
     with pytest.raises(AuthError) as info:
-        await provider.fetch(session, timeout=5)
+        await provider.fetch(transport, timeout=5)
     assert info.value.status == 302
     assert info.value.permanent
     assert "/elsewhere" in str(info.value)
@@ -137,30 +138,30 @@ async def test_redirect_is_not_followed_and_names_the_location(
     assert server.elsewhere_hits == 0
 
 
-async def test_connection_refused_is_transient(session) -> None:
+async def test_connection_refused_is_transient(transport) -> None:
     """Nothing listening: a TransientAuthError, so the manager retries."""
     async with TokenServer() as srv:
         url = srv.url()
     provider = OAuth2ClientCredentials(url, "id", SECRET)
     with pytest.raises(TransientAuthError) as info:
-        await provider.fetch(session, timeout=5)
+        await provider.fetch(transport, timeout=5)
     assert not info.value.permanent
 
 
-async def test_revoke_posts_rfc7009_form_with_client_auth(server: TokenServer, session) -> None:
+async def test_revoke_posts_rfc7009_form_with_client_auth(server: TokenServer, transport) -> None:
     """Revocation: token and token_type_hint, authenticated like the token request."""
     provider = OAuth2ClientCredentials(
         server.url(), server.client_id, SECRET, revoke_url=server.url("/revoke")
     )
-    await provider.revoke(session, "tok-xyz")
+    await provider.revoke(transport, "tok-xyz")
     (seen,) = server.revoked
     assert seen.form == {"token": "tok-xyz", "token_type_hint": "access_token"}
     assert seen.headers["Authorization"] == basic_credentials(server.client_id, SECRET)
 
 
-async def test_revoke_without_url_is_a_no_op(server: TokenServer, session) -> None:
+async def test_revoke_without_url_is_a_no_op(server: TokenServer, transport) -> None:
     """No revoke_url: nothing is sent."""
-    await OAuth2ClientCredentials(server.url(), "id", SECRET).revoke(session, "t")
+    await OAuth2ClientCredentials(server.url(), "id", SECRET).revoke(transport, "t")
     assert server.revoked == []
 
 
@@ -195,7 +196,7 @@ def test_oauth2_config_errors_name_the_field(kwargs: dict[str, object], field: s
 
 
 async def test_json_login_expands_env_json_escaped_and_reads_dotted_fields(
-    server: TokenServer, session
+    server: TokenServer, transport
 ) -> None:
     """${VAR} expands JSON-escaped (quotes, backslash, unicode); dotted token/expiry fields."""
     password = 'p"a\\ss wörd\n'
@@ -214,7 +215,7 @@ async def test_json_login_expands_env_json_escaped_and_reads_dotted_fields(
         env={"SF_USER": "bob", "SF_PASS": password},
         wall_clock=lambda: WALL,
     )
-    response = await provider.fetch(session, timeout=5)
+    response = await provider.fetch(transport, timeout=5)
     assert response.access_token == server.issued[0]
     assert response.expires_in == pytest.approx(900)
     assert response.token_type == "Bearer"
@@ -223,7 +224,7 @@ async def test_json_login_expands_env_json_escaped_and_reads_dotted_fields(
     assert server.requests[0].headers["Content-Type"] == "application/json"
 
 
-async def test_json_login_salesforce_style_fields(server: TokenServer, session) -> None:
+async def test_json_login_salesforce_style_fields(server: TokenServer, transport) -> None:
     """session_token / session_token_expiration as epoch seconds."""
     server.ttl = WALL + 7200
     server.login_shape = lambda token, ttl: {
@@ -237,20 +238,20 @@ async def test_json_login_salesforce_style_fields(server: TokenServer, session) 
         env={"ASYNCSYNC_USERNAME": "bob", "ASYNCSYNC_PASSWORD": "hunter2"},
         wall_clock=lambda: WALL,
     )
-    response = await provider.fetch(session, timeout=5)
+    response = await provider.fetch(transport, timeout=5)
     assert response.access_token == server.issued[0]
     assert response.expires_in == pytest.approx(7200)
 
 
 async def test_json_login_wrong_password_is_permanent_and_secret_free(
-    server: TokenServer, session
+    server: TokenServer, transport
 ) -> None:
     """401 from the login endpoint: permanent AuthError; the password is not in the text."""
     provider = JsonLogin(
         server.url("/login"), env={"ASYNCSYNC_USERNAME": "bob", "ASYNCSYNC_PASSWORD": SECRET}
     )
     with pytest.raises(AuthError) as info:
-        await provider.fetch(session, timeout=5)
+        await provider.fetch(transport, timeout=5)
     assert info.value.status == 401
     assert info.value.permanent
     assert SECRET not in str(info.value)
@@ -285,9 +286,9 @@ def test_template_values_are_json_escaped() -> None:
 # -- static and callable -----------------------------------------------------------------------
 
 
-async def test_static_token_never_expires(session) -> None:
+async def test_static_token_never_expires(transport) -> None:
     """StaticToken: the token, no lifetime; a bad token is a ConfigError."""
-    response = await StaticToken(SECRET).fetch(session, timeout=1)
+    response = await StaticToken(SECRET).fetch(transport, timeout=1)
     assert response.access_token == SECRET
     assert response.expires_in is None
     assert SECRET not in repr(StaticToken(SECRET))
@@ -304,17 +305,17 @@ async def test_static_token_never_expires(session) -> None:
         (TokenResponse("tok-d", 5.0, "MAC"), ("tok-d", 5.0)),
     ],
 )
-async def test_callable_provider_normalises_results(session, returned, expected) -> None:
+async def test_callable_provider_normalises_results(transport, returned, expected) -> None:
     """str, (str, seconds) and TokenResponse are all accepted."""
 
     async def fn():
         return returned
 
-    response = await CallableProvider(fn).fetch(session, timeout=1)
+    response = await CallableProvider(fn).fetch(transport, timeout=1)
     assert (response.access_token, response.expires_in) == expected
 
 
-async def test_callable_provider_errors(session) -> None:
+async def test_callable_provider_errors(transport) -> None:
     """Transport errors are transient; other exceptions permanent, named by type only."""
 
     async def flaky():
@@ -327,14 +328,14 @@ async def test_callable_provider_errors(session) -> None:
         return 42
 
     with pytest.raises(TransientAuthError):
-        await CallableProvider(flaky).fetch(session, timeout=1)
+        await CallableProvider(flaky).fetch(transport, timeout=1)
     with pytest.raises(AuthError) as info:
-        await CallableProvider(broken).fetch(session, timeout=1)
+        await CallableProvider(broken).fetch(transport, timeout=1)
     assert info.value.permanent
     assert "ValueError" in str(info.value)
     assert SECRET not in str(info.value)
     with pytest.raises(AuthError, match="int"):
-        await CallableProvider(wrong).fetch(session, timeout=1)
+        await CallableProvider(wrong).fetch(transport, timeout=1)
 
 
 # -- response classification -------------------------------------------------------------------
@@ -500,10 +501,10 @@ def test_every_provider_repr_hides_secrets() -> None:
         assert SECRET not in str(provider)
 
 
-async def test_scripted_json_response_helper(server: TokenServer, session) -> None:
+async def test_scripted_json_response_helper(server: TokenServer, transport) -> None:
     """The test server's scripted answers take precedence (sanity check of the fixture)."""
     server.script = [json_response(200, {"access_token": "scripted", "expires_in": 5})]
     server.ttl = MISSING
     provider = OAuth2ClientCredentials(server.url(), server.client_id, SECRET)
-    assert (await provider.fetch(session, timeout=5)).access_token == "scripted"
-    assert (await provider.fetch(session, timeout=5)).expires_in is None
+    assert (await provider.fetch(transport, timeout=5)).access_token == "scripted"
+    assert (await provider.fetch(transport, timeout=5)).expires_in is None

@@ -1,7 +1,7 @@
 """Fuzzing (issue 7): whatever a hostile server or a careless caller hands these functions,
 they answer or raise only their documented errors, and never echo a secret.
 
-Covered here: both ``Retry-After`` parsers, the token-response parser, the response
+Covered here: the ``Retry-After`` parser, the token-response parser, the response
 classifier (the status table and the failure description), the body encoder's settings, the
 redaction of log and error text. The JSONL and CSV readers and the body encoder's output are
 fuzzed where they are tested (tests/test_sources.py, tests/test_body.py).
@@ -25,8 +25,8 @@ from multidict import CIMultiDict
 from asyncsync import Action, AuthError, ConfigError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._redact import RedactingFilter, redact, register_secret
+from asyncsync._retry import parse_retry_after
 from asyncsync._sender import Sender
-from asyncsync._sender import parse_retry_after as sender_retry_after
 from asyncsync.auth._manager import Token
 from asyncsync.auth._providers import (
     MAX_LIFETIME,
@@ -35,7 +35,6 @@ from asyncsync.auth._providers import (
     parse_token_response,
     token_value_problem,
 )
-from asyncsync.auth._providers import parse_retry_after as auth_retry_after
 
 FUZZ = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -141,31 +140,22 @@ field_paths = st.one_of(
 @FUZZ
 @given(value=retry_after_values, now=st.floats(min_value=0, max_value=4e9))
 @example(value="²", now=NOW)
-@example(value="Mon, 01 Jan 99999 00:00:00 GMT", now=NOW)
-def test_fuzz_sender_retry_after(value: str | None, now: float) -> None:
-    """The sender's parser: None, or a wait >= 0 that is a number (inf allowed: capped later)."""
-    got = sender_retry_after(value, now_wall=now)
-    assert got is None or (isinstance(got, float) and got >= 0 and not math.isnan(got))
-
-
-@FUZZ
-@given(value=retry_after_values, now=st.floats(min_value=0, max_value=4e9))
-@example(value="²", now=NOW)
 @example(value="١٢", now=NOW)
-def test_fuzz_token_retry_after(value: str | None, now: float) -> None:
-    """The token endpoint's parser: None, or a wait >= 0; never an exception."""
-    got = auth_retry_after(value, now_wall=now)
+@example(value="Mon, 01 Jan 99999 00:00:00 GMT", now=NOW)
+def test_fuzz_retry_after(value: str | None, now: float) -> None:
+    """The one parser (sender and token endpoint): None, or a wait >= 0 that is a number
+    (inf allowed: capped later); never an exception."""
+    got = parse_retry_after(value, now_wall=now)
     assert got is None or (isinstance(got, float) and got >= 0 and not math.isnan(got))
 
 
 @FUZZ
 @given(delta=st.integers(min_value=0, max_value=10**6))
-def test_fuzz_both_retry_after_parsers_agree_on_valid_values(delta: int) -> None:
-    """Delta-seconds and an HTTP-date for the same moment give the same wait in both."""
+def test_fuzz_retry_after_seconds_and_date_agree(delta: int) -> None:
+    """Delta-seconds and an HTTP-date for the same moment give the same wait."""
     date = format_datetime(datetime.fromtimestamp(NOW + delta, UTC), usegmt=True)
     for value in (str(delta), date):
-        assert sender_retry_after(value, now_wall=NOW) == float(delta)
-        assert auth_retry_after(value, now_wall=NOW) == float(delta)
+        assert parse_retry_after(value, now_wall=NOW) == float(delta)
 
 
 # --- the token-response parser -------------------------------------------------------------------

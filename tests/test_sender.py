@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._hooks import RetryDetails, UploadHooks
+from asyncsync._http import AiohttpTransport
 from asyncsync._records import Batch
-from asyncsync._sender import PauseGate, RateLimiter, Sender, parse_retry_after
+from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
+from asyncsync._sender import Sender
 from asyncsync._summary import Counters
 from asyncsync.auth._manager import TokenManager
 from asyncsync.auth._providers import StaticToken, TokenResponse
@@ -80,12 +81,12 @@ async def make_sender(
     policy: RetryPolicy | None = None,
     time_: FakeTime | None = None,
     hooks: UploadHooks | None = None,
-) -> tuple[Sender, Counters, aiohttp.ClientSession]:
-    session = aiohttp.ClientSession()
+) -> tuple[Sender, Counters, AiohttpTransport]:
+    transport = AiohttpTransport(connections=4, timeout=60)
     counters = Counters()
     t = time_ or FakeTime()
     sender = Sender(
-        session,
+        transport,
         url,
         tokens=tokens,
         encoder=BodyEncoder("json"),
@@ -98,7 +99,7 @@ async def make_sender(
         gate=PauseGate(clock=t.clock, sleep=t.sleep),
         rng=random.Random(7),
     )
-    return sender, counters, session
+    return sender, counters, transport
 
 
 async def test_ack_sends_body_key_and_token(serve: Callable[[Handler], Awaitable[str]]) -> None:

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncsync import AuthError, ConfigError
+from asyncsync._http import AiohttpTransport
 from asyncsync.auth._manager import (
     MemoryTokenStore,
     Token,
@@ -437,18 +437,18 @@ async def test_revocation_errors_are_logged_not_raised(
     assert token.value not in caplog.text
 
 
-async def test_given_session_is_not_closed(server: TokenServer, clock: FakeClock) -> None:
-    """A caller's session stays open; the manager closes only the one it created."""
-    async with aiohttp.ClientSession() as session:
-        async with manager(server, clock, session=session) as mgr:
+async def test_given_transport_is_not_closed(server: TokenServer, clock: FakeClock) -> None:
+    """A caller's transport stays open; the manager closes only the one it created."""
+    async with AiohttpTransport(connections=2, timeout=30) as transport:
+        async with manager(server, clock, transport=transport) as mgr:
             await mgr.get()
-        assert not session.closed
+        assert not transport.closed
     owned = manager(server, clock)
     await owned.get()
-    session = owned._session
+    created = owned._transport
     await owned.aclose()
-    assert session is not None
-    assert session.closed
+    assert isinstance(created, AiohttpTransport)
+    assert created.closed
 
 
 def test_config_errors_name_the_field() -> None:
