@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from asyncsync.cli._exit import merge_exit_codes
 from asyncsync.cli._main import main
-from asyncsync.cli._processes import client_identity, merge_exit_codes, merge_summaries
+from asyncsync.cli._processes import merge_summaries
+from asyncsync.cli._run import client_identity
 from asyncsync.cli._settings import settings_from_argv
 from asyncsync.sink import Sink, SinkConfig
 from asyncsync.sources._shards import plan_shards

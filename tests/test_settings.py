@@ -588,7 +588,7 @@ def test_every_contract_flag_exists() -> None:
 
 def test_default_state_files_fall_back_to_the_working_directory(tmp_path, monkeypatch) -> None:
     """Exports on a read-only mount: default checkpoint and dead-letter files go to the CWD."""
-    from asyncsync.cli._main import writable_default
+    from asyncsync._paths import writable_default
 
     readonly = tmp_path / "exports"
     readonly.mkdir()

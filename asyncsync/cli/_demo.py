@@ -27,18 +27,14 @@ from typing import Any
 
 from rich.console import Console
 
+from .._hooks import UploadHooks
 from .._summary import RunSummary
-from ._main import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    RunHooks,
-    logging_to_stderr,
-    print_table,
-    summary_rows,
-    upload_with,
-)
-from ._progress import format_bytes
+from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ._logs import logging_to_stderr
+from ._plan import plan_run
+from ._progress import ProgressDisplay, format_bytes, progress_wanted
+from ._report import print_table, summary_rows
+from ._run import TokenCount, run_plan
 from ._settings import Settings, resolve
 
 __all__ = ["DemoPlan", "run_demo", "write_export"]
@@ -195,17 +191,26 @@ async def _run(demo: DemoPlan, source: Path, progress: bool | None, out: Console
             f"{len(demo.poisoned)} records it rejects)"
         )
         err = Console(stderr=True, highlight=False)
-        hooks = RunHooks()
+
+        def observe(token_requests: TokenCount) -> UploadHooks | None:
+            if not progress_wanted(settings.progress):
+                return None
+            return ProgressDisplay(err, token_requests=token_requests)
+
         with logging_to_stderr(0, settings.secret_values()):
             try:
-                summary = await upload_with(settings, hooks, console=err)
+                run = await plan_run(settings)
+                summary, error = await run_plan(run, observe=observe)
             finally:
                 stats = sink.stats()
+    if error is not None:
+        raise error
+    assert summary is not None
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    dead = _read_dead_letters(settings.failed)
+    dead = _read_dead_letters(run.failed)
     out.print()
-    print_table(out, "client (asyncsync)", summary_rows(summary, failed=settings.failed))
+    print_table(out, "client (asyncsync)", summary_rows(summary, failed=run.failed))
     out.print()
     print_table(
         out,
@@ -224,11 +229,11 @@ async def _run(demo: DemoPlan, source: Path, progress: bool | None, out: Console
     )
     if dead:
         first = dead[0]
-        error = " ".join(str(first.get("error", "")).split())
-        out.print(f"\ndead-letter file: {settings.failed} ({len(dead):,} records); the first:")
+        why = " ".join(str(first.get("error", "")).split())
+        out.print(f"\ndead-letter file: {run.failed} ({len(dead):,} records); the first:")
         out.print(
             f"  line {first.get('line')}, status {first.get('status')}, "
-            f"attempts {first.get('attempts')}: {error[:160]}",
+            f"attempts {first.get('attempts')}: {why[:160]}",
             markup=False,
         )
     checks = _checks(demo, summary, stats, dead)

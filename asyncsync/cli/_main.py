@@ -1,69 +1,36 @@
-"""``asyncsync``: the command line. Thin: parse, build settings, run, report, map to exit codes.
+"""``asyncsync``: the command line. Thin: parse, build settings, plan, run, report, and map
+errors to exit codes (:mod:`._exit`).
 
 Commands: ``upload``, ``replay`` (a dead-letter file, sent again), ``sink`` (the reference
-server) and ``demo``. Exit codes, from the contract in DESIGN.md::
-
-    0  every record delivered
-    1  the run finished, some records were dead-lettered
-    2  usage, configuration or unreadable input (ConfigError, SourceError, CheckpointError)
-    3  authentication failed (AuthError)
-    4  interrupted or aborted; resumable from the checkpoint (Interrupted, a crash)
-
-Errors are one line on stderr, ``asyncsync: error: <TypeName>: <message>``, redacted.
+server) and ``demo``. The parts: :mod:`._settings` (flags, environment, TOML), :mod:`._plan`
+(every default path, the shard layout), :mod:`._run` (the uploader, signals),
+:mod:`._report` (table, JSON), :mod:`._progress`, :mod:`._processes` (``--processes N``),
+:mod:`._demo`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
-import logging
 import os
 import sys
-import traceback
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
+from typing import NoReturn
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from .. import __version__
-from .._exceptions import (
-    AsyncSyncError,
-    AuthError,
-    CheckpointError,
-    ConfigError,
-    Interrupted,
-    SourceError,
-)
-from .._hooks import RetryDetails, UploadHooks
-from .._redact import RedactingFilter, redact, register_secret
-from .._summary import Counters, RunSummary
-from ..checkpoint._checkpoint import default_checkpoint_path
-from ._progress import ProgressDisplay, format_bytes
+from .._exceptions import ConfigError
+from .._hooks import UploadHooks
+from ._exit import EXIT_USAGE, PROG, exit_code, print_error, summary_exit_code
+from ._logs import logging_to_stderr
+from ._plan import plan_run
+from ._progress import ProgressDisplay, progress_wanted
+from ._report import report
+from ._run import TokenCount, run_async, run_plan
 from ._settings import Settings, add_upload_arguments, resolve, usage_error_message
 
-T = TypeVar("T")
-
-if TYPE_CHECKING:
-    from .._records import Batch
-    from ..auth._providers import AuthProvider
-
-__all__ = ["build_parser", "exit_code", "main"]
-
-PROG = "asyncsync"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
-_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (ConfigError, EXIT_USAGE),
-    (SourceError, EXIT_USAGE),
-    (CheckpointError, EXIT_USAGE),
-    (AuthError, EXIT_AUTH),
-    (Interrupted, EXIT_INTERRUPTED),
-    (KeyboardInterrupt, EXIT_INTERRUPTED),
-)
+__all__ = ["build_parser", "main", "run_upload"]
 
 _EXIT_HELP = """\
 exit status:
@@ -225,333 +192,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# --- errors and exit codes -----------------------------------------------------------------
-
-
-def exit_code(exc: BaseException) -> int:
-    """The contract's exit code for an error that ended a run (4, aborted, for the unknown)."""
-    for kind, code in _EXIT_CODES:
-        if isinstance(exc, kind):
-            return code
-    return EXIT_INTERRUPTED
-
-
-def _print_error(exc: BaseException, *, verbosity: int = 0) -> None:
-    if isinstance(exc, KeyboardInterrupt):
-        message = "Interrupted: stopped by Ctrl-C"
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-    if verbosity >= 2 and not isinstance(exc, AsyncSyncError | KeyboardInterrupt):
-        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
-    sys.stderr.write(f"{PROG}: error: {redact(message)}\n")
-
-
-# --- logging -------------------------------------------------------------------------------
-
-
-class _StderrHandler(logging.StreamHandler[TextIO]):
-    """Writes to whatever ``sys.stderr`` is now: the progress display redirects it, so that
-    log lines print above the live bar instead of tearing it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-@contextlib.contextmanager
-def logging_to_stderr(verbosity: int, secrets: Iterable[str] = ()) -> Iterator[None]:
-    """Route the ``asyncsync`` loggers to stderr for one command, through the redacting
-    filter; -q: errors only, default: warnings, -v: info (each retry and refresh), -vv: debug.
-    Restores the logger on exit, so that embedding ``main()`` leaves no trace."""
-    for secret in secrets:
-        register_secret(secret)
-    logger = logging.getLogger("asyncsync")
-    handler = _StderrHandler()
-    handler.addFilter(RedactingFilter())
-    if verbosity >= 1:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
-    else:
-        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    saved = (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
-# --- building the run from the settings ----------------------------------------------------
-
-
-def build_auth(settings: Settings) -> AuthProvider | None:
-    """The auth provider ``settings.auth`` names, with the secrets revealed only here."""
-    from ..auth._providers import JsonLogin, OAuth2ClientCredentials, StaticToken
-
-    if settings.auth == "none":
-        return None
-    if settings.auth == "bearer":
-        assert settings.token is not None  # resolve() checked
-        return StaticToken(settings.token.reveal())
-    assert settings.token_url is not None  # resolve() checked
-    if settings.auth == "oauth2":
-        assert settings.client_id is not None
-        assert settings.client_secret is not None
-        return OAuth2ClientCredentials(
-            settings.token_url,
-            settings.client_id,
-            settings.client_secret.reveal(),
-            scope=settings.scope,
-            auth_method=settings.client_auth,
-            revoke_url=settings.revoke_url,
-        )
-    return JsonLogin(
-        settings.token_url,
-        body_template=settings.login_body,
-        token_field=settings.token_field,
-        expires_field=settings.expires_field,
-        revoke_url=settings.revoke_url,
-    )
-
-
-class RunHooks(UploadHooks):
-    """Forwards to the display (if any) and keeps the summary, which the uploader hands to
-    ``on_finish`` even when the run ends by an error or an interruption."""
-
-    def __init__(self, display: UploadHooks | None = None) -> None:
-        self.display = display
-        self.summary: RunSummary | None = None
-        #: the live count of token requests, once the upload has a token manager
-        self.token_requests: Callable[[], int] | None = None
-
-    def on_start(self, counters: Counters, *, total_bytes: int | None) -> None:
-        if self.display is not None:
-            self.display.on_start(counters, total_bytes=total_bytes)
-
-    def on_retry(self, details: RetryDetails) -> None:
-        if self.display is not None:
-            self.display.on_retry(details)
-
-    def on_batch_done(self, batch: Batch, *, delivered: bool, status: int | None) -> None:
-        if self.display is not None:
-            self.display.on_batch_done(batch, delivered=delivered, status=status)
-
-    def on_finish(self, summary: RunSummary) -> None:
-        self.summary = summary
-        if self.display is not None:
-            self.display.on_finish(summary)
-
-
-def progress_wanted(settings: Settings, stream: TextIO | None = None) -> bool:
-    """--progress forces it, --no-progress and -q turn it off, else only on a terminal."""
-    if settings.verbosity < 0:
-        return False
-    if settings.progress is not None:
-        return settings.progress
-    stream = sys.stderr if stream is None else stream
-    return stream.isatty()
-
-
-def writable_default(path: Path | None) -> Path | None:
-    """A default state file (checkpoint, dead letters) beside the source, or in the working
-    directory when the source's directory cannot be written (exports on a read-only mount)."""
-    if path is None or os.access(path.parent, os.W_OK):
-        return path
-    fallback = Path.cwd() / path.name
-    logging.getLogger("asyncsync").warning(
-        "%s is not writable: writing %s instead", path.parent, fallback
-    )
-    return fallback
-
-
-async def upload_with(settings: Settings, hooks: RunHooks, *, console: Console) -> RunSummary:
-    """One upload as ``settings`` say, reporting to ``hooks`` (and a progress display)."""
-    unsupported = settings.unsupported()
-    if unsupported:
-        raise ConfigError(
-            f"{', '.join(unsupported)}: not supported yet (see the scale-out issue)",
-            field=unsupported[0].lstrip("-").replace("-", "_"),
-        )
-    source: Any = settings.source
-    if settings.command == "replay":
-        from ._replay import DeadLetterSource, replay_settings
-
-        settings = replay_settings(settings)  # a dead-letter file of its own
-        source = DeadLetterSource(settings.source or "")  # SourceError before any request
-    from .._uploader import Uploader
-
-    up: Uploader | None = None
-
-    def token_requests() -> int:
-        tokens = up.tokens if up is not None else None
-        return tokens.stats.requests if tokens is not None else 0
-
-    hooks.token_requests = token_requests
-    if hooks.display is None and progress_wanted(settings):
-        hooks.display = ProgressDisplay(console, token_requests=token_requests)
-    if settings.db is not None:
-        from ..sources._sql import open_sql_source
-
-        assert settings.key is not None  # checked by resolve()
-        sql = open_sql_source(
-            settings.db, query=settings.query, table=settings.table, key=settings.key
-        )
-        await sql.check()  # a bad URL, table, query or key: SourceError (exit 2) before sending
-        source = sql
-    from ._processes import close_token_store, open_run_token_store, shard_job, sql_shard_job
-
-    # --shard K/N: the shard's byte range (or key range), checkpoint and dead-letter file;
-    # --token-store: the shared store (a bad one is a ConfigError here, before any request)
-    shard = await sql_shard_job(settings, sql) if settings.db is not None else shard_job(settings)
-    store = open_run_token_store(settings)
-    failed: Path | None = shard.failed if shard is not None else settings.failed
-    # files checkpoint beside themselves unless told otherwise; stdin only when told
-    checkpoint = (
-        shard.checkpoint
-        if shard is not None
-        else settings.checkpoint
-        if settings.checkpoint is not None or settings.source is None
-        else default_checkpoint_path(settings.source)
-    )
-    if settings.origins.get("failed") == "auto":
-        failed = writable_default(failed)
-    if settings.checkpoint is None:
-        checkpoint = writable_default(checkpoint)
-    up = Uploader(
-        settings.url,
-        auth=build_auth(settings),
-        concurrency=settings.concurrency,
-        queue_size=settings.queue_size,
-        limits=settings.limits,
-        retry=settings.retry,
-        body=settings.body,
-        wrap=settings.wrap,
-        gzip=settings.gzip,
-        headers=dict(settings.headers),
-        timeout=settings.timeout,
-        rate=settings.rate,
-        failed=failed,
-        checkpoint=checkpoint,
-        resume=settings.resume,
-        hooks=hooks,
-        ssl=settings.ssl_context(),
-        token_skew=settings.token_skew,
-        token_store=store,
-        # --revoke-url: revoke once at the end (RFC 7009), unless other processes share it
-        revoke_on_close=settings.revoke_url is not None and store is None,
-        # the first SIGINT/SIGTERM drains and raises Interrupted (exit 4), the second aborts
-        install_signal_handlers=True,
-    )
-    try:
-        async with up:
-            return await up.upload(shard.source if shard is not None else source)
-    finally:
-        await close_token_store(store)
-
-
-# --- reporting -----------------------------------------------------------------------------
-
-
-def summary_rows(summary: RunSummary, *, failed: Path | None = None) -> list[tuple[str, str]]:
-    """The human summary, as (label, value) rows."""
-    retries = f"{summary.retries:,}"
-    if summary.retries_by_status:
-        by = sorted(summary.retries_by_status.items(), key=lambda kv: -kv[1])
-        retries += " (" + ", ".join(f"{k}: {v:,}" for k, v in by) + ")"
-    rows = [
-        ("records read", f"{summary.records_read:,}"),
-        ("records delivered", f"{summary.records_sent:,}"),
-        ("records dead-lettered", f"{summary.records_failed:,}"),
-        ("batches", f"{summary.batches:,}"),
-        ("requests", f"{summary.requests:,}"),
-        ("retries", retries),
-        ("token requests", f"{summary.auth_requests:,}"),
-        ("duration", f"{summary.duration_s:,.2f} s"),
-        (
-            "throughput",
-            f"{summary.records_per_s:,.0f} records/s"
-            + (
-                f", {format_bytes(summary.bytes_sent / summary.duration_s)}/s"
-                if summary.duration_s > 0
-                else ""
-            ),
-        ),
-    ]
-    if summary.latency_p50_ms is not None:
-        rows.append(
-            (
-                "latency p50/p95/p99",
-                f"{summary.latency_p50_ms:g} / {summary.latency_p95_ms:g} / "
-                f"{summary.latency_p99_ms:g} ms",
-            )
-        )
-    if summary.records_failed and failed is not None:
-        rows.append(("dead-letter file", str(failed)))
-    if summary.interrupted:
-        rows.append(("status", "interrupted"))
-    return rows
-
-
-def print_table(console: Console, title: str, rows: Sequence[tuple[str, str]]) -> None:
-    """A small two-column table: rich on a terminal, plain aligned text otherwise."""
-    if console.is_terminal:
-        table = Table(title=title, box=box.SIMPLE, show_header=False, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column(justify="right")
-        for label, value in rows:
-            table.add_row(label, value)
-        console.print(table)
-        return
-    width = max(len(label) for label, _ in rows)
-    lines = [title] + [f"  {label:<{width}}  {value}" for label, value in rows]
-    console.file.write("\n".join(lines) + "\n")
-    console.file.flush()
-
-
-def write_summary_json(path: Path, summary: RunSummary) -> None:
-    """Write atomically: a reader never sees half a summary."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(
-            f"--summary-json: cannot write {path}: {exc.strerror}", field="summary_json"
-        ) from None
-
-
-def report(settings: Settings, summary: RunSummary, console: Console) -> None:
-    if settings.summary_json is not None:
-        write_summary_json(settings.summary_json, summary)
-    if settings.verbosity >= 0:
-        print_table(
-            console, f"{PROG} {settings.command}", summary_rows(summary, failed=settings.failed)
-        )
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on uvloop when it is installed (the ``fast`` extra), else on asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+# --- upload and replay --------------------------------------------------------------------
 
 
 def run_upload(settings: Settings) -> int:
     """``upload`` and ``replay`` after parsing; errors propagate to :func:`main`."""
     console = Console(stderr=True, highlight=False)
-    if settings.command == "replay":
-        from ._replay import replay_settings
-
-        settings = replay_settings(settings)  # the summary names its dead-letter file
     if settings.insecure:
         # on every run, even with -q: this is a security downgrade, not chatter
         sys.stderr.write(
@@ -562,16 +208,32 @@ def run_upload(settings: Settings) -> int:
         from ._processes import run_processes
 
         return run_processes(settings, console)  # N children, one report
-    hooks = RunHooks()
-    try:
-        summary = run_async(upload_with(settings, hooks, console=console))
-    finally:
-        # an interrupted or failed run still has a summary worth showing and writing
-        if hooks.summary is not None:
-            report(settings, hooks.summary, console)
-    if summary.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if summary.records_failed else EXIT_OK
+    return run_async(_upload(settings, console))
+
+
+async def _upload(settings: Settings, console: Console) -> int:
+    plan = await plan_run(settings)
+
+    def observe(token_requests: TokenCount) -> UploadHooks | None:
+        if not progress_wanted(settings.progress, verbosity=settings.verbosity):
+            return None
+        return ProgressDisplay(console, token_requests=token_requests)
+
+    summary, error = await run_plan(plan, observe=observe)
+    # an interrupted or failed run still has a summary worth showing and writing
+    if summary is not None:
+        report(
+            summary,
+            console,
+            command=settings.command,
+            failed=plan.failed,
+            summary_json=settings.summary_json,
+            verbosity=settings.verbosity,
+        )
+    if error is not None:
+        raise error
+    assert summary is not None
+    return summary_exit_code(summary)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -619,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with logging_to_stderr(verbosity, settings.secret_values()):
             return run_upload(settings)
     except (Exception, KeyboardInterrupt) as exc:
-        _print_error(exc, verbosity=verbosity)
+        print_error(exc, verbosity=verbosity)
         return exit_code(exc)
 
 

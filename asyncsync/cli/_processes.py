@@ -12,7 +12,7 @@ letter file ``<source>.shard-K-of-N.failed.jsonl`` (unless ``--checkpoint``/``--
 otherwise). Line numbers stay global, and so do Idempotency-Keys: they derive from positions.
 
 With ``--db``, shard K is key range K of those
-:meth:`~asyncsync.sources._sql.SqlSource.plan_key_ranges` makes (``(start, end]`` on the key,
+:meth:`~asyncsync.sources.sql.SqlSource.plan_key_ranges` makes (``(start, end]`` on the key,
 planned once by a ``--processes`` parent for every child): positions are row ordinals within the
 shard, Idempotency-Keys stay unique because each shard has its own job id, the checkpoint is
 ``--checkpoint`` only (``.shard-K-of-N`` added under ``--processes``) and the dead-letter file
@@ -20,11 +20,13 @@ shard, Idempotency-Keys stay unique because each shard has its own job id, the c
 
 ``--processes N`` is N ``--shard K/N`` uploads at once, in N child processes, and one report:
 
-* **children are subprocesses** (``python -m asyncsync.cli._processes``), each given its settings
-  (a pickle, secrets included) on its stdin and reporting on its stdout. Not ``fork``: the
+* **children are subprocesses** (``python -m asyncsync.cli._processes``), each given its
+  :class:`~._plan.RunPlan` (a pickle, secrets included: its settings, its checkpoint and
+  dead-letter file, and the shard layout the parent planned once for all) on its stdin, and
+  reporting on its stdout. Not ``fork``: the
   parent may hold threads, and a forked child inherits a held token-file lock. Not
   ``multiprocessing``: its spawn re-imports the parent's ``__main__`` (the console script, or
-  a program embedding :func:`asyncsync.cli._main.main`), and it cannot put a child in its own
+  a program embedding :func:`asyncsync.cli.main`), and it cannot put a child in its own
   process group atomically. A fresh interpreter costs ~0.4 s of imports per child, paid in
   parallel. Secrets travel only through that private pipe, never on a command line or in the
   environment.
@@ -58,57 +60,47 @@ import dataclasses
 import logging
 import os
 import pickle
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
+from rich.console import Console
 
-from .._exceptions import AsyncSyncError, ConfigError
+from .._exceptions import AsyncSyncError
 from .._hooks import UploadHooks
-from .._redact import redact
+from .._paths import CHECKPOINT_SUFFIX, shard_path
 from .._summary import Counters, LatencySample, RunSummary
-from ..checkpoint._checkpoint import CHECKPOINT_SUFFIX, CheckpointStore, default_checkpoint_path
-from ..sources._shards import Shard, open_shard, plan_shards, shard_path, source_kind
+from ..checkpoint._state import CheckpointStore
+from ._exit import (
+    EXIT_INTERRUPTED,
+    exit_code,
+    merge_exit_codes,
+    print_error,
+    summary_exit_code,
+)
+from ._logs import logging_to_stderr
+from ._plan import RunPlan, plan_processes, state_paths
+from ._progress import ProgressDisplay, progress_wanted
+from ._report import report
+from ._run import TokenCount, close_token_store, open_run_token_store, run_async, run_plan
+from ._settings import Settings
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from ..auth._manager import TokenStore
-    from ..sources._files import Source
-    from ..sources._sql import SqlSource
-    from ._settings import Settings
-
-__all__ = [
-    "EXIT_ORDER",
-    "ShardJob",
-    "close_token_store",
-    "merge_exit_codes",
-    "merge_summaries",
-    "open_run_token_store",
-    "run_processes",
-    "shard_job",
-]
+__all__ = ["REPORT_INTERVAL", "child_main", "merge_summaries", "run_processes"]
 
 log = logging.getLogger("asyncsync")
 
 #: seconds between two progress reports of a child
 REPORT_INTERVAL: Final = 0.2
-#: worst first: authentication failed, usage/config/input, interrupted, some failed, ok
-EXIT_ORDER: Final = (3, 2, 4, 1, 0)
-EXIT_INTERRUPTED: Final = 4
 #: seconds children get to stop after SIGTERM when the parent itself fails, before SIGKILL
 KILL_GRACE: Final = 5.0
-_TEMPLATE_VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_FAILED_SUFFIX: Final = ".failed.jsonl"
 _COUNTER_FIELDS: Final = (
     "records_read",
     "records_sent",
@@ -124,209 +116,7 @@ _COUNTER_FIELDS: Final = (
 
 
 # --------------------------------------------------------------------------------------------
-# --token-store
-
-
-def client_identity(settings: Settings, env: Mapping[str, str] | None = None) -> str | None:
-    """Who the token belongs to, for the store key: the OAuth2 client id; for a JSON login,
-    the login body template with its placeholders expanded except those of secret fields
-    (the user name and any other non-secret field: two users never share a key, and the
-    key, a hash, never depends on a password)."""
-    if settings.auth != "login":
-        return settings.client_id
-    env = os.environ if env is None else env
-    secrets = {s.reveal() for s in settings.login_secrets}
-
-    def expand(m: re.Match[str]) -> str:
-        value = env.get(m.group(1), "")
-        return m.group(0) if value in secrets else value
-
-    return "login:" + _TEMPLATE_VAR.sub(expand, settings.login_body)
-
-
-def open_run_token_store(settings: Settings) -> TokenStore | None:
-    """The store ``--token-store`` names, for this run's credentials; None without one.
-
-    ConfigError for a bad spec or a group-readable token file: raised before any request.
-    With ``--auth none`` or ``bearer`` no token is fetched: the spec is checked, then ignored
-    with a warning.
-    """
-    spec = settings.token_store
-    if spec is None:
-        return None
-    from ..auth._manager import DEFAULT_FETCH_TIMEOUT
-    from ..auth._stores import open_token_store
-
-    if settings.auth not in ("oauth2", "login") or settings.token_url is None:
-        open_token_store(spec, endpoint="http://unused.invalid/", client_id=None)
-        log.warning("--token-store is ignored with --auth %s: no token is fetched", settings.auth)
-        return None
-    return open_token_store(
-        spec,
-        endpoint=settings.token_url,
-        client_id=client_identity(settings),
-        scope=settings.scope,
-        fetch_timeout=DEFAULT_FETCH_TIMEOUT,
-    )
-
-
-async def close_token_store(store: TokenStore | None) -> None:
-    aclose = getattr(store, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-# --------------------------------------------------------------------------------------------
-# --shard K/N
-
-
-@dataclass(frozen=True, slots=True)
-class ShardJob:
-    """One shard's upload: the source reading its byte range, its checkpoint and failures."""
-
-    shard: Shard
-    source: Source
-    checkpoint: Path | None
-    failed: Path
-
-
-def _file_source(settings: Settings, what: str) -> str:
-    field = "processes" if what.startswith("--processes") else "shard"
-    if settings.command != "upload":
-        raise ConfigError(f"{what} applies to upload only, not {settings.command}", field=field)
-    source = settings.source
-    if source is None or source == "-":
-        raise ConfigError(
-            f"{what} needs a file source (.jsonl, .ndjson or .csv) or --db: stdin cannot be split",
-            field=field,
-        )
-    return source
-
-
-#: plans made or received in this process, by file (path, size, mtime) and N: a child of
-#: ``--processes`` gets its parent's, so every shard of a run uses one plan and no child scans
-#: the file again
-_plans: dict[tuple[str, int, int, int], list[Shard]] = {}
-
-
-def _plan_key(source: str, n: int) -> tuple[str, int, int, int] | None:
-    try:
-        st = os.stat(source)
-    except OSError:
-        return None  # plan_shards says why
-    return (os.path.abspath(source), st.st_size, st.st_mtime_ns, n)
-
-
-def _plan(source: str, n: int, kind: str) -> list[Shard]:
-    key = _plan_key(source, n)
-    plan = _plans.get(key) if key is not None else None
-    if plan is None:
-        plan = plan_shards(source, n, kind)
-        if key is not None:
-            _plans.clear()  # one file at a time: no growth in a long-lived process
-            _plans[key] = plan
-    return plan
-
-
-#: key ranges of --db sources, by (database, query, table, key, N): a child of --processes gets
-#: its parent's, so every shard of a run uses one plan
-_sql_plans: dict[tuple[Any, ...], list[tuple[Any, Any]]] = {}
-
-
-def _sql_plan_key(settings: Settings, n: int) -> tuple[Any, ...]:
-    return (settings.db, settings.query, settings.table, settings.key, n)
-
-
-async def _sql_ranges(settings: Settings, sql: SqlSource, n: int) -> list[tuple[Any, Any]]:
-    key = _sql_plan_key(settings, n)
-    ranges = _sql_plans.get(key)
-    if ranges is None:
-        ranges = await sql.plan_key_ranges(n)
-        _sql_plans.clear()
-        _sql_plans[key] = ranges
-    return ranges
-
-
-def _check_scale_out(settings: Settings, what: str) -> None:
-    field = "processes" if what.startswith("--processes") else "shard"
-    if settings.command != "upload":
-        raise ConfigError(f"{what} applies to upload only, not {settings.command}", field=field)
-    if settings.shard is not None and settings.processes > 1:
-        raise ConfigError(
-            "--shard K/N and --processes exclude each other (--processes N runs every "
-            "--shard K/N itself)",
-            field=field,
-        )
-
-
-async def sql_shard_job(settings: Settings, sql: SqlSource) -> ShardJob | None:
-    """``--shard K/N --db ...``: the rows of key range K of the N that
-    :meth:`~asyncsync.sources._sql.SqlSource.plan_key_ranges` makes (none when there are fewer
-    ranges than N). Positions count from 1 in each shard; the checkpoint is ``--checkpoint``
-    only (none by default), the dead-letter file ``<failed>.shard-K-of-N`` by default."""
-    if settings.shard is None:
-        return None
-    k, n = settings.shard
-    _check_scale_out(settings, "--shard K/N")
-    ranges = await _sql_ranges(settings, sql, n)
-    source: Any
-    if k < len(ranges):
-        start, end = ranges[k]
-        log.info("shard %d/%d of %s: keys after %r up to %r", k, n, sql.name, start, end)
-        source = sql.with_range(start, end)
-    else:
-        from ..sources._files import open_source
-
-        log.info("shard %d/%d of %s: no rows (%d key ranges)", k, n, sql.name, len(ranges))
-        source = open_source([])
-    failed = settings.failed
-    if settings.origins.get("failed") == "auto":
-        failed = _with_shard(settings.failed, k, n)
-    return ShardJob(Shard(k, 0, 0, 1, n), source, settings.checkpoint, failed)
-
-
-def shard_job(settings: Settings) -> ShardJob | None:
-    """The shard ``--shard K/N`` asks for (None without it): planned, opened, and given its
-    default checkpoint and dead-letter paths. SourceError/ConfigError before any request."""
-    if settings.shard is None:
-        return None
-    k, n = settings.shard
-    if settings.processes > 1:
-        raise ConfigError(
-            "--shard K/N and --processes exclude each other (--processes N runs every "
-            "--shard K/N itself)",
-            field="shard",
-        )
-    source = _file_source(settings, "--shard K/N")
-    kind = source_kind(source)
-    shard = _plan(source, n, kind)[k]
-    log.info(
-        "shard %d/%d of %s: bytes %d-%d, from line %d",
-        k,
-        n,
-        source,
-        shard.start,
-        shard.stop,
-        shard.first_line,
-    )
-    checkpoint = settings.checkpoint or shard_path(source, k, n, CHECKPOINT_SUFFIX)
-    failed = settings.failed
-    if settings.origins.get("failed") == "auto":
-        failed = shard_path(source, k, n, _FAILED_SUFFIX)
-    return ShardJob(shard, open_shard(source, shard, kind), checkpoint, failed)
-
-
-# --------------------------------------------------------------------------------------------
 # merging
-
-
-def merge_exit_codes(codes: list[int]) -> int:
-    """The worst exit code by :data:`EXIT_ORDER`; an unknown code counts as 4 (aborted)."""
-    known = [c if c in EXIT_ORDER else EXIT_INTERRUPTED for c in codes]
-    for code in EXIT_ORDER:
-        if code in known:
-            return code
-    return 0
 
 
 def merge_summaries(
@@ -365,16 +155,9 @@ def merge_summaries(
 # the parent
 
 
-def _with_shard(path: Path, k: int, n: int) -> Path:
-    """``dir/name.shard-K-of-N.ext`` for a path the user named (``--checkpoint``, ``--failed``)."""
-    return path.with_name(f"{path.stem}.shard-{k}-of-{n}{path.suffix}")
-
-
 @dataclass(slots=True)
 class _Child:
-    shard: Shard
-    settings: Settings
-    failed: Path
+    plan: RunPlan
     proc: asyncio.subprocess.Process | None = None
     snapshot: dict[str, Any] = dataclasses.field(default_factory=dict)
     final: dict[str, Any] | None = None
@@ -382,59 +165,24 @@ class _Child:
 
     @property
     def label(self) -> str:
-        return self.shard.label
+        assert self.plan.shard is not None
+        return "{}/{}".format(*self.plan.shard)
 
 
-async def _plan_sql(settings: Settings, n: int) -> list[tuple[Any, Any]]:
-    """The key ranges of a ``--processes N --db`` run, planned once here for every child."""
-    from ..sources._sql import open_sql_source
-
-    assert settings.db is not None and settings.key is not None  # checked by resolve()
-    sql = open_sql_source(settings.db, query=settings.query, table=settings.table, key=settings.key)
-    await sql.check()
-    return await _sql_ranges(settings, sql, n)
-
-
-def _child_settings(
-    settings: Settings, shard: Shard, store: str | None, source: str | None
-) -> tuple[Settings, Path]:
-    k, n = shard.index, shard.count
-    failed = (
-        shard_path(source, k, n, _FAILED_SUFFIX)
-        if settings.origins.get("failed") == "auto" and source is not None
-        else _with_shard(settings.failed, k, n)
-    )
-    origins = dict(settings.origins)
-    origins["failed"] = "flag"
-    child = dataclasses.replace(
-        settings,
-        shard=(k, n),
-        processes=1,
-        progress=False,
-        summary_json=None,
-        token_store=store,
-        checkpoint=(
-            _with_shard(settings.checkpoint, k, n) if settings.checkpoint is not None else None
-        ),
-        failed=failed,
-        origins=origins,
-    )
-    return child, failed
-
-
-def _warn_about_single_checkpoint(source: str, settings: Settings) -> None:
+def _warn_about_single_checkpoint(settings: Settings) -> None:
     """A half-done single-process job is not resumed by a multi-process run: say so."""
-    path = settings.checkpoint or default_checkpoint_path(source)
-    if path is None or not path.exists() or not settings.resume:
+    single, _ = state_paths(settings)
+    if single is None or not single.exists() or not settings.resume:
         return
     with contextlib.suppress(AsyncSyncError, OSError):
-        state = CheckpointStore(path).load()
+        state = CheckpointStore(single).load()
         if state is not None and not state.complete:
+            assert settings.source is not None
             log.warning(
                 "%s holds an unfinished single-process run; --processes keeps one checkpoint "
                 "per shard (%s) and does not resume it",
-                path,
-                shard_path(source, 0, settings.processes, CHECKPOINT_SUFFIX).name.replace(
+                single,
+                shard_path(settings.source, 0, settings.processes, CHECKPOINT_SUFFIX).name.replace(
                     "shard-0-", "shard-K-"
                 ),
             )
@@ -442,69 +190,54 @@ def _warn_about_single_checkpoint(source: str, settings: Settings) -> None:
 
 def run_processes(settings: Settings, console: Console) -> int:
     """``upload --processes N``: plan, run N children, report once; returns the exit code."""
-    from ._main import progress_wanted, report
+    # the stock loop: uvloop's subprocess_exec has no process_group, and the parent only
+    # relays lines (the children run uvloop when installed)
+    return asyncio.run(_parent(settings, console, started=time.monotonic()))
 
-    started = time.monotonic()
-    n = settings.processes
-    if settings.shard is not None:
-        raise ConfigError(
-            "--shard K/N and --processes exclude each other (--processes N runs every "
-            "--shard K/N itself)",
-            field="processes",
-        )
-    plan: list[Any]
-    if settings.db is not None:
-        _check_scale_out(settings, f"--processes {n}")
-        plan = asyncio.run(_plan_sql(settings, n))
-        source = None
-    else:
-        source = _file_source(settings, f"--processes {n}")
-        plan = _plan(source, n, source_kind(source))
+
+async def _parent(settings: Settings, console: Console, *, started: float) -> int:
+    plan = await plan_processes(settings)
+    if settings.db is None:
+        _warn_about_single_checkpoint(settings)
     # a bad --token-store is a usage error now, before any child or request
-    store = open_run_token_store(settings)
+    await close_token_store(open_run_token_store(settings))
     tmpdir: str | None = None
     spec = settings.token_store
     try:
-        if store is None and settings.auth in ("oauth2", "login"):
+        if spec is None and settings.auth in ("oauth2", "login"):
             tmpdir = tempfile.mkdtemp(prefix="asyncsync-tokens-")  # 0700
             spec = f"file:{os.path.join(tmpdir, 'token.json')}"
-        children = []
-        if source is None:  # --db: one child per key range
-            for k in range(len(plan)):
-                shard = Shard(k, 0, 0, 1, n)
-                child, failed = _child_settings(settings, shard, spec, source)
-                children.append(_Child(shard, child, failed))
-        else:
-            _warn_about_single_checkpoint(source, settings)
-            for shard in plan:
-                if shard.size == 0:
-                    continue  # more shards than records: nothing to do, no process
-                child, failed = _child_settings(settings, shard, spec, source)
-                children.append(_Child(shard, child, failed))
+        children = [_Child(_with_token_store(p, spec)) for p in plan.children]
         display = None
-        if progress_wanted(settings):
-            from ._progress import ProgressDisplay
-
+        if progress_wanted(settings.progress, verbosity=settings.verbosity):
             display = ProgressDisplay(console, description=f"upload ({len(children)} processes)")
-        # the stock loop: uvloop's subprocess_exec has no process_group, and the parent only
-        # relays lines (the children run uvloop when installed)
-        summary = asyncio.run(_supervise(children, plan, display, started))
+        summary = await _supervise(children, display, plan.total_bytes, started)
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    _merge_dead_letters([c.failed for c in children], settings.failed)
+    _merge_dead_letters([c.plan.failed for c in children], plan.failed)
     codes = [c.code if c.code is not None else EXIT_INTERRUPTED for c in children]
     if summary is not None:
-        if settings.summary_json is not None:
-            _write_json(settings.summary_json, _summary_json(summary, children))
-        report(dataclasses.replace(settings, summary_json=None), summary, console)
+        report(
+            summary,
+            console,
+            command=settings.command,
+            failed=plan.failed,
+            summary_json=settings.summary_json,
+            verbosity=settings.verbosity,
+            extra={"shards": _shard_summaries(children)},
+        )
     return merge_exit_codes(codes)
 
 
-def _summary_json(summary: RunSummary, children: list[_Child]) -> dict[str, Any]:
-    """The merged summary, and under ``shards`` each child's own: its exit code, counts and
+def _with_token_store(plan: RunPlan, spec: str | None) -> RunPlan:
+    """Every child shares the run's token through one store."""
+    return dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, token_store=spec))
+
+
+def _shard_summaries(children: list[_Child]) -> list[dict[str, Any]]:
+    """Under ``shards`` in the summary JSON, each child's own: its exit code, counts and
     pipeline time (start-up excluded), for a look at one shard or at the parallel speed-up."""
-    data = summary.to_dict()
     shards = []
     for child in children:
         part = child.final or child.snapshot
@@ -514,24 +247,11 @@ def _summary_json(summary: RunSummary, children: list[_Child]) -> dict[str, Any]
         for key in ("auth_requests", "duration_s", "job_id", "interrupted"):
             entry[key] = part.get(key)
         shards.append(entry)
-    data["shards"] = shards
-    return data
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically, as the single-process summary is written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(
-            f"--summary-json: cannot write {path}: {exc.strerror}", field="summary_json"
-        ) from None
+    return shards
 
 
 async def _supervise(
-    children: list[_Child], plan: list[Any], display: UploadHooks | None, started: float
+    children: list[_Child], display: UploadHooks | None, total_bytes: int | None, started: float
 ) -> RunSummary | None:
     """Start the children, relay signals, progress and stderr, wait; the merged summary."""
     loop = asyncio.get_running_loop()
@@ -567,12 +287,12 @@ async def _supervise(
             child.proc = proc
             procs.append(proc)
             assert proc.stdin is not None
-            proc.stdin.write(_job_bytes(child.settings, plan))
+            proc.stdin.write(_job_bytes(child.plan))
             with contextlib.suppress(ConnectionError):
                 await proc.stdin.drain()
             proc.stdin.close()
         if display is not None:
-            display.on_start(total, total_bytes=sum(c.shard.size for c in children) or None)
+            display.on_start(total, total_bytes=total_bytes)
         started_children = [c for c in children if c.proc is not None]
         await asyncio.gather(*(_watch(child, children, total) for child in started_children))
     finally:
@@ -593,10 +313,16 @@ async def _supervise(
     return summary
 
 
-def _job_bytes(settings: Settings, plan: list[Any]) -> bytes:
+def _job_bytes(plan: RunPlan) -> bytes:
     # MappingProxyType does not pickle; the child rebuilds it
-    job = (dataclasses.replace(settings, origins=dict(settings.origins)), plan)
-    return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    settings = dataclasses.replace(plan.settings, origins=dict(plan.settings.origins))
+    return pickle.dumps(dataclasses.replace(plan, settings=settings), pickle.HIGHEST_PROTOCOL)
+
+
+def _read_job(data: bytes) -> RunPlan:
+    plan: RunPlan = pickle.loads(data)  # from our parent, through a private pipe
+    origins = MappingProxyType(dict(plan.settings.origins))
+    return dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, origins=origins))
 
 
 async def _watch(child: _Child, children: list[_Child], total: Counters) -> None:
@@ -699,7 +425,7 @@ class _Reporter(UploadHooks):
     then its summary, one JSON line each on the report descriptor. If the parent is gone (the
     pipe breaks), the child stops itself with SIGTERM: it drains and checkpoints."""
 
-    def __init__(self, fd: int, token_requests: Callable[[], Callable[[], int] | None]) -> None:
+    def __init__(self, fd: int, token_requests: TokenCount) -> None:
         self._fd = fd
         self._token_requests = token_requests
         self._counters: Counters | None = None
@@ -715,9 +441,7 @@ class _Reporter(UploadHooks):
         if c is None:
             return
         snapshot = {name: getattr(c, name) for name in _COUNTER_FIELDS}
-        live = self._token_requests()
-        if live is not None:
-            snapshot["auth_requests"] = max(c.auth_requests, live())
+        snapshot["auth_requests"] = max(c.auth_requests, self._token_requests())
         self._send({"t": "p", "c": snapshot})
         with contextlib.suppress(RuntimeError):  # no running loop: no more ticks
             loop = asyncio.get_running_loop()
@@ -746,51 +470,29 @@ class _Reporter(UploadHooks):
             os.kill(os.getpid(), signal.SIGTERM)  # drain and checkpoint, exit 4
 
 
-def _child_error(exc: BaseException, verbosity: int) -> None:
-    import traceback
-
-    if isinstance(exc, KeyboardInterrupt):
-        message = "Interrupted: stopped by a signal"
-    else:
-        message = f"{type(exc).__name__}: {exc}"
-    if verbosity >= 2 and not isinstance(exc, AsyncSyncError | KeyboardInterrupt):
-        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
-    sys.stderr.write(f"asyncsync: error: {redact(message)}\n")
-
-
 def child_main() -> int:
     """``python -m asyncsync.cli._processes``: one shard of a ``--processes`` run.
 
-    Reads its pickled :class:`Settings` and the run's shard plan from stdin, reports on stdout
-    (JSON lines; the process's own stdout is moved to stderr so nothing else can write there),
-    exits with the upload's exit code.
+    Reads its pickled :class:`~._plan.RunPlan` from stdin, reports on stdout (JSON lines; the
+    process's own stdout is moved to stderr so nothing else can write there), exits with the
+    upload's exit code.
     """
     report_fd = os.dup(1)
     os.dup2(2, 1)
-    job: tuple[Settings, list[Any]] = pickle.loads(sys.stdin.buffer.read())  # from our parent
-    settings, plan = job
-    settings = dataclasses.replace(settings, origins=MappingProxyType(dict(settings.origins)))
-    if settings.db is not None and settings.shard is not None:
-        _sql_plans[_sql_plan_key(settings, settings.shard[1])] = plan
-    key = _plan_key(settings.source, len(plan)) if settings.source and plan else None
-    if key is not None:
-        _plans[key] = plan
-    from rich.console import Console
-
-    from ._main import RunHooks, exit_code, logging_to_stderr, run_async, upload_with
-
-    hooks = RunHooks()
-    hooks.display = _Reporter(report_fd, lambda: hooks.token_requests)
-    console = Console(stderr=True, highlight=False)
+    plan = _read_job(sys.stdin.buffer.read())
+    settings = plan.settings
     with logging_to_stderr(settings.verbosity, settings.secret_values()):
         try:
-            summary = run_async(upload_with(settings, hooks, console=console))
+            summary, error = run_async(
+                run_plan(plan, observe=lambda tokens: _Reporter(report_fd, tokens))
+            )
+            if error is not None:
+                raise error
         except (Exception, KeyboardInterrupt) as exc:
-            _child_error(exc, settings.verbosity)
+            print_error(exc, verbosity=settings.verbosity, stopped_by="a signal")
             return exit_code(exc)
-    if summary.interrupted:
-        return EXIT_INTERRUPTED
-    return 1 if summary.records_failed else 0
+    assert summary is not None
+    return summary_exit_code(summary)
 
 
 def _exit(code: int) -> None:

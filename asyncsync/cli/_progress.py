@@ -15,9 +15,11 @@ there is no lock and no thread. It is used only when stderr is a terminal (or wi
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -34,10 +36,22 @@ from rich.progress import (
 from .._hooks import UploadHooks
 from .._summary import Counters, RunSummary
 
-__all__ = ["ProgressDisplay", "format_bytes"]
+__all__ = ["ProgressDisplay", "format_bytes", "progress_wanted"]
 
 POLL_INTERVAL = 0.2  # seconds: ~5 updates a second
 RATE_WINDOW = 3.0  # seconds of history behind the records/s figure
+
+
+def progress_wanted(
+    progress: bool | None, *, verbosity: int = 0, stream: TextIO | None = None
+) -> bool:
+    """--progress forces it, --no-progress and -q turn it off, else only on a terminal."""
+    if verbosity < 0:
+        return False
+    if progress is not None:
+        return progress
+    stream = sys.stderr if stream is None else stream
+    return stream.isatty()
 
 
 def format_bytes(n: float) -> str:

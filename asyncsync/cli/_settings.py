@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from .._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from .._exceptions import ConfigError
+from .._paths import STDIN_FAILED, default_state_paths
 
 __all__ = [
     "DEFAULT_LOGIN_BODY",
@@ -58,7 +59,6 @@ ENV_PREFIX = "ASYNCSYNC_"
 ENV_CLIENT_SECRET = "ASYNCSYNC_CLIENT_SECRET"
 ENV_TOKEN = "ASYNCSYNC_TOKEN"
 DEFAULT_LOGIN_BODY = '{"username": "${ASYNCSYNC_USERNAME}", "password": "${ASYNCSYNC_PASSWORD}"}'
-STDIN_FAILED = "asyncsync-failed.jsonl"
 
 AuthKind = Literal["none", "bearer", "oauth2", "login"]
 Origin = Literal["flag", "env", "config", "default", "auto"]
@@ -997,8 +997,8 @@ def resolve(
 
     failed: Path | None = values["failed"]
     if failed is None:
-        file_source = source is not None and source != "-"
-        failed = Path(f"{source}.failed.jsonl") if file_source else Path(STDIN_FAILED)
+        # the name only: the run plan (cli/_plan.py) moves it off a read-only directory
+        failed = default_state_paths(source, replay=command == "replay", fallback=False).failed
         origins["failed"] = "auto"
 
     # -v and -q: when both are set, the one from the higher-precedence place wins
