@@ -1,11 +1,12 @@
 """asyncsync: push large record exports into authenticated HTTP APIs.
 
-The public face is re-exported here; every concept lives in a private module.
+The public face: every name a user needs, re-exported from the private module that holds
+it. Internals (counters, record blocks, checkpoint state, the transport) stay private.
 """
 
 from __future__ import annotations
 
-from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, Action, BatchLimits, RetryPolicy
+from ._config import Action, BatchLimits, BodyOptions, HttpOptions, RetryPolicy, StateOptions
 from ._exceptions import (
     AsyncSyncError,
     AuthError,
@@ -16,10 +17,10 @@ from ._exceptions import (
     SourceError,
 )
 from ._hooks import RetryDetails, UploadHooks
-from ._records import Batch, RecordBlock, Rejected
-from ._summary import Counters, RunSummary
+from ._records import BatchResult
+from ._summary import RunSummary
 from ._uploader import Uploader, upload
-from .auth._manager import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
+from .auth._manager import MemoryTokenStore, Token, TokenManager, TokenStore
 from .auth._providers import (
     AuthProvider,
     CallableProvider,
@@ -27,53 +28,50 @@ from .auth._providers import (
     OAuth2ClientCredentials,
     StaticToken,
     TokenResponse,
+    TransientAuthError,
 )
-from .checkpoint._checkpoint import CheckpointStore, Fingerprint, default_checkpoint_path
-from .sources._files import CsvSource, IterableSource, JsonlSource, Source, StdinSource, open_source
+from .auth._stores import FileTokenStore, RedisTokenStore
+from .sources._csv import CsvSource
+from .sources._jsonl import JsonlSource
+from .sources._protocol import Source
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_LIMITS",
-    "DEFAULT_RETRY",
     "Action",
     "AsyncSyncError",
     "AuthError",
     "AuthProvider",
-    "Batch",
     "BatchLimits",
+    "BatchResult",
+    "BodyOptions",
     "CallableProvider",
     "CheckpointError",
-    "CheckpointStore",
     "ConfigError",
-    "Counters",
     "CsvSource",
     "DeliveryError",
-    "Fingerprint",
+    "FileTokenStore",
+    "HttpOptions",
     "Interrupted",
-    "IterableSource",
     "JsonLogin",
     "JsonlSource",
     "MemoryTokenStore",
     "OAuth2ClientCredentials",
-    "RecordBlock",
-    "Rejected",
+    "RedisTokenStore",
     "RetryDetails",
     "RetryPolicy",
     "RunSummary",
     "Source",
     "SourceError",
+    "StateOptions",
     "StaticToken",
-    "StdinSource",
     "Token",
     "TokenManager",
     "TokenResponse",
-    "TokenStats",
     "TokenStore",
+    "TransientAuthError",
     "UploadHooks",
     "Uploader",
     "__version__",
-    "default_checkpoint_path",
-    "open_source",
     "upload",
 ]

@@ -8,21 +8,30 @@ directly.
 from __future__ import annotations
 
 import enum
+import os
+import ssl as ssl_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
 from ._exceptions import ConfigError
 
 __all__ = [
+    "DEFAULT_BODY",
+    "DEFAULT_HTTP",
     "DEFAULT_LIMITS",
     "DEFAULT_RETRY",
+    "DEFAULT_STATE",
     "DEFAULT_STATUS_ACTIONS",
     "Action",
     "BatchLimits",
     "BodyFormat",
+    "BodyOptions",
+    "HttpOptions",
     "RetryPolicy",
+    "StateOptions",
 ]
 
 BodyFormat = Literal["json", "ndjson"]
@@ -127,5 +136,93 @@ class BatchLimits:
         _positive("linger", self.linger, allow_zero=True)
 
 
+#: headers asyncsync sets itself, per request
+_RESERVED_HEADERS = frozenset({"authorization", "idempotency-key", "content-length"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BodyOptions:
+    """What a request body looks like.
+
+    ``format`` ``"json"`` sends a JSON array of the batch's records (or, with ``wrap``, an
+    object ``{wrap: [...]}``); ``"ndjson"`` one record per line. ``gzip`` compresses it
+    (``Content-Encoding: gzip``). ``headers`` are sent with every request; those asyncsync
+    sets itself (``Authorization``, ``Idempotency-Key``, ``Content-Length``) are refused.
+    """
+
+    format: BodyFormat = "json"
+    wrap: str | None = None
+    gzip: bool = False
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.format not in ("json", "ndjson"):
+            raise ConfigError(f"body must be json or ndjson, got {self.format!r}", field="body")
+        if self.wrap is not None and self.format != "json":
+            raise ConfigError("wrap only applies to --body json", field="wrap")
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            if not name or any(c in name for c in " :\r\n") or any(c in value for c in "\r\n"):
+                raise ConfigError(f"invalid header {name!r}", field="header")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ConfigError(f"header {name!r} is set by asyncsync itself", field="header")
+            headers[name] = value
+        object.__setattr__(self, "headers", MappingProxyType(headers))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpOptions:
+    """How requests are made: ``timeout`` (seconds, a whole request, token requests included
+    up to 30 s), ``ssl`` (an ``SSLContext``, False to skip verification, None for the
+    default), ``rate`` (requests per second at most, None for no limit) and the
+    ``transport`` by name."""
+
+    timeout: float = 60.0
+    ssl: ssl_module.SSLContext | bool | None = None
+    rate: float | None = None
+    transport: str = "aiohttp"
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}", field="timeout")
+        if self.rate is not None and not self.rate > 0:
+            raise ConfigError(f"rate must be > 0 requests/s, got {self.rate!r}", field="rate")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateOptions:
+    """Where a run keeps its state.
+
+    ``checkpoint``: the checkpoint file (None: no checkpoint, no resume). ``resume``: continue
+    the job it holds (False: start over, deleting it). ``failed``: the dead-letter file (None:
+    beside a file source, else ``./asyncsync-failed.jsonl``, see :mod:`asyncsync._paths`).
+    ``job_id``: the Idempotency-Key prefix of a run without a checkpoint (None: a new uuid4;
+    with a checkpoint the job id is the checkpoint's).
+    """
+
+    checkpoint: Path | None = None
+    failed: Path | None = None
+    resume: bool = True
+    job_id: str | None = None
+
+    def __init__(
+        self,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        failed: str | os.PathLike[str] | None = None,
+        resume: bool = True,
+        job_id: str | None = None,
+    ) -> None:
+        if job_id is not None and not job_id:
+            raise ConfigError("job_id must not be empty", field="job_id")
+        object.__setattr__(self, "checkpoint", None if checkpoint is None else Path(checkpoint))
+        object.__setattr__(self, "failed", None if failed is None else Path(failed))
+        object.__setattr__(self, "resume", resume)
+        object.__setattr__(self, "job_id", job_id)
+
+
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_LIMITS = BatchLimits()
+DEFAULT_BODY = BodyOptions()
+DEFAULT_HTTP = HttpOptions()
+DEFAULT_STATE = StateOptions()

@@ -6,7 +6,8 @@ Every error is an :class:`AsyncSyncError`, so a caller can catch them all in one
     ├── ConfigError        a setting is invalid (names the field)          exit 2
     ├── SourceError        the input cannot be read (names file and line)  exit 2
     ├── AuthError          a token could not be obtained or is refused      exit 3
-    ├── DeliveryError      a batch could not be delivered                   (dead-lettered)
+    ├── DeliveryError      records were dead-lettered: raised only on request,
+    │                      by RunSummary.raise_for_failures()
     ├── CheckpointError    the checkpoint cannot be read, matched or written exit 2
     └── Interrupted        the run was stopped by a signal; resumable       exit 4
 
@@ -14,6 +15,11 @@ Messages never contain a token or a secret.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._summary import RunSummary
 
 __all__ = [
     "AsyncSyncError",
@@ -65,20 +71,13 @@ class AuthError(AsyncSyncError):
 
 
 class DeliveryError(AsyncSyncError):
-    """A batch could not be delivered: a permanent status or retries exhausted."""
+    """Records could not be delivered (a permanent status, or retries exhausted) and are in the
+    dead-letter file. A failed batch does not stop a run; this is raised only when the caller
+    asks, by :meth:`RunSummary.raise_for_failures`, and carries that ``summary``."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        attempts: int = 0,
-        excerpt: str = "",
-    ) -> None:
+    def __init__(self, message: str, *, summary: RunSummary) -> None:
         super().__init__(message)
-        self.status = status
-        self.attempts = attempts
-        self.excerpt = excerpt
+        self.summary = summary
 
 
 class CheckpointError(AsyncSyncError):
@@ -86,4 +85,9 @@ class CheckpointError(AsyncSyncError):
 
 
 class Interrupted(AsyncSyncError):
-    """The run was stopped by a signal after a clean drain; resume from the checkpoint."""
+    """The run was stopped (``Uploader.stop()``/``abort()``, a signal in the CLI) after a clean
+    drain; ``summary`` says what it did. Resume from the checkpoint."""
+
+    def __init__(self, message: str, *, summary: RunSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary

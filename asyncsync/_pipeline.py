@@ -34,17 +34,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._deadletter import DeadLetterFile
 from ._hooks import UploadHooks
-from ._records import Batch, Rejected
+from ._records import Batch, BatchResult, Rejected
 from ._sender import Sender
 from ._summary import Counters
 
-__all__ = ["Ledger", "NullLedger", "Pipeline"]
+__all__ = ["NullLedger", "Pipeline", "PipelineLedger", "default_queue_size"]
 
 log = logging.getLogger("asyncsync.pipeline")
 
 
-class Ledger(Protocol):
-    """Where settled batches are recorded (the checkpoint); the pipeline knows nothing more."""
+class PipelineLedger(Protocol):
+    """Where settled batches are recorded (:class:`asyncsync.checkpoint._ledger.Ledger`); the
+    pipeline knows nothing more. Every call is per batch: keep them cheap."""
 
     def skip(self, batch: Batch) -> bool:
         """True when a resumed run already settled this batch."""
@@ -107,7 +108,7 @@ class Pipeline:
         dead_letter: DeadLetterFile,
         counters: Counters,
         hooks: UploadHooks,
-        ledger: Ledger | None = None,
+        ledger: PipelineLedger | None = None,
     ) -> None:
         self._batches = batches
         self._sender = sender
@@ -116,7 +117,7 @@ class Pipeline:
         self._dead = dead_letter
         self._counters = counters
         self._hooks = hooks
-        self._ledger: Ledger = ledger or NullLedger()
+        self._ledger: PipelineLedger = ledger or NullLedger()
         self._stopping = False
         self._scope: anyio.CancelScope | None = None
         self.stopped = False  # True when stop() or abort() ended the run early
@@ -186,8 +187,8 @@ class Pipeline:
     async def _work(self, receive: MemoryObjectReceiveStream[Batch]) -> None:
         counters = self._counters
         # a hook that does not override on_batch_done costs nothing per batch
-        on_done: Callable[..., None] | None = self._hooks.on_batch_done
-        if type(self._hooks).on_batch_done is UploadHooks.on_batch_done:
+        on_done: Callable[[BatchResult], None] | None = self._hooks.on_batch_done
+        if getattr(type(self._hooks), "on_batch_done", None) is UploadHooks.on_batch_done:
             on_done = None
         ledger = self._ledger
         async with receive:
@@ -216,7 +217,7 @@ class Pipeline:
                         counters.records_failed += n
                         self._dead.write_result(result)
                     if on_done is not None:
-                        on_done(result.batch, delivered=result.delivered, status=result.status)
+                        on_done(result)
                 ledger.settled(batch.seq, delivered=delivered)
                 if ledger.due():
                     await ledger.tick(counters)

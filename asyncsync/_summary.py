@@ -38,9 +38,25 @@ class LatencySample:
 
 @dataclass(slots=True)
 class Counters:
-    """Live counters of a run. The pipeline writes them; hooks and displays only read them.
+    """Live counters of a run; hooks and displays only read them.
 
-    Plain attributes, not a lock: everything runs on one event loop thread.
+    Plain attributes, not a lock: everything runs on one event loop thread. Each field has
+    one writer during a run (the per-batch path cannot afford indirection, so they write the
+    attributes directly):
+
+    ==================================================  ======================================
+    field                                               written by
+    ==================================================  ======================================
+    records_read, records_sent, records_failed          the pipeline (as batches settle)
+    bytes_read                                          the uploader (per source block)
+    bytes_sent, batches, requests, retries,             the sender (per request)
+    retries_by_status, in_flight, latencies
+    auth_requests                                       the uploader (from the token manager)
+    ==================================================  ======================================
+
+    A resumed job starts from the checkpoint's counts, restored in one place
+    (:meth:`asyncsync.checkpoint._state.CheckpointState.restore_counters`, called by
+    ``Ledger.open``), so the summary covers the whole job.
     """
 
     records_read: int = 0
@@ -92,6 +108,19 @@ class RunSummary:
     def ok(self) -> bool:
         """True when every record read was delivered."""
         return self.records_failed == 0 and not self.interrupted
+
+    def raise_for_failures(self) -> RunSummary:
+        """Raise :class:`DeliveryError` when a record was dead-lettered; else return self
+        (as httpx's ``raise_for_status``: the caller decides that a failure is an error)."""
+        if self.records_failed:
+            from ._exceptions import DeliveryError
+
+            raise DeliveryError(
+                f"{self.records_failed} of {self.records_read} records could not be delivered "
+                "and are in the dead-letter file",
+                summary=self,
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -5,56 +5,63 @@
     async with Uploader(url, auth=OAuth2ClientCredentials(...)) as up:
         summary = await up.upload("export.jsonl")
 
-An ``Uploader`` owns one HTTP transport (connection limit = workers, keep-alive)
-and one :class:`TokenManager`, shared by every upload made through it. Its lifecycle is
-explicit: use it inside ``async with`` (or call :meth:`Uploader.aclose`); after close it
-refuses work with a ``RuntimeError``.
+An ``Uploader`` owns one HTTP transport (connection limit = workers, keep-alive) and one
+:class:`TokenManager`, shared by every upload made through it. Its lifecycle is explicit: use
+it inside ``async with`` (or call :meth:`Uploader.aclose`); after close it refuses work with a
+``RuntimeError``.
+
+The uploader never asks what kind of source it holds: each source declares how it resumes,
+its fingerprint, whether batches linger, whether it has line numbers and where its default
+state files go (:mod:`asyncsync.sources._protocol`). Stopping is the caller's policy:
+:meth:`Uploader.stop` drains, :meth:`Uploader.abort` cancels (the CLI wires them to signals).
 """
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import contextlib
 import enum
 import logging
 import os
-import signal
-import ssl as ssl_module
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from ._batcher import batch as make_batches
 from ._body import BodyEncoder
-from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
+from ._config import (
+    DEFAULT_BODY,
+    DEFAULT_HTTP,
+    DEFAULT_LIMITS,
+    DEFAULT_RETRY,
+    DEFAULT_STATE,
+    BatchLimits,
+    BodyOptions,
+    HttpOptions,
+    RetryPolicy,
+    StateOptions,
+)
 from ._deadletter import DeadLetterFile
 from ._exceptions import ConfigError, Interrupted
-from ._hooks import UploadHooks
+from ._hooks import NO_HOOKS, UploadHooks
 from ._http import Transport, open_transport
+from ._paths import default_state_paths
 from ._pipeline import Pipeline, default_queue_size
 from ._records import RecordBlock
 from ._retry import PauseGate, RateLimiter
 from ._sender import Sender
 from ._summary import Counters, RunSummary
-from .auth._manager import TokenManager, TokenStore
+from .auth._manager import TokenManager
 from .auth._providers import AuthProvider
-from .checkpoint._acklog import AckLog, AckLoggingLedger, fold_ack_log
-from .checkpoint._checkpoint import Checkpointer, CheckpointStore, Fingerprint
-from .sources._files import Source, open_source
-from .sources._sql import SqlSource
+from .checkpoint._ledger import Ledger
+from .sources._open import open_source
+from .sources._protocol import Source
 
-__all__ = ["Uploader", "upload"]
+__all__ = ["SourceLike", "Uploader", "upload"]
 
 log = logging.getLogger("asyncsync")
 
 SourceLike = str | os.PathLike[str] | Source | Iterable[Any] | AsyncIterable[Any]
-
-#: seconds in-flight batches get to finish after the first Ctrl-C
-DEFAULT_GRACE = 30.0
 
 
 class _State(enum.Enum):
@@ -66,11 +73,13 @@ class _State(enum.Enum):
 class Uploader:
     """Uploads record sources to ``url`` in batches, with one shared token manager.
 
-    Every keyword is validated here; a bad value raises :class:`ConfigError` naming it.
-    ``auth`` is an auth provider (a :class:`TokenManager` is built around it), a ready
-    ``TokenManager`` (shared, not closed by the uploader), or None for no authentication.
-    ``token_store`` (with a provider) shares the token with other processes (see
-    :func:`~asyncsync.auth._stores.open_token_store`); the caller closes it.
+    Every argument is validated here; a bad value raises :class:`ConfigError` naming it.
+    ``auth`` is an auth provider (a :class:`TokenManager` with default skew, no shared store
+    and no revocation is built around it), a ready ``TokenManager`` (for those options;
+    shared, not closed by the uploader), or None for no authentication. The settings come in
+    groups, each a frozen dataclass with visible defaults: ``limits`` (where batches are cut),
+    ``retry``, ``body`` (format, wrap, gzip, headers), ``http`` (timeout, TLS, rate limit),
+    ``state`` (checkpoint, dead-letter file, resume, job id).
     """
 
     def __init__(
@@ -82,23 +91,10 @@ class Uploader:
         queue_size: int | None = None,
         limits: BatchLimits = DEFAULT_LIMITS,
         retry: RetryPolicy = DEFAULT_RETRY,
-        body: Literal["json", "ndjson"] = "json",
-        wrap: str | None = None,
-        gzip: bool = False,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
-        rate: float | None = None,
-        failed: str | os.PathLike[str] | None = None,
-        checkpoint: str | os.PathLike[str] | None = None,
-        resume: bool = True,
-        job_id: str | None = None,
+        body: BodyOptions = DEFAULT_BODY,
+        http: HttpOptions = DEFAULT_HTTP,
+        state: StateOptions = DEFAULT_STATE,
         hooks: UploadHooks | None = None,
-        ssl: ssl_module.SSLContext | bool | None = None,
-        token_skew: float = 300.0,
-        token_store: TokenStore | None = None,
-        revoke_on_close: bool = False,
-        grace: float = DEFAULT_GRACE,
-        install_signal_handlers: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"url must start with http:// or https://, got {url!r}", field="url")
@@ -106,49 +102,37 @@ class Uploader:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency!r}", field="concurrency")
         if queue_size is not None and queue_size < 1:
             raise ConfigError(f"queue size must be >= 1, got {queue_size!r}", field="queue_size")
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
-        if body not in ("json", "ndjson"):
-            raise ConfigError(f"body must be json or ndjson, got {body!r}", field="body")
-        if wrap is not None and body != "json":
-            raise ConfigError("wrap only applies to --body json", field="wrap")
-        if rate is not None and rate <= 0:
-            raise ConfigError(f"rate must be > 0 requests/s, got {rate!r}", field="rate")
-        if token_skew < 0:
-            raise ConfigError(f"token skew must be >= 0, got {token_skew!r}", field="token_skew")
-        if token_store is not None and isinstance(auth, TokenManager):
-            raise ConfigError(
-                "token_store applies to a token manager the uploader builds; give the store "
-                "to your TokenManager instead",
-                field="token_store",
-            )
-        self._token_store = token_store
-        self._revoke_on_close = revoke_on_close
+        for name, value, kind in (
+            ("limits", limits, BatchLimits),
+            ("retry", retry, RetryPolicy),
+            ("body", body, BodyOptions),
+            ("http", http, HttpOptions),
+            ("state", state, StateOptions),
+        ):
+            if not isinstance(value, kind):
+                raise ConfigError(
+                    f"{name} must be a {kind.__name__}, got {type(value).__name__}", field=name
+                )
         self.url = url
         self._auth = auth
         self._concurrency = concurrency
         self._queue_size = queue_size or default_queue_size(concurrency)
         self._limits = limits
         self._retry = retry
-        self._encoder = BodyEncoder(body, wrap=wrap, gzip=gzip)
-        self._wrap = wrap
-        self._headers = _check_headers(headers or {})
-        self._timeout = timeout
-        self._rate = rate
-        self._failed = Path(failed) if failed is not None else None
-        self._checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self._resume = resume
-        self._job_id = job_id
-        self._hooks = hooks or UploadHooks()
-        self._ssl = ssl
-        self._token_skew = token_skew
-        self._grace = grace
-        self._signals = install_signal_handlers
+        self._body = body
+        self._encoder = BodyEncoder(body.format, wrap=body.wrap, gzip=body.gzip)
+        self._http = http
+        self._state_options = state
+        self._hooks: UploadHooks = hooks if hooks is not None else NO_HOOKS
         self._state = _State.UNOPENED
         self._transport: Transport | None = None
         self._tokens: TokenManager | None = None
         self._owns_tokens = False
         self._gate = PauseGate()
+        self._running: set[Pipeline] = set()
+        # stop()/abort() before a pipeline exists (during setup) still stop this upload
+        self._stop_requested = False
+        self._abort_requested = False
 
     def __repr__(self) -> str:
         return (
@@ -177,8 +161,9 @@ class Uploader:
             raise RuntimeError("Cannot use an Uploader that has been closed.")
         if self._state is _State.OPEN:
             return
+        http = self._http
         self._transport = open_transport(
-            connections=self._concurrency, timeout=self._timeout, ssl=self._ssl
+            http.transport, connections=self._concurrency, timeout=http.timeout, ssl=http.ssl
         )
         if isinstance(self._auth, TokenManager):
             self._tokens = self._auth
@@ -186,17 +171,14 @@ class Uploader:
             self._tokens = TokenManager(
                 self._auth,
                 transport=self._transport,
-                skew=self._token_skew,
-                store=self._token_store,
-                # --timeout bounds token requests too (a hung token endpoint, exit 3)
-                fetch_timeout=min(self._timeout, 30.0),
-                revoke_on_close=self._revoke_on_close,
+                # the request timeout bounds token requests too (a hung token endpoint, exit 3)
+                fetch_timeout=min(http.timeout, 30.0),
             )
             self._owns_tokens = True
         self._state = _State.OPEN
 
     async def aclose(self) -> None:
-        """Revoke the token if asked, close connections. Idempotent."""
+        """Close the token manager it built (revoking if asked) and the connections. Idempotent."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
@@ -207,14 +189,28 @@ class Uploader:
             if self._transport is not None:
                 await self._transport.aclose()
 
+    def stop(self) -> None:
+        """Drain: stop reading, let batches in flight finish, checkpoint; the upload then
+        raises :class:`Interrupted`. Safe from a signal handler on the loop; idempotent."""
+        self._stop_requested = True
+        for pipeline in self._running:
+            pipeline.stop()
+
+    def abort(self) -> None:
+        """Cancel now, in-flight requests included; the checkpoint keeps what was
+        acknowledged. The upload raises :class:`Interrupted`."""
+        self._stop_requested = self._abort_requested = True
+        for pipeline in self._running:
+            pipeline.abort()
+
     async def upload(self, source: SourceLike) -> RunSummary:
         """Upload every record of ``source``; returns the run summary.
 
-        ``source`` is a path (.jsonl/.ndjson/.csv), ``"-"`` for stdin, a source object, or
+        ``source`` is a path (.jsonl/.ndjson/.csv), ``"-"`` for stdin, a :class:`Source`, or
         any sync or async iterable of dicts or of raw JSON bytes. Records that cannot be
         delivered are written to the dead-letter file; authentication failure raises
-        :class:`AuthError`; a stop by signal drains, checkpoints and raises
-        :class:`Interrupted`.
+        :class:`AuthError`; :meth:`stop` or :meth:`abort` ends it with :class:`Interrupted`
+        (carrying the summary) after the checkpoint is saved.
         """
         if self._state is not _State.OPEN:
             if self._state is _State.CLOSED:
@@ -222,37 +218,35 @@ class Uploader:
             await self._open()
         assert self._transport is not None
         src = open_source(source)  # SourceError here, before any request
+        options = self._state_options
         counters = Counters()
-        dead = DeadLetterFile(self._failed_path(src), lines=src.kind in ("jsonl", "csv", "stdin"))
-        ckpt = self._open_checkpoint(src)
+        failed = options.failed or default_state_paths(src.state_path).failed
+        dead = DeadLetterFile(failed, lines=src.has_lines)
+        ledger: Ledger | None = None
         start_seq = 0
-        if ckpt is not None:
-            ckpt.before_save = dead.sync
-            job_id = ckpt.job_id
-            if ckpt.previous is not None:
-                ckpt.previous.restore_counters(counters)
-                mark = ckpt.tracker.watermark
+        if options.checkpoint is not None:
+            ledger = Ledger.open(
+                options.checkpoint,
+                src.fingerprint(self._fingerprint_settings()),
+                dead_letter=dead,
+                counters=counters,  # a resumed job's counters are restored into these
+                resume=options.resume,
+                keyed=src.keyed,
+            )
+            job_id = ledger.job_id
+            mark = ledger.resume_point()
+            if mark is not None:
                 start_seq = mark.next_seq
-                src = _resume_source(src, position=mark.position, offset=mark.offset, key=mark.key)
+                src = src.resumed(position=mark.position, offset=mark.offset, key=mark.key)
                 log.info(
                     "resuming job %s after position %d (%d records already sent)",
                     job_id,
                     mark.position,
                     counters.records_sent,
                 )
+            await ledger.start()
         else:
-            job_id = self._job_id or uuid.uuid4().hex
-        if ckpt is not None:
-            # durable before the first request: a crash before the first periodic save must
-            # resume this job id (the same Idempotency-Keys), not start one whose keys the
-            # server cannot deduplicate; and an unwritable checkpoint stops us before sending
-            await ckpt.final_save(counters, complete=False)
-            assert self._checkpoint is not None
-            acks = AckLog(self._checkpoint)
-            acks.start(job_id)
-            ledger: AckLoggingLedger | None = AckLoggingLedger(ckpt, acks, counters)
-        else:
-            ledger = None
+            job_id = options.job_id or uuid.uuid4().hex
         auth_base = self._tokens.stats.requests if self._tokens is not None else 0
         auth_before = counters.auth_requests
         sender = Sender(
@@ -264,14 +258,14 @@ class Uploader:
             retry=self._retry,
             counters=counters,
             hooks=self._hooks,
-            headers=self._headers,
+            headers=self._body.headers,
             gate=self._gate,
-            rate=RateLimiter(self._rate) if self._rate else None,
+            rate=RateLimiter(self._http.rate) if self._http.rate else None,
         )
         batches = make_batches(
             _count_bytes(src.blocks(), counters),
             self._limits,
-            linger=src.kind in ("stdin", "iterable"),
+            linger=src.linger,
             start_seq=start_seq,
             overhead=self._encoder.overhead,
         )
@@ -285,99 +279,48 @@ class Uploader:
             hooks=self._hooks,
             ledger=ledger,
         )
+        if self._abort_requested:
+            pipeline.abort()
+        elif self._stop_requested:
+            pipeline.stop()
         self._hooks.on_start(counters, total_bytes=src.size)
         started = time.monotonic()
-        interrupted = False
+        self._running.add(pipeline)
         try:
-            with self._signal_handlers(pipeline):
-                await pipeline.run()
-            interrupted = pipeline.stopped
+            await pipeline.run()
         finally:
+            self._running.discard(pipeline)
+            if not self._running:
+                self._stop_requested = self._abort_requested = False
             if self._tokens is not None:
                 counters.auth_requests = auth_before + self._tokens.stats.requests - auth_base
-            # the dead-letter file is made durable before the checkpoint that covers it
-            dead.close()
-            if ckpt is not None and ledger is not None:
-                complete = not pipeline.stopped and ckpt.tracker.in_flight == 0
-                saved = False
-                try:
-                    await ckpt.final_save(counters, complete=complete)
-                    saved = True
-                finally:
-                    ledger.acks.close(delete=saved)  # the save covers every entry
+            if ledger is None:
+                dead.close()
+            else:  # the dead letters are made durable before the checkpoint covering them
+                await ledger.finish(stopped=pipeline.stopped)
             summary = RunSummary.from_counters(
                 counters,
                 duration_s=time.monotonic() - started,
                 job_id=job_id,
-                interrupted=interrupted or pipeline.stopped,
+                interrupted=pipeline.stopped,
             )
             self._hooks.on_finish(summary)
-        if interrupted:
+        if pipeline.stopped:
             raise Interrupted(
                 f"interrupted after {summary.records_sent} records were delivered"
-                + ("; run again to resume from the checkpoint" if self._checkpoint else "")
+                + ("; run again to resume from the checkpoint" if ledger is not None else ""),
+                summary=summary,
             )
         return summary
 
-    def _open_checkpoint(self, src: Source) -> Checkpointer | None:
-        if self._checkpoint is None:
-            return None
-        settings: dict[str, str | int | float | bool | None] = {
+    def _fingerprint_settings(self) -> dict[str, str | int | float | bool | None]:
+        """The settings that decide batch boundaries and bodies: a resume must keep them."""
+        return {
             "batch_size": self._limits.max_records,
             "max_batch_bytes": self._limits.max_bytes,
             "body": self._encoder.format,
-            "wrap": self._wrap,
+            "wrap": self._body.wrap,
         }
-        if src.kind in ("jsonl", "csv"):
-            start, stop = getattr(src, "start_offset", 0), getattr(src, "stop_offset", None)
-            if start or stop is not None:  # a byte range of the file (a shard) is its own job
-                settings["byte_range"] = f"{start}-{'' if stop is None else stop}"
-            fingerprint = Fingerprint.of_file(src.name, settings)
-        else:
-            # an SQL source is its URL (without password), query and key
-            fingerprint = Fingerprint.of_stream(getattr(src, "identity", src.name), settings)
-        store = CheckpointStore(self._checkpoint)
-        if self._resume:
-            # the watermark of a keyed source (SQL) carries a key the ack log does not hold
-            keyless = src.kind in ("jsonl", "csv", "stdin", "iterable", "replay")
-            fold_ack_log(store, AckLog(self._checkpoint), advance=keyless)
-        return Checkpointer.open(store, fingerprint, resume=self._resume)
-
-    def _failed_path(self, src: Source) -> Path:
-        if self._failed is not None:
-            return self._failed
-        if src.kind in ("jsonl", "csv"):
-            return Path(f"{src.name}.failed.jsonl")
-        return Path("asyncsync-failed.jsonl")
-
-    @contextlib.contextmanager
-    def _signal_handlers(self, pipeline: Pipeline) -> Iterator[None]:
-        """First SIGINT/SIGTERM drains (bounded by ``grace``); a second one aborts."""
-        if not self._signals:
-            yield
-            return
-        loop = asyncio.get_running_loop()
-        hits = 0
-
-        def on_signal() -> None:
-            nonlocal hits
-            hits += 1
-            if hits == 1:
-                pipeline.stop()
-                loop.call_later(self._grace, pipeline.abort)
-            else:
-                pipeline.abort()
-
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, on_signal)
-                installed.append(sig)
-        try:
-            yield
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
 
 async def _count_bytes(
@@ -394,61 +337,35 @@ async def _count_bytes(
             await aclose()
 
 
-def _resume_source(src: Source, *, position: int, offset: int | None, key: Any = None) -> Source:
-    """``src`` from just after ``position``: by seeking for files, by skipping otherwise."""
-    if position <= 0:
-        return src
-    if isinstance(src, SqlSource) and key is not None:
-        return src.resumed(position=position, key=key)  # one index seek, no re-reading
-    if offset is not None and src.kind in ("jsonl", "csv"):
-        # JSONL: the line after the watermark's last record is the next one; CSV rows may
-        # span lines, so let the source count them
-        start_line = position + 1 if src.kind == "jsonl" else None
-        return open_source(
-            src.name,
-            kind=src.kind,
-            start_offset=offset,
-            start_line=start_line,
-            stop_offset=getattr(src, "stop_offset", None),  # a shard ends where it ended
-        )
-    return _SkipThrough(src, position)
+async def upload(
+    source: SourceLike,
+    url: str,
+    *,
+    auth: AuthProvider | TokenManager | None = None,
+    concurrency: int = 16,
+    queue_size: int | None = None,
+    limits: BatchLimits = DEFAULT_LIMITS,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    body: BodyOptions = DEFAULT_BODY,
+    http: HttpOptions = DEFAULT_HTTP,
+    state: StateOptions = DEFAULT_STATE,
+    hooks: UploadHooks | None = None,
+) -> RunSummary:
+    """One call: open an :class:`Uploader` with these arguments, upload ``source``, close.
 
-
-class _SkipThrough:
-    """A source without offsets (stdin, iterables), resumed by skipping records by position."""
-
-    def __init__(self, inner: Source, position: int) -> None:
-        self._inner = inner
-        self._through = position
-        self.name = inner.name
-        self.size = inner.size
-        self.kind = inner.kind
-
-    async def blocks(self) -> AsyncIterator[RecordBlock]:
-        through = self._through
-        async for block in self._inner.blocks():
-            if block.positions and block.positions[-1] <= through:
-                block.records, block.positions = [], []
-            elif block.positions and block.positions[0] <= through:
-                cut = bisect.bisect_right(block.positions, through)
-                block.records, block.positions = block.records[cut:], block.positions[cut:]
-            block.rejects = [r for r in block.rejects if r.position > through]
-            yield block
-
-
-def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    reserved = {"authorization", "idempotency-key", "content-length"}
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        if not name or any(c in name for c in " :\r\n") or any(c in value for c in "\r\n"):
-            raise ConfigError(f"invalid header {name!r}", field="header")
-        if name.lower() in reserved:
-            raise ConfigError(f"header {name!r} is set by asyncsync itself", field="header")
-        out[name] = value
-    return out
-
-
-async def upload(source: SourceLike, url: str, **options: Any) -> RunSummary:
-    """One call: open an :class:`Uploader` with ``options``, upload ``source``, close."""
-    async with Uploader(url, **options) as up:
+    Undelivered records are in the dead-letter file and counted in the summary; call
+    :meth:`RunSummary.raise_for_failures` to turn them into a :class:`DeliveryError`.
+    """
+    async with Uploader(
+        url,
+        auth=auth,
+        concurrency=concurrency,
+        queue_size=queue_size,
+        limits=limits,
+        retry=retry,
+        body=body,
+        http=http,
+        state=state,
+        hooks=hooks,
+    ) as up:
         return await up.upload(source)

@@ -32,13 +32,9 @@ from pathlib import Path
 
 from asyncsync._records import Batch
 from asyncsync._summary import Counters
-from asyncsync.checkpoint._checkpoint import (
-    Checkpointer,
-    CheckpointState,
-    CheckpointStore,
-    Fingerprint,
-    WatermarkTracker,
-)
+from asyncsync.checkpoint._checkpointer import Checkpointer
+from asyncsync.checkpoint._state import CheckpointState, CheckpointStore, Fingerprint
+from asyncsync.checkpoint._watermark import WatermarkTracker
 
 RATE = 5_000  # batches/s: 1 M records/s at batch 200
 CHOSEN = "temp + fsync + replace + dir fsync"

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m benchmarks.micro_jsonl [--records N] [--repeat R] [--
 Feeds the standard export (``benchmarks/datagen.py``, ~280-byte records) in 1 MiB chunks through
 what a JSONL upload runs per record, without threads, event loop or HTTP:
 
-* ``parse``: :class:`asyncsync.sources._files._LineParser` (split, strip, UTF-8 check, validation,
+* ``parse``: :class:`asyncsync.sources._jsonl._LineParser` (split, strip, UTF-8 check, validation,
   positions and offsets), what the source's reader thread does;
 * ``cut``: :class:`asyncsync._batcher._Cutter` on those blocks (batches of ``--batch``);
 * ``encode``: :class:`asyncsync._body.BodyEncoder` on each batch (the JSON array body).
@@ -28,7 +28,7 @@ from asyncsync._batcher import _Cutter
 from asyncsync._body import BodyEncoder
 from asyncsync._config import BatchLimits
 from asyncsync._records import Batch
-from asyncsync.sources._files import _LineParser
+from asyncsync.sources._jsonl import _LineParser
 
 from .datagen import data_file
 

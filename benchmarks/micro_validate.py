@@ -7,7 +7,7 @@ records, as the design's facts use) and does the whole per-block job the JSONL r
 split into lines, strip, check UTF-8, check each line is exactly one JSON *object*, and produce
 the list of record bytes. Timings are the best of R runs, in ns per record, so the per-line
 decoder call is measured together with what it forces around it (an object check, a join, a
-length comparison). The last section times :class:`asyncsync.sources._files.JsonlSource` end to
+length comparison). The last section times :class:`asyncsync.sources._jsonl.JsonlSource` end to
 end on the same file (read off the loop by its worker thread, in an event loop), in records/s.
 """
 
@@ -216,7 +216,7 @@ def time_all(
 async def _drain_jsonl(path: str, batched: bool) -> tuple[int, float]:
     from asyncsync._batcher import batch
     from asyncsync._config import BatchLimits
-    from asyncsync.sources._files import JsonlSource
+    from asyncsync.sources._jsonl import JsonlSource
 
     src = JsonlSource(path)
     n = 0

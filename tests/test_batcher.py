@@ -21,7 +21,7 @@ from asyncsync._batcher import batch
 from asyncsync._body import BodyEncoder
 from asyncsync._config import BatchLimits
 from asyncsync._records import Batch, LineEnds, RecordBlock, Rejected, compact_positions
-from asyncsync.sources._files import JsonlSource
+from asyncsync.sources._jsonl import JsonlSource
 
 Event = tuple[int, bytes | None]  # (position, record bytes) or (position, None) for a reject
 

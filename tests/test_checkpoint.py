@@ -17,18 +17,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from asyncsync._exceptions import CheckpointError, SourceError
+from asyncsync._paths import default_state_paths
 from asyncsync._records import Batch, Rejected
 from asyncsync._summary import Counters
-from asyncsync.checkpoint import _checkpoint
-from asyncsync.checkpoint._checkpoint import (
-    Checkpointer,
-    CheckpointState,
-    CheckpointStore,
-    Fingerprint,
-    Watermark,
-    WatermarkTracker,
-    default_checkpoint_path,
-)
+from asyncsync.checkpoint import _state as _checkpoint
+from asyncsync.checkpoint._checkpointer import Checkpointer
+from asyncsync.checkpoint._state import CheckpointState, CheckpointStore, Fingerprint, Watermark
+from asyncsync.checkpoint._watermark import WatermarkTracker
+
+
+def default_checkpoint_path(source: str | Path | None) -> Path | None:
+    """The default checkpoint path of a source (the policy in asyncsync._paths)."""
+    return default_state_paths(source, fallback=False).checkpoint
+
 
 SETTINGS: dict[str, Any] = {"batch_size": 200, "max_batch_bytes": 1_000_000, "body": "json"}
 

@@ -32,9 +32,11 @@ from asyncsync import (
     AuthError,
     BatchLimits,
     ConfigError,
+    HttpOptions,
     JsonLogin,
     OAuth2ClientCredentials,
     RetryPolicy,
+    StateOptions,
     StaticToken,
     TokenManager,
     Uploader,
@@ -482,7 +484,7 @@ async def test_tls_library_uploader_with_an_ssl_context(tmp_path: Path, tls: Tls
     """Uploader(ssl=ctx): token endpoint and ingest over HTTPS. Without it: ConfigError."""
     async with Sink(sink_config(), ssl_context=tls.server) as sink:
         provider = OAuth2ClientCredentials(sink.token_url, CLIENT_ID, CLIENT_SECRET)
-        async with Uploader(sink.ingest_url, auth=provider, ssl=tls.client) as up:
+        async with Uploader(sink.ingest_url, auth=provider, http=HttpOptions(ssl=tls.client)) as up:
             summary = await up.upload([{"id": i} for i in range(10)])
         assert summary.records_sent == 10
         async with Uploader(sink.ingest_url, auth=provider) as up:
@@ -827,7 +829,7 @@ async def test_a_1gb_ingest_response_is_read_only_as_a_bounded_excerpt(
     async with serve({"/ingest": _streaming(status, GIB, written, declare=declare)}) as api:
         async with Uploader(
             api.url("/ingest"),
-            failed=dead,
+            state=StateOptions(failed=dead),
             limits=BatchLimits(max_records=5),
             retry=RetryPolicy(max_attempts=2, backoff_initial=0.0),
             concurrency=2,

@@ -584,7 +584,7 @@ def test_ack_log_fold_moves_the_watermark_over_contiguous_batches() -> None:
     the settled ranges; records are counted once; folding again changes nothing."""
     from asyncsync._summary import Counters
     from asyncsync.checkpoint._acklog import _folded
-    from asyncsync.checkpoint._checkpoint import CheckpointState, Fingerprint, Watermark
+    from asyncsync.checkpoint._state import CheckpointState, Fingerprint, Watermark
 
     state = CheckpointState(
         job_id="j",
@@ -618,7 +618,7 @@ def test_ack_log_fold_stops_at_a_line_whose_dead_letter_may_be_lost() -> None:
     """The watermark does not pass a line missing from the batches (a rejected line, whose dead
     letter may have died in a buffer) unless the checkpoint says it was saved."""
     from asyncsync.checkpoint._acklog import _folded
-    from asyncsync.checkpoint._checkpoint import CheckpointState, Fingerprint, Watermark
+    from asyncsync.checkpoint._state import CheckpointState, Fingerprint, Watermark
 
     state = CheckpointState(
         job_id="j", fingerprint=Fingerprint.of_stream("x", {}), watermark=Watermark(3, 300)

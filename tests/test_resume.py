@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncsync import BatchLimits, CheckpointError, upload
-from asyncsync.checkpoint._checkpoint import CheckpointStore
+from asyncsync import BatchLimits, CheckpointError, StateOptions, upload
+from asyncsync.checkpoint._state import CheckpointStore
 from asyncsync.sink import Sink, SinkConfig
 
 
@@ -24,8 +24,7 @@ async def test_cancel_then_resume_delivers_everything_once(
     options = {
         "concurrency": 4,
         "limits": BatchLimits(max_records=50),
-        "checkpoint": ckpt,
-        "failed": tmp_path / "failed.jsonl",
+        "state": StateOptions(checkpoint=ckpt, failed=tmp_path / "failed.jsonl"),
     }
     async with Sink(SinkConfig(latency=0.01, require_auth=False)) as sink:
         task = asyncio.create_task(upload(source, sink.ingest_url, **options))
@@ -67,8 +66,7 @@ async def test_fingerprint_mismatch_is_refused(
                 sink.ingest_url,
                 concurrency=2,
                 limits=BatchLimits(max_records=20),
-                checkpoint=ckpt,
-                failed=tmp_path / "f.jsonl",
+                state=StateOptions(checkpoint=ckpt, failed=tmp_path / "f.jsonl"),
             )
         )
         while sink.stats()["records"] < 200:
@@ -81,17 +79,14 @@ async def test_fingerprint_mismatch_is_refused(
                 source,
                 sink.ingest_url,
                 limits=BatchLimits(max_records=40),
-                checkpoint=ckpt,
-                failed=tmp_path / "f.jsonl",
+                state=StateOptions(checkpoint=ckpt, failed=tmp_path / "f.jsonl"),
             )
         # --no-resume starts over
         summary = await upload(
             source,
             sink.ingest_url,
             limits=BatchLimits(max_records=40),
-            checkpoint=ckpt,
-            resume=False,
-            failed=tmp_path / "f.jsonl",
+            state=StateOptions(checkpoint=ckpt, resume=False, failed=tmp_path / "f.jsonl"),
         )
     assert summary.records_sent == 2_000
 
@@ -106,8 +101,7 @@ async def test_dead_letters_survive_resume_without_duplicates(tmp_path: Path) ->
     options = {
         "concurrency": 2,
         "limits": BatchLimits(max_records=25),
-        "checkpoint": ckpt,
-        "failed": failed,
+        "state": StateOptions(checkpoint=ckpt, failed=failed),
     }
     async with Sink(SinkConfig(latency=0.01, require_auth=False)) as sink:
         task = asyncio.create_task(upload(source, sink.ingest_url, **options))

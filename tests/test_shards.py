@@ -22,9 +22,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from asyncsync._exceptions import ConfigError, SourceError
+from asyncsync._paths import shard_path
 from asyncsync._records import Rejected
-from asyncsync.sources._files import CsvSource, JsonlSource, Source
-from asyncsync.sources._shards import Shard, open_shard, plan_shards, shard_path
+from asyncsync.sources._csv import CsvSource
+from asyncsync.sources._jsonl import JsonlSource
+from asyncsync.sources._protocol import Source
+from asyncsync.sources._shards import Shard, open_shard, plan_shards
 
 Read = tuple[list[tuple[int, bytes]], list[tuple[int, str]]]
 

@@ -29,16 +29,12 @@ from asyncsync._batcher import batch
 from asyncsync._config import BatchLimits
 from asyncsync._exceptions import ConfigError, SourceError
 from asyncsync._records import Batch, RecordBlock, Rejected
-from asyncsync.sources import _files as _sources
-from asyncsync.sources._files import (
-    CsvSource,
-    IterableSource,
-    JsonlSource,
-    Source,
-    StdinSource,
-    _LineParser,
-    open_source,
-)
+from asyncsync.sources import _csv, _jsonl, _validate
+from asyncsync.sources._csv import CsvSource
+from asyncsync.sources._iterable import IterableSource
+from asyncsync.sources._jsonl import JsonlSource, StdinSource, _LineParser
+from asyncsync.sources._open import open_source
+from asyncsync.sources._protocol import Source
 
 Got = tuple[list[tuple[int, bytes]], list[Rejected], list[RecordBlock]]
 
@@ -454,7 +450,7 @@ async def test_read_ahead_stops_cleanly_and_keeps_errors_in_order(
     else:
         path = write(tmp_path, b"a\n" + b"1\n" * 5000, "ahead.csv")
         src = CsvSource(path, block_rows=16)
-        cls = _sources._CsvReader
+        cls = _csv._CsvReader
         name = "read_block"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -619,8 +615,8 @@ def test_fuzz_utf8_check_in_pieces_is_a_full_decode(
         valid = False
     else:
         valid = True
-    assert _sources._utf8_ok(bytes(data), piece) is valid
-    assert _sources._utf8_ok(memoryview(bytes(data)), piece) is valid
+    assert _validate._utf8_ok(bytes(data), piece) is valid
+    assert _validate._utf8_ok(memoryview(bytes(data)), piece) is valid
 
 
 # --------------------------------------------------------------------------- CSV
@@ -864,7 +860,7 @@ def test_stdin_is_the_default_stream() -> None:
     """`open_source("-")` reads the process's real stdin."""
     code = (
         "import asyncio\n"
-        "from asyncsync.sources._files import open_source\n"
+        "from asyncsync.sources._open import open_source\n"
         "async def main():\n"
         "    src = open_source('-')\n"
         "    async for b in src.blocks():\n"
@@ -1098,8 +1094,9 @@ class OffsetBlock(RecordBlock):
 @pytest.fixture
 def record_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the sources as they will when RecordBlock has an ``offsets`` field."""
-    monkeypatch.setattr(_sources, "_RECORD_OFFSETS", True)
-    monkeypatch.setattr(_sources, "RecordBlock", OffsetBlock)
+    monkeypatch.setattr(_jsonl, "_RECORD_OFFSETS", True)
+    monkeypatch.setattr(_csv, "_RECORD_OFFSETS", True)
+    monkeypatch.setattr(_validate, "RecordBlock", OffsetBlock)
 
 
 @pytest.mark.usefixtures("record_offsets")

@@ -25,13 +25,14 @@ from hypothesis import strategies as st
 
 from asyncsync._exceptions import ConfigError, SourceError
 from asyncsync._records import Rejected
-from asyncsync.sources import _sql
-from asyncsync.sources._files import Source
-from asyncsync.sources._sql import (
+from asyncsync.sources._protocol import Source
+from asyncsync.sources.sql import (
     PostgresSource,
     SqlBlock,
     SqliteSource,
     SqlSource,
+    _encoding,
+    _sqlite,
     display_url,
     key_from_token,
     key_token,
@@ -610,7 +611,7 @@ def test_unknown_value_type_is_a_reject_not_a_failure() -> None:
         pass
 
     rows = [(1, "a"), (2, Odd()), (3, "c")]
-    block = _sql._encode_page(rows, ("id", "v"), 0, 10)
+    block = _encoding._encode_page(rows, ("id", "v"), 0, 10)
     assert block.positions == [10, 12]
     assert block.keys == [1, 3]
     [rej] = block.rejects
@@ -621,7 +622,7 @@ def test_unknown_value_type_is_a_reject_not_a_failure() -> None:
 
 def test_python_values_without_a_database() -> None:
     """The ``default`` encoder for values drivers may hand over (timedelta, memoryview)."""
-    enc = _sql._dumps
+    enc = _encoding._dumps
     assert enc(timedelta(days=1, hours=2, microseconds=5)) == b'"P1DT2H0.000005S"'
     assert enc(timedelta(0)) == b'"PT0S"'
     assert enc(timedelta(seconds=-90)) == b'"-PT1M30S"'
@@ -816,7 +817,7 @@ async def test_sqlite_schema_qualified_and_quoted_table_names(sqlite_db: SqliteD
 @pytest.fixture
 def slow_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite connections with ``slow(x)``: sleeps 20 ms per call (in the reading thread)."""
-    real = _sql._sqlite_connect
+    real = _sqlite._sqlite_connect
 
     def connect(path: str) -> sqlite3.Connection:
         conn = real(path)
@@ -828,7 +829,7 @@ def slow_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
         conn.create_function("slow", 1, slow)
         return conn
 
-    monkeypatch.setattr(_sql, "_sqlite_connect", connect)
+    monkeypatch.setattr(_sqlite, "_sqlite_connect", connect)
 
 
 @pytest.mark.usefixtures("slow_sqlite")

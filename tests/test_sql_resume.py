@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from asyncsync import BatchLimits, upload
-from asyncsync.checkpoint._checkpoint import CheckpointStore
+from asyncsync import BatchLimits, StateOptions, upload
+from asyncsync.checkpoint._state import CheckpointStore
 from asyncsync.sink import Sink, SinkConfig
-from asyncsync.sources._sql import SqlSource, open_sql_source
+from asyncsync.sources.sql import SqlSource, open_sql_source
 
 
 @pytest.mark.parametrize("keytype", ["int", "text"])
@@ -46,8 +46,7 @@ async def test_sql_cancel_then_resume_by_key(
     options: dict[str, Any] = {
         "concurrency": 4,
         "limits": BatchLimits(max_records=50),
-        "checkpoint": ckpt,
-        "failed": tmp_path / "failed.jsonl",
+        "state": StateOptions(checkpoint=ckpt, failed=tmp_path / "failed.jsonl"),
     }
     async with Sink(SinkConfig(latency=0.01, require_auth=False)) as sink:
         src = open_sql_source(url, table="t", key=key, page_size=300)
@@ -72,6 +71,6 @@ async def test_sql_cancel_then_resume_by_key(
     assert summary.records_sent == n
     assert stats["key_body_mismatches"] == 0
     [(clone, kw)] = resumed
-    assert kw == {"position": mark.position, "key": expected_key}
+    assert kw == {"position": mark.position, "offset": None, "key": expected_key}
     # the resumed run read only the rows after the key (plus one look-ahead row a page)
     assert clone.rows_read <= n - mark.position + clone.pages_read

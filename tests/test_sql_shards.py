@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import run_cli
 
 from asyncsync.sink import Sink, SinkConfig
-from asyncsync.sources._sql import SqlSource, open_sql_source
+from asyncsync.sources.sql import SqlSource, open_sql_source
 
 ROWS = 1000
 

@@ -9,7 +9,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncsync import AuthError, BatchLimits, RetryPolicy, Uploader, upload
+from asyncsync import (
+    AuthError,
+    BatchLimits,
+    BodyOptions,
+    HttpOptions,
+    RetryPolicy,
+    StateOptions,
+    Uploader,
+    upload,
+)
 from asyncsync.auth._providers import OAuth2ClientCredentials
 from asyncsync.sink import Sink, SinkConfig
 
@@ -34,7 +43,11 @@ async def test_50k_records_exactly_once_with_one_token(
     failed = tmp_path / "failed.jsonl"
     async with Sink(SinkConfig(keep_records=False)) as sink:
         summary = await upload(
-            source, sink.ingest_url, auth=oauth(sink), concurrency=32, failed=failed
+            source,
+            sink.ingest_url,
+            auth=oauth(sink),
+            concurrency=32,
+            state=StateOptions(failed=failed),
         )
         stats = sink.stats()
     assert summary.records_read == summary.records_sent == 50_000
@@ -57,8 +70,8 @@ async def test_short_token_lifetime_refreshes_only_on_expiry(
             auth=oauth(sink),
             concurrency=8,
             limits=BatchLimits(max_records=20),
-            rate=50,
-            failed=tmp_path / "f.jsonl",
+            http=HttpOptions(rate=50),
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         stats = sink.stats()
     assert summary.records_sent == 3_000
@@ -82,7 +95,7 @@ async def test_revoke_all_mid_run_costs_one_token_request(
             auth=oauth(sink),
             concurrency=16,
             limits=BatchLimits(max_records=100),
-            failed=tmp_path / "f.jsonl",
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         stats = sink.stats()
     assert summary.records_sent == 20_000 and summary.records_failed == 0
@@ -103,7 +116,7 @@ async def test_retry_after_pauses_all_workers(
             concurrency=16,
             limits=BatchLimits(max_records=50),
             retry=FAST_RETRY,
-            failed=tmp_path / "f.jsonl",
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         stats = sink.stats(detail=True)
     assert summary.records_sent == 4_000 and summary.records_failed == 0
@@ -129,7 +142,7 @@ async def test_faults_lose_nothing_and_retries_keep_their_key(
             concurrency=16,
             limits=BatchLimits(max_records=50),
             retry=FAST_RETRY,
-            failed=tmp_path / "f.jsonl",
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         stats = sink.stats()
         records = sink.records()
@@ -152,7 +165,7 @@ async def test_rejected_batches_are_dead_lettered_complete(
             source,
             sink.ingest_url,
             limits=BatchLimits(max_records=10),
-            failed=failed,
+            state=StateOptions(failed=failed),
         )
     entries = dead_letters(failed)
     # ids 7 and 33 sit in batches 1-10 and 31-40 (lines are 1-based)
@@ -174,7 +187,7 @@ async def test_413_splits_batches(make_jsonl: Callable[..., Path], tmp_path: Pat
             source,
             sink.ingest_url,
             limits=BatchLimits(max_records=50),
-            failed=tmp_path / "f.jsonl",
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         stats = sink.stats()
     assert summary.records_sent == 500 and summary.records_failed == 0
@@ -187,7 +200,7 @@ async def test_malformed_lines_are_dead_lettered_with_line_numbers(tmp_path: Pat
     source.write_bytes(b'{"id":1}\n{"id":2\n\n[1,2]\n{"id":5}\n')
     failed = tmp_path / "failed.jsonl"
     async with Sink(SinkConfig(require_auth=False)) as sink:
-        summary = await upload(source, sink.ingest_url, failed=failed)
+        summary = await upload(source, sink.ingest_url, state=StateOptions(failed=failed))
         records = sink.records()
     entries = dead_letters(failed)
     assert [r["id"] for r in records] == [1, 5]
@@ -210,9 +223,8 @@ async def test_body_formats_decode_at_server(
             source,
             sink.ingest_url,
             auth=oauth(sink),
-            body=body,
-            gzip=gzip,
-            failed=tmp_path / "f.jsonl",
+            body=BodyOptions(format=body, gzip=gzip),
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         records = sink.records()
         stats = sink.stats()
@@ -226,7 +238,11 @@ async def test_wrapped_body(make_jsonl: Callable[..., Path], tmp_path: Path) -> 
     source = make_jsonl(100)
     async with Sink(SinkConfig()) as sink:
         await upload(
-            source, sink.ingest_url, auth=oauth(sink), wrap="records", failed=tmp_path / "f.jsonl"
+            source,
+            sink.ingest_url,
+            auth=oauth(sink),
+            body=BodyOptions(wrap="records"),
+            state=StateOptions(failed=tmp_path / "f.jsonl"),
         )
         assert len(sink.records()) == 100
 
@@ -240,7 +256,7 @@ async def test_iterables_of_dicts_and_bytes(tmp_path: Path) -> None:
 
     async with (
         Sink(SinkConfig(require_auth=False)) as sink,
-        Uploader(sink.ingest_url, failed=tmp_path / "f.jsonl") as up,
+        Uploader(sink.ingest_url, state=StateOptions(failed=tmp_path / "f.jsonl")) as up,
     ):
         s1 = await up.upload([{"id": i} for i in range(100)])
         s2 = await up.upload(b'{"id":%d}' % i for i in range(100, 130))
@@ -259,7 +275,7 @@ async def test_auth_refused_ends_run(make_jsonl: Callable[..., Path], tmp_path: 
                 sink.ingest_url,
                 auth=OAuth2ClientCredentials(sink.token_url, "asyncsync-demo", "wrong-secret"),
                 concurrency=8,
-                failed=tmp_path / "f.jsonl",
+                state=StateOptions(failed=tmp_path / "f.jsonl"),
             )
         stats = sink.stats()
     assert stats["token_requests"] == 1 and stats["ingest_requests"] == 0
@@ -279,7 +295,7 @@ async def test_cancellation_leaves_no_task_behind(
                 sink.ingest_url,
                 concurrency=8,
                 limits=BatchLimits(max_records=20),
-                failed=tmp_path / "f.jsonl",
+                state=StateOptions(failed=tmp_path / "f.jsonl"),
             )
         )
         await asyncio.sleep(0.3)
@@ -303,7 +319,7 @@ def _code_file(task: asyncio.Task[object]) -> str:
 
 async def test_closed_uploader_refuses_work(tmp_path: Path) -> None:
     """Using an Uploader after close is a RuntimeError, not a silent no-op."""
-    up = Uploader("http://127.0.0.1:9/ingest", failed=tmp_path / "f.jsonl")
+    up = Uploader("http://127.0.0.1:9/ingest", state=StateOptions(failed=tmp_path / "f.jsonl"))
     async with up:
         pass
     with pytest.raises(RuntimeError, match="closed"):

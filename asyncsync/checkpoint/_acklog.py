@@ -1,15 +1,15 @@
 """The ack log: batches acknowledged since the last checkpoint save, so that a crash
 re-sends only the batches that were in flight.
 
-The checkpoint (:mod:`._checkpoint`) is saved durably about once a second; at 5 000 batches/s
+The checkpoint (:mod:`._state`) is saved durably about once a second; at 5 000 batches/s
 a SIGKILL between two saves would re-send thousands of acknowledged batches (measured before
 this log: 95-169 re-sent batches per kill against a bound of 24 in flight). Saving more often
 costs ~12% of throughput and still misses. So every acknowledged batch is also appended here
 at once (76 bytes, one ``write``, no fsync, ~2-3 µs): the page cache outlives the process. A
 resumed run folds the log into the checkpoint before opening it.
 
-Data flow: the pipeline's ledger (:class:`AckLoggingLedger`) passes every call to the
-:class:`~._checkpoint.Checkpointer` and, for delivered batches, appends to the log.
+Data flow: the :class:`~._ledger.Ledger` passes every call to the
+:class:`~._checkpointer.Checkpointer` and, for delivered batches, appends to the log.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import zlib
 from pathlib import Path
 
 from .._exceptions import CheckpointError
-from .._records import Batch, Rejected
 from .._summary import Counters
-from ._checkpoint import Checkpointer, CheckpointState, CheckpointStore
+from ._state import CheckpointState, CheckpointStore
 
-__all__ = ["AckLog", "AckLoggingLedger", "fold_ack_log"]
+__all__ = ["AckLog", "fold_ack_log"]
 
 
 #: one acknowledged batch: seq, first and last position, end offset (-1: none), records,
@@ -187,45 +186,3 @@ def _folded(
         settled_beyond=tuple(r for r in merged if r[1] > position),
         counters=counters,
     )
-
-
-class AckLoggingLedger:
-    """The checkpoint as the pipeline's ledger, with each acknowledged batch in the ack log."""
-
-    def __init__(self, ckpt: Checkpointer, acks: AckLog, counters: Counters) -> None:
-        self.ckpt = ckpt
-        self.acks = acks
-        self._counters = counters
-        # seq -> (seq, first, last, end offset or -1, records) of each batch in flight
-        self._open: dict[int, tuple[int, int, int, int, int]] = {}
-
-    def skip(self, batch: Batch) -> bool:
-        return self.ckpt.skip(batch)
-
-    def skip_reject(self, reject: Rejected) -> bool:
-        return self.ckpt.skip_reject(reject)
-
-    def dispatched(self, batch: Batch) -> None:
-        self.ckpt.dispatched(batch)
-        end = batch.end_offset
-        self._open[batch.seq] = (
-            batch.seq, batch.positions[0], batch.positions[-1], -1 if end is None else end,
-            len(batch),
-        )  # fmt: skip
-
-    def settled(self, seq: int, *, delivered: bool) -> None:
-        batch = self._open.pop(seq)
-        self.ckpt.settled(seq, delivered)
-        if delivered:
-            self.acks.append(batch, self._counters)
-
-    def rejected_through(self, position: int) -> None:
-        self.ckpt.rejected_through(position)
-
-    def due(self) -> bool:
-        return self.ckpt.due()
-
-    async def tick(self, counters: Counters) -> None:
-        if self.ckpt.due():
-            self.acks.switch(self.ckpt.saves)
-        await self.ckpt.tick(counters)

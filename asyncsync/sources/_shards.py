@@ -50,11 +50,12 @@ import stat
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
 from .._exceptions import ConfigError, SourceError
-from ._files import CSV_EXTENSIONS, JSONL_EXTENSIONS, Source, open_source
+from .._paths import shard_path
+from ._open import CSV_EXTENSIONS, JSONL_EXTENSIONS, open_source
+from ._protocol import Source
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
@@ -92,13 +93,6 @@ class Shard:
 
 def shard_label(index: int, count: int) -> str:
     return f"{index}/{count}"
-
-
-def shard_path(base: str | os.PathLike[str], index: int, count: int, suffix: str = "") -> Path:
-    """``<base>.shard-K-of-N<suffix>``: the per-shard checkpoint (``suffix=".asyncsync"``) or
-    dead-letter file (``".failed.jsonl"``) beside a source."""
-    path = Path(base)
-    return path.with_name(f"{path.name}.shard-{index}-of-{count}{suffix}")
 
 
 def source_kind(path: str | os.PathLike[str]) -> str:
