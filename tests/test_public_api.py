@@ -4,8 +4,73 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
+import sys
 
 import asyncsync
+
+#: the public face, spelled out: adding or dropping a name is a decision, made here too
+EXPECTED = {
+    # running an upload
+    "Uploader",
+    "upload",
+    "RunSummary",
+    "BatchResult",
+    "UploadHooks",
+    "RetryDetails",
+    # settings
+    "BatchLimits",
+    "RetryPolicy",
+    "Action",
+    "BodyOptions",
+    "HttpOptions",
+    "StateOptions",
+    # authentication
+    "AuthProvider",
+    "OAuth2ClientCredentials",
+    "JsonLogin",
+    "StaticToken",
+    "CallableProvider",
+    "TokenResponse",
+    "TokenManager",
+    "Token",
+    "TokenStore",
+    "MemoryTokenStore",
+    "FileTokenStore",
+    "RedisTokenStore",
+    # sources with options a path cannot carry, and the protocol for your own
+    "Source",
+    "JsonlSource",
+    "CsvSource",
+    # errors
+    "AsyncSyncError",
+    "ConfigError",
+    "SourceError",
+    "AuthError",
+    "TransientAuthError",
+    "DeliveryError",
+    "CheckpointError",
+    "Interrupted",
+    "__version__",
+}
+
+
+def test_all_is_exactly_the_public_face() -> None:
+    """__all__ is complete and exact: internals (Counters, RecordBlock, Fingerprint,
+    CheckpointStore, ...) stay out, and every public name is in."""
+    assert set(asyncsync.__all__) == EXPECTED
+
+
+def test_import_loads_neither_the_cli_nor_sql() -> None:
+    """``import asyncsync`` leaves out the CLI and the 1.2k-line SQL sources (and their
+    drivers): a library user pays for neither."""
+    code = (
+        "import sys, asyncsync\n"
+        "loaded = [m for m in sys.modules if m.startswith(('asyncsync.cli', "
+        "'asyncsync.sources.sql', 'asyncpg', 'redis', 'asyncsync.sink'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_all_names_exist_and_are_unique() -> None:
