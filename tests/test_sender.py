@@ -13,7 +13,7 @@ from aiohttp import web
 
 from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
-from asyncsync._hooks import RetryDetails, UploadHooks
+from asyncsync._hooks import NO_HOOKS, RetryDetails, UploadHooks
 from asyncsync._http import AiohttpTransport
 from asyncsync._records import Batch
 from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
@@ -93,7 +93,7 @@ async def make_sender(
         job_id="job",
         retry=policy or RetryPolicy(max_attempts=4, backoff_initial=0.5, backoff_max=4.0),
         counters=counters,
-        hooks=hooks or UploadHooks(),
+        hooks=hooks or NO_HOOKS,
         clock=t.clock,
         sleep=t.sleep,
         gate=PauseGate(clock=t.clock, sleep=t.sleep),

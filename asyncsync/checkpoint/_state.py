@@ -44,6 +44,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from .._atomic import atomic_write
 from .._exceptions import CheckpointError, SourceError
 from .._summary import Counters
 
@@ -287,7 +288,7 @@ class CheckpointStore:
         data = state.to_json()
         with self._lock:
             try:
-                _atomic_write(self.path, self.tmp_path, data)
+                atomic_write(self.path, data, tmp=self.tmp_path)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(self.tmp_path)
@@ -313,35 +314,6 @@ class CheckpointStore:
                     pass
                 except OSError as exc:
                     raise CheckpointError(f"cannot delete checkpoint {p}: {_reason(exc)}") from exc
-
-
-def _atomic_write(path: Path, tmp: Path, data: bytes) -> None:
-    # O_TRUNC: a temp file left by a crash is overwritten, never appended to or renamed
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)  # the data is on disk before the name points at it
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)  # the rename itself is on disk
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # pragma: no cover - no directory fsync on Windows
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # some file systems (network ones) cannot fsync a directory: the rename is still
-        # atomic there, only its durability is up to the file system
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _reason(exc: OSError) -> str:

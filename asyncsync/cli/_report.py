@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .._atomic import atomic_write
 from .._exceptions import ConfigError
 from .._summary import RunSummary
 from ._exit import PROG
@@ -77,11 +77,9 @@ def print_table(console: Console, title: str, rows: Sequence[tuple[str, str]]) -
 
 
 def write_summary_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically: a reader never sees half a summary."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write atomically and durably: a reader never sees half a summary."""
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise ConfigError(
             f"--summary-json: cannot write {path}: {exc.strerror}", field="summary_json"
