@@ -1,6 +1,7 @@
 """``asyncsync replay``: send the records of a dead-letter file again.
 
-Thin by design: the dead-letter file becomes a source (:class:`DeadLetterSource`) and the
+Thin by design: the dead-letter file becomes a source
+(:class:`~asyncsync.sources._replay.DeadLetterSource`) and the
 same :class:`Uploader` as ``upload`` sends it, with the same batching, auth, retries,
 checkpoint and exit codes. Only the source and the dead-letter path differ::
 
@@ -27,9 +28,8 @@ from pathlib import Path
 
 from .._exceptions import ConfigError
 from .._paths import REPLAY_FAILED_SUFFIX
-from ..sources._replay import DeadLetterSource
 
-__all__ = ["DeadLetterSource", "check_replay_target"]
+__all__ = ["check_replay_target"]
 
 
 def check_replay_target(source: str | None, failed: Path) -> None:

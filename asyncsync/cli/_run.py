@@ -154,7 +154,7 @@ def open_plan_source(plan: RunPlan) -> Source | str:
     file, a dead-letter file to replay, or a ``--db`` query (a key range of it)."""
     settings = plan.settings
     if settings.command == "replay":
-        from ._replay import DeadLetterSource
+        from ..sources._replay import DeadLetterSource
 
         return DeadLetterSource(settings.source or "")  # SourceError before any request
     if settings.db is not None:
