@@ -53,14 +53,13 @@ from itertools import islice
 from typing import IO, TYPE_CHECKING, Final
 
 from .._exceptions import ConfigError, SourceError
-from .._paths import shard_path
 from ._open import CSV_EXTENSIONS, JSONL_EXTENSIONS, open_source
 from ._protocol import Source
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
 
-__all__ = ["Shard", "open_shard", "plan_shards", "shard_label", "shard_path", "source_kind"]
+__all__ = ["Shard", "open_shard", "plan_shards", "shard_label", "source_kind"]
 
 CHUNK: Final = 1 << 20
 _BOM: Final = codecs.BOM_UTF8
