@@ -367,9 +367,11 @@ async def test_lock_is_released_when_the_body_fails(spec: str, key: str) -> None
         async with store.lock():
             raise RuntimeError("fetch failed")
     started = time.monotonic()
-    async with make_store(spec, key, wait_timeout=1.0).lock():
+    async with make_store(spec, key, wait_timeout=30.0).lock():
         pass
-    assert time.monotonic() - started < 0.5
+    # A lock left behind would hold this for the 30 s wait_timeout (then raise); 10 s leaves
+    # margin on a loaded 2-core box.
+    assert time.monotonic() - started < 10
 
 
 async def test_cancelled_lock_waits_and_holders_leave_no_lock_behind(spec: str, key: str) -> None:
@@ -396,8 +398,10 @@ async def test_cancelled_lock_waits_and_holders_leave_no_lock_behind(spec: str, 
         task.cancel()
         await asyncio.wait([task])
     started = time.monotonic()
-    async with make_store(spec, key, wait_timeout=2.0).lock():
-        assert time.monotonic() - started < 0.5
+    async with make_store(spec, key, wait_timeout=30.0).lock():
+        # A leaked lock would hold this for the 30 s wait_timeout (then raise); 10 s leaves
+        # margin on a loaded 2-core box.
+        assert time.monotonic() - started < 10
 
 
 async def test_lock_wait_is_bounded_then_the_manager_fetches_without_it(
@@ -411,7 +415,9 @@ async def test_lock_wait_is_bounded_then_the_manager_fetches_without_it(
         with pytest.raises(TokenStoreLockTimeout):
             async with waiter.lock():
                 pass
-        assert 0.35 < time.monotonic() - started < 2.0
+        # An unbounded wait would last the holder's 30 s lease (a file lock: forever); 10 s
+        # leaves margin over the 0.4 s wait_timeout on a loaded 2-core box.
+        assert 0.35 < time.monotonic() - started < 10
         async with Sink(sink_config()) as sink, manager(sink, waiter) as mgr:
             await mgr.get()
             assert sink.stats()["token_requests"] == 1
