@@ -15,7 +15,6 @@ import json
 import math
 import random
 import ssl
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from urllib.parse import quote_plus
 import pytest
 import trustme
 from aiohttp import web
-from cli_helpers import clean_env, command
+from cli_helpers import Run, clean_env, run_cli
 
 from asyncsync import (
     AuthError,
@@ -51,58 +50,6 @@ PASSWORD = 'hx-pa"ss\\w0rd-login'
 ALL_SECRETS = (CLIENT_SECRET, PASSWORD)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# --- running the CLI -------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-    seconds: float
-
-
-# Runs the command and writes its peak RSS (KiB, Linux) to a file: RUSAGE_CHILDREN of a fresh
-# interpreter whose only child is the command, so no other test's subprocess is counted.
-_RSS_WRAPPER = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.call(sys.argv[2:])\n"
-    "with open(sys.argv[1], 'w') as f:\n"
-    "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-    "sys.exit(code)\n"
-)
-
-
-async def run_cli(
-    *args: str,
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    limit: float = 30,
-    rss_file: Path | None = None,
-) -> Run:
-    """Run the command to completion while this event loop keeps serving."""
-    argv = [*command(), *args]
-    if rss_file is not None:
-        argv = [sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *argv]
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=clean_env() if env is None else env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), limit)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode(), time.monotonic() - started)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -422,18 +369,30 @@ async def test_tls_default_verification_fails_fast_naming_ca_bundle(
     """Certificates of a private CA, no --ca-bundle: exit 2, one clear line naming
     --ca-bundle, after one token request (a certificate is not a transient error)."""
     source = write_records(tmp_path / "export.jsonl", 10)
-    async with Sink(sink_config(), ssl_context=tls.server) as sink:
-        result = await run_cli(
-            "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
-            cwd=tmp_path, env=secret_env(),
-        )  # fmt: skip
-        stats = sink.stats()
+    handshakes: list[str | None] = []  # one per TLS ClientHello the sink received
+
+    def hello(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        handshakes.append(name)
+
+    tls.server.sni_callback = hello  # called for every ClientHello, with or without SNI
+    try:
+        async with Sink(sink_config(), ssl_context=tls.server) as sink:
+            result = await run_cli(
+                "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
+                cwd=tmp_path, env=secret_env(),
+            )  # fmt: skip
+            stats = sink.stats()
+    finally:
+        tls.server.sni_callback = None
     assert result.code == 2, result.err
+    assert len(handshakes) == 1  # not retried: a certificate is not a transient error
     error = result.err.strip().splitlines()[-1]
     assert error.startswith("asyncsync: error: ConfigError: TLS verification failed")
     assert "--ca-bundle" in error
     assert stats["records"] == 0
-    assert result.seconds < 10
+    # Exit at once: start-up plus one handshake, ~1 s. A hang would last the 30 s token
+    # fetch timeout; 20 s leaves margin for start-up on a loaded 2-core box.
+    assert result.seconds < 20
 
 
 async def test_tls_default_verification_fails_for_the_ingest_url_too(
@@ -930,7 +889,7 @@ async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
         result = await run_cli(
             "upload", str(source), "--url", f"http://127.0.0.1:{port}/ingest", "--auth", "none",
             "--timeout", "0.5", "--max-attempts", "2", "--failed", str(dead),
-            cwd=tmp_path, limit=20,
+            cwd=tmp_path, limit=60,
         )  # fmt: skip
     finally:
         server.close()
@@ -941,7 +900,10 @@ async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
     assert {(e["status"], e["attempts"]) for e in entries} == {(None, 2)}
     assert "timeout" in entries[0]["error"]
     assert connections == 2
-    assert result.seconds < 8
+    # 2 attempts x the 0.5 s --timeout, plus start-up and one backoff: ~2-3 s. Were --timeout
+    # not applied, a request would wait out the 30 s default (or forever: then the 60 s limit
+    # above fails the test); 15 s leaves margin for a loaded 2-core box.
+    assert result.seconds < 15
 
 
 async def test_api_refusing_every_token_exits_3_after_bounded_token_requests(
@@ -964,4 +926,7 @@ async def test_api_refusing_every_token_exits_3_after_bounded_token_requests(
     paths = api.paths()
     assert 2 <= paths.count("/token") <= 3
     assert paths.count("/ingest") <= 3 * 8  # at most MAX_REAUTH sends per worker
-    assert result.seconds < 10
+    # A few seconds (start-up, token requests spaced by the 1 s min_interval). The counts
+    # above catch a refresh loop; this catches a run that only ends at a timeout (30 s token
+    # fetch, the 30 s limit of run_cli); 20 s leaves margin for a loaded 2-core box.
+    assert result.seconds < 20
