@@ -79,7 +79,7 @@ def _headers(request: web.BaseRequest) -> dict[str, str]:
 
 
 async def _body(request: web.BaseRequest) -> bytes:
-    if not request.can_read_body:
+    if not request.body_exists:
         return b""
     raw = await request.read()
     if request.headers.get("Content-Encoding", "").strip().lower() == "gzip":

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 from cli_helpers import run_cli
-from recording import assert_delivered_once, serve
+from recording import assert_delivered_once, record_sink, serve
 
 from asyncsync import AuthError, BatchLimits, RetryPolicy, Uploader, upload
 from asyncsync._auth import OAuth2ClientCredentials
@@ -42,7 +42,9 @@ async def test_50k_records_exactly_once_with_one_token(
     """50 k records, 32 workers: every record arrives once, one token request, no dead letters."""
     source = make_jsonl(50_000)
     failed = tmp_path / "failed.jsonl"
-    async with Sink(SinkConfig(keep_records=False)) as sink:
+    sink = Sink(SinkConfig(keep_records=False))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source, sink.ingest_url, auth=oauth(sink), concurrency=32, failed=failed
         )
@@ -53,6 +55,9 @@ async def test_50k_records_exactly_once_with_one_token(
     assert stats["records"] == 50_000 and stats["duplicates"] == 0
     assert stats["token_requests"] == 1 and stats["max_concurrent_ingest"] <= 32
     assert not failed.exists() or failed.read_bytes() == b""
+    # identities, not counts: each record in exactly one request, and that request a 200
+    assert all(r.ok for r in received) and len(received) == 250 + 1  # + the token request
+    assert_delivered_once(received, file_records(source))
 
 
 async def test_short_token_lifetime_refreshes_only_on_expiry(
@@ -60,7 +65,9 @@ async def test_short_token_lifetime_refreshes_only_on_expiry(
 ) -> None:
     """TTL 1 s over a ~3 s run: about one token per lifetime, never two at once."""
     source = make_jsonl(3_000)
-    async with Sink(SinkConfig(token_ttl=1.0, latency=0.02)) as sink:
+    sink = Sink(SinkConfig(token_ttl=1.0, latency=0.02))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -78,6 +85,8 @@ async def test_short_token_lifetime_refreshes_only_on_expiry(
     assert stats["max_concurrent_token_requests"] == 1
     # a request delayed past the 0.25 s margin on a loaded machine may still meet expiry
     assert stats["unauthorized"].get("expired", 0) <= 2
+    # each record acknowledged once; a batch re-sent after such a 401 kept its key
+    assert_delivered_once(received, file_records(source))
 
 
 async def test_revoke_all_mid_run_costs_one_token_request(
@@ -85,7 +94,9 @@ async def test_revoke_all_mid_run_costs_one_token_request(
 ) -> None:
     """Every token revoked mid-run: the 401 storm of 16 workers makes exactly one new fetch."""
     source = make_jsonl(20_000)
-    async with Sink(SinkConfig(revoke_all_after=30, keep_records=False)) as sink:
+    sink = Sink(SinkConfig(revoke_all_after=30, keep_records=False))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -98,6 +109,11 @@ async def test_revoke_all_mid_run_costs_one_token_request(
     assert summary.records_sent == 20_000 and summary.records_failed == 0
     assert stats["token_requests"] == 2 and summary.auth_requests == 2
     assert stats["records"] == 20_000
+    # each record acknowledged once; the batches refused with 401 went out again under
+    # their own key (with the new token)
+    assert_delivered_once(received, file_records(source))
+    refused = [r for r in received if r.path == "/ingest" and r.status == 401]
+    assert refused and {r.key for r in refused} <= {r.key for r in received if r.ok}
 
 
 async def test_retry_after_pauses_all_workers(
@@ -238,7 +254,9 @@ async def test_rejected_batches_are_dead_lettered_complete(
 async def test_413_splits_batches(make_jsonl: Callable[..., Path], tmp_path: Path) -> None:
     """The server takes at most ~2 KB bodies: batches split until they fit; nothing lost."""
     source = make_jsonl(500)
-    async with Sink(SinkConfig(max_body_bytes=2_000, require_auth=False)) as sink:
+    sink = Sink(SinkConfig(max_body_bytes=2_000, require_auth=False))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -248,6 +266,9 @@ async def test_413_splits_batches(make_jsonl: Callable[..., Path], tmp_path: Pat
         stats = sink.stats()
     assert summary.records_sent == 500 and summary.records_failed == 0
     assert stats["too_large"] > 0 and stats["records"] == 500
+    # each record acknowledged once, in one part; only a 413'd request's records go out again
+    assert any(r.status == 413 for r in received)
+    assert_delivered_once(received, file_records(source))
 
 
 async def test_malformed_lines_are_dead_lettered_with_line_numbers(tmp_path: Path) -> None:
