@@ -166,6 +166,7 @@ async def capture() -> AsyncIterator[FakeApi]:
 # =============================================================================================
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["oauth2-post", "login", "bearer"])
 async def test_no_secret_or_token_in_any_output_of_a_verbose_run(tmp_path: Path, case: str) -> None:
     """A full CLI run with retries, token refreshes and a dead-lettered batch, at -v / -vv:
@@ -223,6 +224,7 @@ async def test_no_secret_or_token_in_any_output_of_a_verbose_run(tmp_path: Path,
         assert not leaked, f"{len(leaked)} secret(s) or token(s) in {name}"
 
 
+@pytest.mark.slow
 async def test_ingest_server_echoing_the_authorization_header_is_redacted(
     tmp_path: Path,
 ) -> None:
@@ -265,6 +267,7 @@ async def test_ingest_server_echoing_the_authorization_header_is_redacted(
             assert secret not in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client_auth", ["basic", "post", "login"])
 async def test_token_endpoint_echoing_the_credentials_is_redacted(
     tmp_path: Path, client_auth: str
@@ -363,6 +366,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     return Tls(server, client, pem)
 
 
+@pytest.mark.slow
 async def test_tls_default_verification_fails_fast_naming_ca_bundle(
     tmp_path: Path, tls: Tls
 ) -> None:
@@ -395,6 +399,7 @@ async def test_tls_default_verification_fails_fast_naming_ca_bundle(
     assert result.seconds < 20
 
 
+@pytest.mark.slow
 async def test_tls_default_verification_fails_for_the_ingest_url_too(
     tmp_path: Path, tls: Tls
 ) -> None:
@@ -409,6 +414,7 @@ async def test_tls_default_verification_fails_for_the_ingest_url_too(
     assert "--ca-bundle" in result.err
 
 
+@pytest.mark.slow
 async def test_tls_ca_bundle_verifies_and_delivers(tmp_path: Path, tls: Tls) -> None:
     """--ca-bundle CA.pem: token and ingest over HTTPS, exit 0, every record delivered."""
     source = write_records(tmp_path / "export.jsonl", 50)
@@ -423,6 +429,7 @@ async def test_tls_ca_bundle_verifies_and_delivers(tmp_path: Path, tls: Tls) -> 
     assert "insecure" not in result.err
 
 
+@pytest.mark.slow
 async def test_tls_insecure_works_and_warns_on_every_run(tmp_path: Path, tls: Tls) -> None:
     """--insecure skips verification, and says so on stderr on every run, even with -q."""
     source = write_records(tmp_path / "export.jsonl", 20)
@@ -464,6 +471,7 @@ def redirect_to(location: str, status: int = 307) -> Handler:
     return handler
 
 
+@pytest.mark.slow
 async def test_ingest_redirect_to_another_origin_is_not_followed(tmp_path: Path) -> None:
     """A 307 from the ingest URL to another port (another origin): the other server receives
     nothing; the batch is dead-lettered naming the location."""
@@ -488,6 +496,7 @@ async def test_ingest_redirect_to_another_origin_is_not_followed(tmp_path: Path)
     assert entries[0]["attempts"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auth", ["oauth2", "login"])
 async def test_token_redirect_to_another_origin_is_not_followed(tmp_path: Path, auth: str) -> None:
     """A 307 from the token URL (credentials in the header, the form or the JSON body): the
@@ -577,6 +586,7 @@ async def upload_file(
     return result, entries, report
 
 
+@pytest.mark.slow
 async def test_a_100mb_line_is_dead_lettered_in_bounded_memory(
     tmp_path: Path, capture: FakeApi
 ) -> None:
@@ -649,6 +659,7 @@ JSONL_CASES: dict[str, tuple[bytes, dict[int, bytes], dict[int, str], int]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(JSONL_CASES))
 async def test_hostile_jsonl_input_has_a_clear_outcome(
     tmp_path: Path, capture: FakeApi, case: str
@@ -672,6 +683,7 @@ async def test_hostile_jsonl_input_has_a_clear_outcome(
         assert capture.seen == [] and summary["batches"] == 0
 
 
+@pytest.mark.slow
 async def test_binary_garbage_is_dead_lettered_line_by_line(
     tmp_path: Path, capture: FakeApi
 ) -> None:
@@ -690,6 +702,7 @@ async def test_binary_garbage_is_dead_lettered_line_by_line(
     assert summary["records_read"] == summary["records_failed"] == len(expected)
 
 
+@pytest.mark.slow
 async def test_csv_quoted_newline_is_one_record(tmp_path: Path, capture: FakeApi) -> None:
     """A quoted field holding a newline: one record, its text unchanged; exit 0."""
     path = tmp_path / "input.csv"
@@ -703,6 +716,7 @@ async def test_csv_quoted_newline_is_one_record(tmp_path: Path, capture: FakeApi
     ]
 
 
+@pytest.mark.slow
 async def test_csv_row_with_more_fields_than_the_header(tmp_path: Path, capture: FakeApi) -> None:
     """A ragged row is dead-lettered with the line it starts on; the run goes on; exit 1."""
     path = tmp_path / "input.csv"
@@ -715,6 +729,7 @@ async def test_csv_row_with_more_fields_than_the_header(tmp_path: Path, capture:
     assert [json.loads(r)["id"] for r in delivered_records(capture)] == ["1", "3"]
 
 
+@pytest.mark.slow
 async def test_csv_field_past_the_parser_limit_exits_2_with_the_line(
     tmp_path: Path, capture: FakeApi
 ) -> None:
@@ -732,6 +747,7 @@ async def test_csv_field_past_the_parser_limit_exits_2_with_the_line(
 # =============================================================================================
 
 
+@pytest.mark.slow
 async def test_token_endpoint_answering_html_exits_3_after_one_request(tmp_path: Path) -> None:
     """A login page instead of a token (a proxy, a wrong URL): exit 3, said plainly, once."""
     source = write_records(tmp_path / "export.jsonl", 5)
@@ -866,6 +882,7 @@ async def test_odd_token_responses_end_or_run_with_bounded_token_requests(case: 
     assert summary.auth_requests == token_requests
 
 
+@pytest.mark.slow
 async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
     tmp_path: Path,
 ) -> None:
@@ -906,6 +923,7 @@ async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
     assert result.seconds < 15
 
 
+@pytest.mark.slow
 async def test_api_refusing_every_token_exits_3_after_bounded_token_requests(
     tmp_path: Path,
 ) -> None:

@@ -272,6 +272,7 @@ def assert_exactly_once(sink: SinkProcess, n: int) -> dict[str, Any]:
 # --- SIGKILL ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_sigkill_three_times_then_resume(tmp_path: Path) -> None:
     """SIGKILL at three random moments, resume each time: every record arrives exactly once,
@@ -318,6 +319,7 @@ def test_sigkill_three_times_then_resume(tmp_path: Path) -> None:
 # --- SIGINT ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigint_drains_then_resume_sends_nothing_twice(tmp_path: Path) -> None:
     """SIGINT: in-flight batches finish, exit 4 saying how to resume; the resume exits 0 with
     no duplicate at all, and the summary counts the whole job exactly."""
@@ -355,6 +357,7 @@ def test_sigint_drains_then_resume_sends_nothing_twice(tmp_path: Path) -> None:
     assert not job.checkpoint.with_name("job.ckpt.acks0").exists()  # the job is complete
 
 
+@pytest.mark.slow
 def test_second_sigint_aborts_at_once_and_the_checkpoint_holds(tmp_path: Path) -> None:
     """A second SIGINT during the drain cancels in-flight requests at once (exit 4); the
     checkpoint only held acknowledged batches, so the resume completes the job exactly once."""
@@ -391,6 +394,7 @@ def test_second_sigint_aborts_at_once_and_the_checkpoint_holds(tmp_path: Path) -
 # --- fingerprint, dead letters, unwritable checkpoint ----------------------------------------
 
 
+@pytest.mark.slow
 def test_fingerprint_mismatch_exits_2_and_no_resume_starts_over(tmp_path: Path) -> None:
     """Resuming with another --batch-size exits 2 naming the change; --no-resume starts over."""
     n = 10_000
@@ -419,6 +423,7 @@ def test_fingerprint_mismatch_exits_2_and_no_resume_starts_over(tmp_path: Path) 
     assert stats["ingest_requests"] == requests + n // 50
 
 
+@pytest.mark.slow
 def test_dead_letters_are_appended_on_resume(tmp_path: Path) -> None:
     """Dead letters written before an interruption stay, and none is written twice."""
     n = 20_000
@@ -452,6 +457,7 @@ def test_dead_letters_are_appended_on_resume(tmp_path: Path) -> None:
     assert summary["records_sent"] + summary["records_failed"] == summary["records_read"] == n
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoint_stops_before_sending(tmp_path: Path) -> None:
     """A checkpoint that cannot be written exits 2 naming it, having sent nothing, not even a
     token request: caught by the option check when its parent is a file, else by the first
@@ -476,6 +482,7 @@ def test_unwritable_checkpoint_stops_before_sending(tmp_path: Path) -> None:
     assert stats["token_requests"] == stats["ingest_requests"] == 0
 
 
+@pytest.mark.slow
 def test_checkpoint_failing_mid_run_stops_the_run(tmp_path: Path) -> None:
     """A checkpoint that stops being writable mid-run ends the run (exit 2, the path named)
     rather than letting it go on without one."""
@@ -500,6 +507,7 @@ def test_checkpoint_failing_mid_run_stops_the_run(tmp_path: Path) -> None:
 # --- stdin -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stdin_with_checkpoint_resumes_by_record_count(tmp_path: Path) -> None:
     """From stdin with --checkpoint, a killed run resumes by record count when the same input
     is piped again: every record once, only in-flight batches sent again."""
@@ -520,6 +528,7 @@ def test_stdin_with_checkpoint_resumes_by_record_count(tmp_path: Path) -> None:
     assert (summary["records_read"], summary["records_sent"]) == (n, n)
 
 
+@pytest.mark.slow
 def test_stdin_without_checkpoint_keeps_no_state(tmp_path: Path) -> None:
     """From stdin without --checkpoint nothing is saved: no checkpoint file, no ack log."""
     n = 2_000
@@ -533,6 +542,7 @@ def test_stdin_without_checkpoint_keeps_no_state(tmp_path: Path) -> None:
     assert left == ["export.jsonl", "sink.log", "summary.json"]
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_dead_letter(tmp_path: Path) -> None:
     """With malformed lines and rejected batches, a SIGKILL then a resume loses no dead letter:
     every one is in the file (a crash may repeat the few written after the last save)."""

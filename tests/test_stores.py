@@ -534,6 +534,7 @@ async def test_redis_lease_is_renewed_while_held_and_ends_after_release(
 # -- many processes --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_eight_processes_share_one_token_request(
     spec: str, key: str, workers: Workers
 ) -> None:
@@ -554,6 +555,7 @@ async def test_eight_processes_share_one_token_request(
     assert fingerprint(stored[0]) == results[0]["fingerprint"]
 
 
+@pytest.mark.slow
 async def test_holder_killed_mid_fetch_another_process_takes_over(
     spec: str, key: str, workers: Workers
 ) -> None:
