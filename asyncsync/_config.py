@@ -11,11 +11,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Final, Literal
 
 from ._exceptions import ConfigError
 
 __all__ = [
+    "DEFAULT_AUTH_RETRY_TIME",
     "DEFAULT_LIMITS",
     "DEFAULT_RETRY",
     "DEFAULT_STATUS_ACTIONS",
@@ -26,6 +27,11 @@ __all__ = [
 ]
 
 BodyFormat = Literal["json", "ndjson"]
+
+#: Seconds a token fetch keeps retrying transient failures (5xx, 429, timeouts, connection
+#: errors) before the run fails with an AuthError (exit 3): rides out an auth outage of a
+#: minute or two.
+DEFAULT_AUTH_RETRY_TIME: Final = 120.0
 
 
 class Action(enum.Enum):
@@ -70,6 +76,12 @@ class RetryPolicy:
     after ``max_attempts`` sends or ``max_retry_time`` seconds since its first send,
     whichever comes first. ``statuses`` maps a status to an :class:`Action`; statuses not
     in it are ACK for 2xx and DEAD otherwise. Connection errors and timeouts are RETRY.
+
+    ``auth_retry_time`` is for the token endpoint, not for batches: the token manager an
+    :class:`~asyncsync.Uploader` builds keeps retrying transient token-request failures
+    (5xx, 408, 429, timeouts, connection errors) for this many seconds, with capped
+    exponential backoff, before the run fails with an ``AuthError``. Bad credentials are not
+    retried.
     """
 
     max_attempts: int = 8
@@ -77,6 +89,7 @@ class RetryPolicy:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 300.0
+    auth_retry_time: float = DEFAULT_AUTH_RETRY_TIME
     statuses: Mapping[int, Action] = field(default_factory=lambda: DEFAULT_STATUS_ACTIONS)
 
     def __post_init__(self) -> None:
@@ -88,6 +101,7 @@ class RetryPolicy:
         _positive("backoff_initial", self.backoff_initial, allow_zero=True)
         _positive("backoff_max", self.backoff_max, allow_zero=True)
         _positive("retry_after_max", self.retry_after_max, allow_zero=True)
+        _positive("auth_retry_time", self.auth_retry_time)
         for status, action in self.statuses.items():
             if not 100 <= status <= 599 or not isinstance(action, Action):
                 raise ConfigError(

@@ -36,7 +36,13 @@ from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
+from ._config import (
+    DEFAULT_AUTH_RETRY_TIME,
+    DEFAULT_LIMITS,
+    DEFAULT_RETRY,
+    BatchLimits,
+    RetryPolicy,
+)
 from ._exceptions import ConfigError
 
 __all__ = [
@@ -411,6 +417,15 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "auth-retry-time",
+        _float(0, inclusive=False),
+        DEFAULT_AUTH_RETRY_TIME,
+        "seconds to keep retrying a token endpoint that fails transiently (5xx, 429, "
+        f"timeouts) before giving up with exit 3 (default {DEFAULT_AUTH_RETRY_TIME:g})",
+        _AUTH,
+        "SECONDS",
+    ),
+    Option(
         "revoke-url",
         _url,
         None,
@@ -684,6 +699,7 @@ class Settings:
     token: Secret | None = None
     login_secrets: tuple[Secret, ...] = ()  # env values the login template puts in the body
     token_skew: float = 300.0
+    auth_retry_time: float = DEFAULT_AUTH_RETRY_TIME
     revoke_url: str | None = None
     batch_size: int = DEFAULT_LIMITS.max_records
     max_batch_bytes: int = DEFAULT_LIMITS.max_bytes
@@ -721,7 +737,11 @@ class Settings:
 
     @property
     def retry(self) -> RetryPolicy:
-        return RetryPolicy(max_attempts=self.max_attempts, max_retry_time=self.max_retry_time)
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            max_retry_time=self.max_retry_time,
+            auth_retry_time=self.auth_retry_time,
+        )
 
     def secret_values(self) -> list[str]:
         """Every secret this run holds, for log redaction."""

@@ -41,6 +41,13 @@ class Counters:
     """Live counters of a run. The pipeline writes them; hooks and displays only read them.
 
     Plain attributes, not a lock: everything runs on one event loop thread.
+
+    Invariant (the sender keeps it): ``requests == batches + retries``. ``batches`` counts
+    distinct Idempotency-Keys sent (the first request of each; a batch split on 413 and each
+    of its parts are distinct keys), ``retries`` every further request with a key already
+    sent (after a 5xx, 429, transport error, or a 401; ``retries_by_status`` by reason:
+    the status, ``"error"`` for transport errors). ``split_requests`` counts the requests
+    (first sends and retries) for parts of a split batch: a subset of ``requests``.
     """
 
     records_read: int = 0
@@ -52,6 +59,7 @@ class Counters:
     requests: int = 0
     retries: int = 0
     retries_by_status: Counter[str] = field(default_factory=Counter)
+    split_requests: int = 0
     auth_requests: int = 0
     in_flight: int = 0
     latencies: LatencySample = field(default_factory=LatencySample)
@@ -77,6 +85,7 @@ class RunSummary:
     retries_by_status: dict[str, int]
     auth_requests: int
     duration_s: float
+    split_requests: int = 0
     bytes_sent: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -124,6 +133,7 @@ class RunSummary:
             retries_by_status=dict(counters.retries_by_status),
             auth_requests=counters.auth_requests,
             duration_s=duration_s,
+            split_requests=counters.split_requests,
             bytes_sent=counters.bytes_sent,
             latency_p50_ms=ms(0.50),
             latency_p95_ms=ms(0.95),

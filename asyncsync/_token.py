@@ -55,6 +55,7 @@ from ._auth import (
     clamp_lifetime,
     token_value_problem,
 )
+from ._config import DEFAULT_AUTH_RETRY_TIME
 from ._exceptions import AuthError, ConfigError
 
 __all__ = [
@@ -71,10 +72,11 @@ logger = logging.getLogger("asyncsync.token")
 DEFAULT_SKEW: Final = 300.0
 DEFAULT_FETCH_TIMEOUT: Final = 30.0
 DEFAULT_MIN_INTERVAL: Final = 1.0
-DEFAULT_MAX_ATTEMPTS: Final = 5
-DEFAULT_MAX_FETCH_TIME: Final = 60.0
+#: No cap on the number of requests of one fetch: it is bounded by time (``max_fetch_time``).
+DEFAULT_MAX_ATTEMPTS: Final[int | None] = None
+DEFAULT_MAX_FETCH_TIME: Final = DEFAULT_AUTH_RETRY_TIME
 DEFAULT_BACKOFF_INITIAL: Final = 0.5
-DEFAULT_BACKOFF_MAX: Final = 30.0
+DEFAULT_BACKOFF_MAX: Final = 10.0
 DEFAULT_FAILURE_COOLDOWN: Final = 30.0
 #: Cap on the pause between two failed *proactive* refreshes (it doubles from the cooldown).
 PROACTIVE_BACKOFF_MAX: Final = 600.0
@@ -241,11 +243,15 @@ class TokenManager:
     current token first when ``revoke_on_close`` is set. See the module docstring for the
     timeline and the invariants.
 
-    Retries of one fetch: transient failures (connection errors, timeouts, 408, 429, 5xx)
-    wait ``uniform(0, min(backoff_max, backoff_initial * 2 ** (n - 1)))`` after attempt ``n``,
-    or the server's ``Retry-After``; the fetch gives up after ``max_attempts`` requests or
-    when the next wait would pass ``max_fetch_time`` seconds since its first request. Each
-    request is bounded by ``fetch_timeout``.
+    Retries of one fetch are bounded by time, not by count: transient failures (connection
+    errors, timeouts, 408, 429, 5xx) wait ``uniform(0, min(backoff_max, backoff_initial *
+    2 ** (n - 1)))`` after attempt ``n`` (full jitter, capped at 10 s by default), or the
+    server's ``Retry-After``, and are retried until ``max_fetch_time`` seconds (default 120)
+    have passed since the fetch's first request: the last wait is cut short so that one
+    request goes out at the deadline, and a ``Retry-After`` beyond the deadline ends the
+    fetch at once. ``max_attempts`` (default None: no cap) also bounds the number of
+    requests. Each request is bounded by ``fetch_timeout``. Bad credentials (400
+    ``invalid_client`` / ``invalid_grant``, 401, 403...) are never retried.
     """
 
     __slots__ = (
@@ -293,7 +299,7 @@ class TokenManager:
         skew: float = DEFAULT_SKEW,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
         min_interval: float = DEFAULT_MIN_INTERVAL,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         max_fetch_time: float = DEFAULT_MAX_FETCH_TIME,
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
@@ -317,9 +323,12 @@ class TokenManager:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}", field=name)
             if value == 0 and not allow_zero:
                 raise ConfigError(f"{name} must be > 0, got {value!r}", field=name)
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if max_attempts is not None and (
+            not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
+        ):
             raise ConfigError(
-                f"max_attempts must be an int >= 1, got {max_attempts!r}", field="max_attempts"
+                f"max_attempts must be None or an int >= 1, got {max_attempts!r}",
+                field="max_attempts",
             )
         self._provider = provider
         self._session = session
@@ -688,17 +697,30 @@ class TokenManager:
         started = self._clock()
         attempts = 0
 
+        def budget_left() -> float:
+            return self._max_fetch_time - (self._clock() - started)
+
+        def retry_after(state: RetryCallState) -> float | None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            return error.retry_after if isinstance(error, TransientAuthError) else None
+
         def stop(state: RetryCallState) -> bool:
-            budget_left = self._max_fetch_time - (self._clock() - started)
-            return state.attempt_number >= self._max_attempts or state.upcoming_sleep > budget_left
+            if self._max_attempts is not None and state.attempt_number >= self._max_attempts:
+                return True
+            left = budget_left()
+            server_wait = retry_after(state)
+            # the server asked for a pause past the deadline: don't sleep only to give up
+            # (a millisecond of slack: a wait cut to the deadline may land a float ulp short)
+            return left <= 1e-3 or (server_wait is not None and server_wait > left)
 
         def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome is not None else None
-            if isinstance(error, TransientAuthError) and error.retry_after is not None:
-                return error.retry_after
+            server_wait = retry_after(state)
+            if server_wait is not None:
+                return server_wait
             exponent = min(state.attempt_number - 1, 60)
             ceiling = min(self._backoff_max, self._backoff_initial * 2.0**exponent)
-            return random.uniform(0.0, ceiling)
+            # the last wait is cut short: one more request goes out at the deadline
+            return min(random.uniform(0.0, ceiling), max(0.0, budget_left()))
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
@@ -725,8 +747,10 @@ class TokenManager:
         try:
             return await retrying(attempt)
         except TransientAuthError as error:
+            elapsed = self._clock() - started
             raise AuthError(
-                f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})",
+                f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''} "
+                f"in {elapsed:.0f}s)",
                 endpoint=error.endpoint,
                 status=error.status,
                 permanent=False,

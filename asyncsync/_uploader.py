@@ -197,6 +197,8 @@ class Uploader:
                 store=self._token_store,
                 # --timeout bounds token requests too (a hung token endpoint, exit 3)
                 fetch_timeout=min(self._timeout, 30.0),
+                # a token endpoint down (5xx, 429, timeouts) is retried for this long
+                max_fetch_time=self._retry.auth_retry_time,
                 revoke_on_close=self._revoke_on_close,
             )
             self._owns_tokens = True

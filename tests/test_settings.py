@@ -134,6 +134,27 @@ def test_toml_keys_with_dashes_or_underscores(tmp_path) -> None:
     assert (s.max_batch_bytes, s.max_attempts) == (2**20, 3)
 
 
+def test_auth_retry_time_from_flag_env_and_toml(tmp_path) -> None:
+    """--auth-retry-time (default 120 s) bounds token-endpoint retries; it reaches the
+    RetryPolicy the Uploader hands to its token manager."""
+    assert settings().auth_retry_time == DEFAULT_RETRY.auth_retry_time == 120.0
+    assert settings().retry.auth_retry_time == 120.0
+    s = settings("--auth-retry-time", "300")
+    assert (s.auth_retry_time, s.retry.auth_retry_time, s.origins["auth_retry_time"]) == (
+        300.0,
+        300.0,
+        "flag",
+    )
+    s = settings(env={"ASYNCSYNC_AUTH_RETRY_TIME": "45.5"})
+    assert (s.auth_retry_time, s.origins["auth_retry_time"]) == (45.5, "env")
+    s = settings("--config", toml(tmp_path, "auth-retry-time = 90\n"))
+    assert (s.auth_retry_time, s.origins["auth_retry_time"]) == (90.0, "config")
+    s = settings("--config", toml(tmp_path, "auth_retry_time = 15\n"))
+    assert s.auth_retry_time == 15.0
+    # the batch retry budget is a separate option
+    assert s.max_retry_time == DEFAULT_RETRY.max_retry_time
+
+
 def test_config_path_from_environment(tmp_path) -> None:
     """ASYNCSYNC_CONFIG names the file when --config is not given."""
     path = toml(tmp_path, "concurrency = 2\n")
@@ -187,6 +208,8 @@ BAD_VALUES = [
     ("--timeout", "0", "timeout"),
     ("--max-attempts", "0", "max_attempts"),
     ("--max-retry-time", "-5", "max_retry_time"),
+    ("--auth-retry-time", "0", "auth_retry_time"),
+    ("--auth-retry-time", "soon", "auth_retry_time"),
     ("--body", "xml", "body"),
     ("--wrap", "  ", "wrap"),
     ("--checkpoint", "/no/such/dir/ck", "checkpoint"),
