@@ -382,8 +382,8 @@ async def test_retry_after_holds_back_another_sender_on_the_real_clock(
         if key == a_key and not throttle:
             if form == "seconds":
                 value, seconds = "2", 2.0
-            else:  # whole seconds only: the date is 1.5-2.5 s ahead
-                target = math.ceil(time.time() + 1.5)
+            else:  # whole seconds only: the date is 1-2 s ahead
+                target = math.floor(time.time() + 2)
                 value, seconds = formatdate(target, usegmt=True), target - time.time()
             now = time.monotonic()
             throttle.update(at=now, end=now + seconds)

@@ -149,18 +149,18 @@ async def test_cli_retry_after_pauses_every_worker(
     inside the pause: until the pause ends no request arrives but those the other 7 workers
     had in flight when the 429 went out; then the run goes on and delivers everything."""
     concurrency = 8
-    source = make_jsonl(1_000)
+    source = make_jsonl(500)
     throttle: dict[str, float] = {}
     count = 0
 
     async def ingest(request: web.Request) -> web.Response:
         nonlocal count
         count += 1
-        if count == 30:  # the run is well under way: every worker is busy
+        if count == 25:  # the run is well under way: every worker is busy
             if form == "seconds":
                 value, seconds = "2", 2.0
-            else:  # whole seconds only: the date is 1.5-2.5 s ahead
-                target = math.ceil(time.time() + 1.5)
+            else:  # whole seconds only: the date is 1-2 s ahead
+                target = math.floor(time.time() + 2)
                 value, seconds = formatdate(target, usegmt=True), target - time.time()
             now = time.monotonic()
             throttle.update(at=now, end=now + seconds)
@@ -179,7 +179,7 @@ async def test_cli_retry_after_pauses_every_worker(
         )  # fmt: skip
     assert result.code == 0, result.err
     summary = orjson.loads((tmp_path / "s.json").read_bytes())
-    assert summary["records_sent"] == 1_000 and summary["retries_by_status"] == {"429": 1}
+    assert summary["records_sent"] == 500 and summary["retries_by_status"] == {"429": 1}
     requests = server.at("/ingest")
     assert_delivered_once(requests, file_records(source))
     [throttled] = [r for r in requests if r.status == 429]
