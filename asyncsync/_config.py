@@ -79,6 +79,9 @@ class RetryPolicy:
     after ``max_attempts`` sends or ``max_retry_time`` seconds since its first send,
     whichever comes first. ``statuses`` maps a status to an :class:`Action`; statuses not
     in it are ACK for 2xx and DEAD otherwise. Connection errors and timeouts are RETRY.
+
+    Token-endpoint retries are not in this policy: the :class:`~asyncsync.TokenManager` owns
+    its retry budget (``max_fetch_time``, 120 s by default; ``--auth-retry-time``).
     """
 
     max_attempts: int = 8

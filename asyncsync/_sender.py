@@ -12,6 +12,13 @@ are not retries of the same call: a 401 resends with another token without spend
 attempt, a 413 splits the batch into two new ones, and a ``Retry-After`` pauses every worker
 through :class:`~asyncsync._retry.PauseGate`, not only this one. The random source and the
 clock are injected so tests are deterministic and instant.
+
+Counting (the summary invariant ``requests == batches + retries``): the first request of an
+Idempotency-Key counts one batch, every later request with that key one retry, by the
+reason of the answer before it (the status, ``401`` included, or ``error``). A batch split on
+413 has its own key, sent once; its parts are new keys, and their requests also count in
+``split_requests``. Counts are taken when a request is sent, so a run stopped in a backoff
+counts no retry that never went out.
 """
 
 from __future__ import annotations
@@ -99,7 +106,7 @@ class Sender:
         results: list[BatchResult] = []
         while pending:
             part = pending.pop()
-            result = await self._send_one(part)
+            result = await self._send_one(part, part=True)
             if isinstance(result, BatchResult):
                 results.append(result)
             else:  # split: send the left half first
@@ -107,11 +114,12 @@ class Sender:
         results.sort(key=lambda r: r.batch.first)
         return results
 
-    async def _send_one(self, batch: Batch) -> BatchResult | tuple[Batch, Batch]:
+    async def _send_one(
+        self, batch: Batch, *, part: bool = False
+    ) -> BatchResult | tuple[Batch, Batch]:
         key = self.key_for(batch)
         body = self._encoder.encode(batch.records)
         counters = self._counters
-        counters.batches += 1
         policy = self._retry
         budget = self._budget
         actions = self._actions
@@ -124,6 +132,7 @@ class Sender:
         started = self._clock()
         status: int | None = None
         reason = ""
+        retry_reason: str | None = None  # None until the key was sent; then why it is re-sent
         gate = self._gate
         while True:
             if gate.paused_until > 0:  # a Retry-After was seen at some point
@@ -138,6 +147,13 @@ class Sender:
                 headers["Authorization"] = token.authorization
             attempts += 1
             counters.requests += 1
+            if retry_reason is None:
+                counters.batches += 1  # the first request with this Idempotency-Key
+            else:
+                counters.retries += 1
+                counters.retries_by_status[retry_reason] += 1
+            if part:
+                counters.split_requests += 1
             counters.in_flight += 1
             sent_at = self._clock()
             retry_after: float | None = None
@@ -186,6 +202,7 @@ class Sender:
                         )
                     reauths += 1
                     attempts -= 1  # a 401 does not spend the retry budget
+                    retry_reason = "401"  # but the re-send is a retry, counted as one
                     self._tokens.invalidate(token)
                     continue
             if action is Action.SPLIT:
@@ -211,8 +228,8 @@ class Sender:
             else:
                 wait = self._backoff.delay(attempts)
             wait = min(wait, budget.left(elapsed))
-            counters.retries += 1
-            counters.retries_by_status[str(status) if status is not None else "error"] += 1
+            # counted when the re-send goes out (a run stopped in this pause sends no retry)
+            retry_reason = str(status) if status is not None else "error"
             details = RetryDetails(batch.seq, key, attempts + 1, reason, status, wait)
             log.info(
                 "retry %d of batch %s in %.2fs: %s", details.attempt, key, wait, details.reason

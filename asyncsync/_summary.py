@@ -50,13 +50,21 @@ class Counters:
     records_read, records_sent, records_failed          the pipeline (as batches settle)
     bytes_read                                          the uploader (per source block)
     bytes_sent, batches, requests, retries,             the sender (per request)
-    retries_by_status, in_flight, latencies
+    retries_by_status, split_requests, in_flight,
+    latencies
     auth_requests                                       the uploader (from the token manager)
     ==================================================  ======================================
 
+    Invariant (the sender keeps it): ``requests == batches + retries``. ``batches`` counts
+    distinct Idempotency-Keys sent (the first request of each; a batch split on 413 and each
+    of its parts are distinct keys), ``retries`` every further request with a key already
+    sent (after a 5xx, 429, transport error, or a 401; ``retries_by_status`` by reason:
+    the status, ``"error"`` for transport errors). ``split_requests`` counts the requests
+    (first sends and retries) for parts of a split batch: a subset of ``requests``.
+
     A resumed job starts from the checkpoint's counts, restored in one place
     (:meth:`asyncsync.checkpoint._state.CheckpointState.restore_counters`, called by
-    ``Ledger.open``), so the summary covers the whole job.
+    ``Ledger.open``), so the summary covers the whole job and the invariant holds for it.
     """
 
     records_read: int = 0
@@ -68,6 +76,7 @@ class Counters:
     requests: int = 0
     retries: int = 0
     retries_by_status: Counter[str] = field(default_factory=Counter)
+    split_requests: int = 0
     auth_requests: int = 0
     in_flight: int = 0
     latencies: LatencySample = field(default_factory=LatencySample)
@@ -93,6 +102,7 @@ class RunSummary:
     retries_by_status: dict[str, int]
     auth_requests: int
     duration_s: float
+    split_requests: int = 0
     bytes_sent: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
@@ -153,6 +163,7 @@ class RunSummary:
             retries_by_status=dict(counters.retries_by_status),
             auth_requests=counters.auth_requests,
             duration_s=duration_s,
+            split_requests=counters.split_requests,
             bytes_sent=counters.bytes_sent,
             latency_p50_ms=ms(0.50),
             latency_p95_ms=ms(0.95),

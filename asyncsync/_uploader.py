@@ -74,9 +74,10 @@ class Uploader:
     """Uploads record sources to ``url`` in batches, with one shared token manager.
 
     Every argument is validated here; a bad value raises :class:`ConfigError` naming it.
-    ``auth`` is an auth provider (a :class:`TokenManager` with default skew, no shared store
-    and no revocation is built around it), a ready ``TokenManager`` (for those options;
-    shared, not closed by the uploader), or None for no authentication. The settings come in
+    ``auth`` is an auth provider (a :class:`TokenManager` with default skew, a 120 s token
+    retry budget, no shared store and no revocation is built around it), a ready
+    ``TokenManager`` (for those options, ``max_fetch_time`` included; shared, not closed by
+    the uploader), or None for no authentication. The settings come in
     groups, each a frozen dataclass with visible defaults: ``limits`` (where batches are cut),
     ``retry``, ``body`` (format, wrap, gzip, headers), ``http`` (timeout, TLS, rate limit),
     ``state`` (checkpoint, dead-letter file, resume, job id).
@@ -171,7 +172,9 @@ class Uploader:
             self._tokens = TokenManager(
                 self._auth,
                 transport=self._transport,
-                # the request timeout bounds token requests too (a hung token endpoint, exit 3)
+                # the request timeout bounds token requests too (a hung token endpoint, exit 3);
+                # a token endpoint down is retried for the manager's default max_fetch_time
+                # (120 s): pass a TokenManager of your own as ``auth`` to change it
                 fetch_timeout=min(http.timeout, 30.0),
             )
             self._owns_tokens = True

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+Process = asyncio.subprocess.Process
 
 
 def command() -> list[str]:
@@ -33,6 +36,54 @@ class Run:
     code: int
     out: str
     err: str
+    seconds: float = 0.0
+    """Wall time from the start of the process to its exit (as :func:`run_cli` saw it)."""
+
+
+# Runs the command and writes its peak RSS (KiB, Linux) to a file: RUSAGE_CHILDREN of a fresh
+# interpreter whose only child is the command, so no other test's subprocess is counted.
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
+async def start_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: bool = False,
+    rss_file: Path | None = None,
+) -> Process:
+    """Start the command (stdout and stderr piped; stdin piped only if ``stdin``).
+
+    With ``rss_file``, the command's peak RSS in KiB is written there when it exits.
+    """
+    argv = [*command(), *args]
+    if rss_file is not None:
+        argv = [sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *argv]
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=clean_env() if env is None else env,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish_cli(
+    proc: Process, *, stdin: bytes | None = None, limit: float = 30, started: float | None = None
+) -> Run:
+    """Feed ``stdin``, wait up to ``limit`` s for the exit (TimeoutError past it, the process
+    left to the caller); ``started`` (monotonic) is when it started, for ``Run.seconds``."""
+    out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
+    assert proc.returncode is not None
+    seconds = 0.0 if started is None else time.monotonic() - started
+    return Run(proc.returncode, out.decode(), err.decode(), seconds)
 
 
 async def run_cli(
@@ -41,17 +92,17 @@ async def run_cli(
     env: dict[str, str] | None = None,
     stdin: bytes | None = None,
     limit: float = 30,
+    rss_file: Path | None = None,
 ) -> Run:
-    """Run the command to completion while this event loop keeps serving the sink."""
-    proc = await asyncio.create_subprocess_exec(
-        *command(),
-        *args,
-        cwd=cwd,
-        env=clean_env() if env is None else env,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    """Run the command to completion while this event loop keeps serving the sink.
+
+    Past ``limit`` seconds (or if the test is cancelled) the process is killed.
+    """
+    started = time.monotonic()
+    proc = await start_cli(*args, cwd=cwd, env=env, stdin=stdin is not None, rss_file=rss_file)
+    try:
+        return await finish_cli(proc, stdin=stdin, limit=limit, started=started)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

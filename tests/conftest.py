@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import orjson
 import pytest
@@ -50,18 +53,35 @@ def _reachable(port: int) -> bool:
         return False
 
 
-def require_service(name: str, port: int) -> None:
-    """Skip when the service is absent, unless CI requires it (then fail)."""
-    if _reachable(port):
-        return
-    message = f"{name} is not reachable on 127.0.0.1:{port}"
+def _absent(message: str) -> NoReturn:
+    """Skip for ``message``, unless CI requires the services (then fail)."""
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} and ASYNCSYNC_REQUIRE_SERVICES=1")
     pytest.skip(message)
 
 
+def require_service(name: str, port: int) -> None:
+    """Skip when the service is absent, unless CI requires it (then fail)."""
+    if not _reachable(port):
+        _absent(f"{name} is not reachable on 127.0.0.1:{port}")
+
+
+def require_driver(module: str, extra: str) -> ModuleType:
+    """The client library a service test needs; skip (or fail, like a service) without it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        _absent(f"{module} is not installed (pip install 'asyncsync[{extra}]')")
+
+
 @pytest.fixture
-def postgres_url() -> str:
+def asyncpg_driver() -> ModuleType:
+    """The ``asyncpg`` module: PostgreSQL tests need it even to fail to connect."""
+    return require_driver("asyncpg", "postgres")
+
+
+@pytest.fixture
+def postgres_url(asyncpg_driver: ModuleType) -> str:
     require_service("PostgreSQL", 5432)
     return os.environ.get("ASYNCSYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -549,15 +550,32 @@ def test_failed_write_raises_checkpoint_error(
     assert not store.tmp_path.exists()
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores modes")
-def test_read_only_directory_raises_checkpoint_error(tmp_path: Path) -> None:
-    """A directory the run cannot write to stops the save with a clear error."""
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(CheckpointError, match="Permission denied"):
-            CheckpointStore(tmp_path / "x.asyncsync").save(state_of(WatermarkTracker()))
-    finally:
-        tmp_path.chmod(0o700)
+@pytest.mark.parametrize(
+    ("obstacle", "reason"),
+    [("parent-is-a-file", "Not a directory [ENOTDIR]"), ("temp-is-a-directory", "[EISDIR]")],
+)
+def test_unwritable_location_raises_checkpoint_error(
+    tmp_path: Path, obstacle: str, reason: str
+) -> None:
+    """A location the run cannot write to stops the save with a clear error naming the path.
+
+    Real file-system obstacles that stop root too (CI runs as root, which file modes do not
+    stop): the checkpoint's directory is a regular file, or its temp file's name is taken by
+    a directory. Permission denied itself (EACCES) is test_failed_write_raises_checkpoint_error.
+    """
+    if obstacle == "parent-is-a-file":
+        (tmp_path / "f").write_text("a regular file\n")
+        store = CheckpointStore(tmp_path / "f" / "x.asyncsync")
+    else:
+        store = CheckpointStore(tmp_path / "x.asyncsync")
+        store.tmp_path.mkdir()
+    with pytest.raises(CheckpointError, match=re.escape(reason)) as info:
+        store.save(state_of(WatermarkTracker()))
+    assert f"cannot write checkpoint {store.path}: " in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+    assert not store.path.exists()
+    if obstacle == "temp-is-a-directory":
+        assert store.load() is None  # nothing half-written took the checkpoint's name
 
 
 async def test_asave_runs_off_the_loop_and_serialises(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import json
 import math
 import random
 import ssl
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from urllib.parse import quote_plus
 import pytest
 import trustme
 from aiohttp import web
-from cli_helpers import clean_env, command
+from cli_helpers import Run, clean_env, run_cli
 
 from asyncsync import (
     AuthError,
@@ -53,58 +52,6 @@ PASSWORD = 'hx-pa"ss\\w0rd-login'
 ALL_SECRETS = (CLIENT_SECRET, PASSWORD)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# --- running the CLI -------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-    seconds: float
-
-
-# Runs the command and writes its peak RSS (KiB, Linux) to a file: RUSAGE_CHILDREN of a fresh
-# interpreter whose only child is the command, so no other test's subprocess is counted.
-_RSS_WRAPPER = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.call(sys.argv[2:])\n"
-    "with open(sys.argv[1], 'w') as f:\n"
-    "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-    "sys.exit(code)\n"
-)
-
-
-async def run_cli(
-    *args: str,
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    limit: float = 30,
-    rss_file: Path | None = None,
-) -> Run:
-    """Run the command to completion while this event loop keeps serving."""
-    argv = [*command(), *args]
-    if rss_file is not None:
-        argv = [sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *argv]
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=clean_env() if env is None else env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), limit)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode(), time.monotonic() - started)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -221,6 +168,7 @@ async def capture() -> AsyncIterator[FakeApi]:
 # =============================================================================================
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["oauth2-post", "login", "bearer"])
 async def test_no_secret_or_token_in_any_output_of_a_verbose_run(tmp_path: Path, case: str) -> None:
     """A full CLI run with retries, token refreshes and a dead-lettered batch, at -v / -vv:
@@ -278,6 +226,7 @@ async def test_no_secret_or_token_in_any_output_of_a_verbose_run(tmp_path: Path,
         assert not leaked, f"{len(leaked)} secret(s) or token(s) in {name}"
 
 
+@pytest.mark.slow
 async def test_ingest_server_echoing_the_authorization_header_is_redacted(
     tmp_path: Path,
 ) -> None:
@@ -320,6 +269,7 @@ async def test_ingest_server_echoing_the_authorization_header_is_redacted(
             assert secret not in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client_auth", ["basic", "post", "login"])
 async def test_token_endpoint_echoing_the_credentials_is_redacted(
     tmp_path: Path, client_auth: str
@@ -418,26 +368,40 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     return Tls(server, client, pem)
 
 
+@pytest.mark.slow
 async def test_tls_default_verification_fails_fast_naming_ca_bundle(
     tmp_path: Path, tls: Tls
 ) -> None:
     """Certificates of a private CA, no --ca-bundle: exit 2, one clear line naming
     --ca-bundle, after one token request (a certificate is not a transient error)."""
     source = write_records(tmp_path / "export.jsonl", 10)
-    async with Sink(sink_config(), ssl_context=tls.server) as sink:
-        result = await run_cli(
-            "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
-            cwd=tmp_path, env=secret_env(),
-        )  # fmt: skip
-        stats = sink.stats()
+    handshakes: list[str | None] = []  # one per TLS ClientHello the sink received
+
+    def hello(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        handshakes.append(name)
+
+    tls.server.sni_callback = hello  # called for every ClientHello, with or without SNI
+    try:
+        async with Sink(sink_config(), ssl_context=tls.server) as sink:
+            result = await run_cli(
+                "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
+                cwd=tmp_path, env=secret_env(),
+            )  # fmt: skip
+            stats = sink.stats()
+    finally:
+        tls.server.sni_callback = None
     assert result.code == 2, result.err
+    assert len(handshakes) == 1  # not retried: a certificate is not a transient error
     error = result.err.strip().splitlines()[-1]
     assert error.startswith("asyncsync: error: ConfigError: TLS verification failed")
     assert "--ca-bundle" in error
     assert stats["records"] == 0
-    assert result.seconds < 10
+    # Exit at once: start-up plus one handshake, ~1 s. A hang would last the 30 s token
+    # fetch timeout; 20 s leaves margin for start-up on a loaded 2-core box.
+    assert result.seconds < 20
 
 
+@pytest.mark.slow
 async def test_tls_default_verification_fails_for_the_ingest_url_too(
     tmp_path: Path, tls: Tls
 ) -> None:
@@ -452,6 +416,7 @@ async def test_tls_default_verification_fails_for_the_ingest_url_too(
     assert "--ca-bundle" in result.err
 
 
+@pytest.mark.slow
 async def test_tls_ca_bundle_verifies_and_delivers(tmp_path: Path, tls: Tls) -> None:
     """--ca-bundle CA.pem: token and ingest over HTTPS, exit 0, every record delivered."""
     source = write_records(tmp_path / "export.jsonl", 50)
@@ -466,6 +431,7 @@ async def test_tls_ca_bundle_verifies_and_delivers(tmp_path: Path, tls: Tls) -> 
     assert "insecure" not in result.err
 
 
+@pytest.mark.slow
 async def test_tls_insecure_works_and_warns_on_every_run(tmp_path: Path, tls: Tls) -> None:
     """--insecure skips verification, and says so on stderr on every run, even with -q."""
     source = write_records(tmp_path / "export.jsonl", 20)
@@ -507,6 +473,7 @@ def redirect_to(location: str, status: int = 307) -> Handler:
     return handler
 
 
+@pytest.mark.slow
 async def test_ingest_redirect_to_another_origin_is_not_followed(tmp_path: Path) -> None:
     """A 307 from the ingest URL to another port (another origin): the other server receives
     nothing; the batch is dead-lettered naming the location."""
@@ -531,6 +498,7 @@ async def test_ingest_redirect_to_another_origin_is_not_followed(tmp_path: Path)
     assert entries[0]["attempts"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auth", ["oauth2", "login"])
 async def test_token_redirect_to_another_origin_is_not_followed(tmp_path: Path, auth: str) -> None:
     """A 307 from the token URL (credentials in the header, the form or the JSON body): the
@@ -620,6 +588,7 @@ async def upload_file(
     return result, entries, report
 
 
+@pytest.mark.slow
 async def test_a_100mb_line_is_dead_lettered_in_bounded_memory(
     tmp_path: Path, capture: FakeApi
 ) -> None:
@@ -692,6 +661,7 @@ JSONL_CASES: dict[str, tuple[bytes, dict[int, bytes], dict[int, str], int]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(JSONL_CASES))
 async def test_hostile_jsonl_input_has_a_clear_outcome(
     tmp_path: Path, capture: FakeApi, case: str
@@ -715,6 +685,7 @@ async def test_hostile_jsonl_input_has_a_clear_outcome(
         assert capture.seen == [] and summary["batches"] == 0
 
 
+@pytest.mark.slow
 async def test_binary_garbage_is_dead_lettered_line_by_line(
     tmp_path: Path, capture: FakeApi
 ) -> None:
@@ -733,6 +704,7 @@ async def test_binary_garbage_is_dead_lettered_line_by_line(
     assert summary["records_read"] == summary["records_failed"] == len(expected)
 
 
+@pytest.mark.slow
 async def test_csv_quoted_newline_is_one_record(tmp_path: Path, capture: FakeApi) -> None:
     """A quoted field holding a newline: one record, its text unchanged; exit 0."""
     path = tmp_path / "input.csv"
@@ -746,6 +718,7 @@ async def test_csv_quoted_newline_is_one_record(tmp_path: Path, capture: FakeApi
     ]
 
 
+@pytest.mark.slow
 async def test_csv_row_with_more_fields_than_the_header(tmp_path: Path, capture: FakeApi) -> None:
     """A ragged row is dead-lettered with the line it starts on; the run goes on; exit 1."""
     path = tmp_path / "input.csv"
@@ -758,6 +731,7 @@ async def test_csv_row_with_more_fields_than_the_header(tmp_path: Path, capture:
     assert [json.loads(r)["id"] for r in delivered_records(capture)] == ["1", "3"]
 
 
+@pytest.mark.slow
 async def test_csv_field_past_the_parser_limit_exits_2_with_the_line(
     tmp_path: Path, capture: FakeApi
 ) -> None:
@@ -775,6 +749,7 @@ async def test_csv_field_past_the_parser_limit_exits_2_with_the_line(
 # =============================================================================================
 
 
+@pytest.mark.slow
 async def test_token_endpoint_answering_html_exits_3_after_one_request(tmp_path: Path) -> None:
     """A login page instead of a token (a proxy, a wrong URL): exit 3, said plainly, once."""
     source = write_records(tmp_path / "export.jsonl", 5)
@@ -909,6 +884,7 @@ async def test_odd_token_responses_end_or_run_with_bounded_token_requests(case: 
     assert summary.auth_requests == token_requests
 
 
+@pytest.mark.slow
 async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
     tmp_path: Path,
 ) -> None:
@@ -932,7 +908,7 @@ async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
         result = await run_cli(
             "upload", str(source), "--url", f"http://127.0.0.1:{port}/ingest", "--auth", "none",
             "--timeout", "0.5", "--max-attempts", "2", "--failed", str(dead),
-            cwd=tmp_path, limit=20,
+            cwd=tmp_path, limit=60,
         )  # fmt: skip
     finally:
         server.close()
@@ -943,9 +919,13 @@ async def test_an_ingest_server_that_never_answers_times_out_and_dead_letters(
     assert {(e["status"], e["attempts"]) for e in entries} == {(None, 2)}
     assert "timeout" in entries[0]["error"]
     assert connections == 2
-    assert result.seconds < 8
+    # 2 attempts x the 0.5 s --timeout, plus start-up and one backoff: ~2-3 s. Were --timeout
+    # not applied, a request would wait out the 30 s default (or forever: then the 60 s limit
+    # above fails the test); 15 s leaves margin for a loaded 2-core box.
+    assert result.seconds < 15
 
 
+@pytest.mark.slow
 async def test_api_refusing_every_token_exits_3_after_bounded_token_requests(
     tmp_path: Path,
 ) -> None:
@@ -966,4 +946,7 @@ async def test_api_refusing_every_token_exits_3_after_bounded_token_requests(
     paths = api.paths()
     assert 2 <= paths.count("/token") <= 3
     assert paths.count("/ingest") <= 3 * 8  # at most MAX_REAUTH sends per worker
-    assert result.seconds < 10
+    # A few seconds (start-up, token requests spaced by the 1 s min_interval). The counts
+    # above catch a refresh loop; this catches a run that only ends at a timeout (30 s token
+    # fetch, the 30 s limit of run_cli); 20 s leaves margin for a loaded 2-core box.
+    assert result.seconds < 20

@@ -13,16 +13,15 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import Run, clean_env, finish_cli, start_cli
 
 from asyncsync.cli._exit import merge_exit_codes
 from asyncsync.cli._main import main
@@ -32,7 +31,6 @@ from asyncsync.cli._settings import settings_from_argv
 from asyncsync.sink import Sink, SinkConfig
 from asyncsync.sources._shards import plan_shards
 
-REPO = Path(__file__).resolve().parent.parent
 CLIENT_SECRET = "multiproc-secret-for-tests"
 CONTRACT_KEYS = {
     "records_read", "records_sent", "records_failed", "batches", "requests", "retries",
@@ -43,20 +41,6 @@ pytestmark = pytest.mark.slow
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def command() -> list[str]:
-    script = Path(sys.executable).with_name("asyncsync")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "asyncsync.cli._main"]
-
-
-def env(**extra: str) -> dict[str, str]:
-    drop = ("ASYNCSYNC_", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR")
-    out = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")]))
-    out["ASYNCSYNC_CLIENT_SECRET"] = CLIENT_SECRET
-    out.update(extra)
-    return out
 
 
 def descendants(pid: int) -> list[int]:
@@ -88,34 +72,23 @@ def kill_tree(proc: asyncio.subprocess.Process) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
 class Runner:
-    """Starts CLI processes while this loop serves the sink; kills what is left at the end."""
+    """Starts CLI processes while this loop serves the sink; kills what is left at the end
+    (with their children, which ``--processes`` puts in their own process groups)."""
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, *args: str, **extra: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            *command(), *args, cwd=self.cwd, env=env(**extra),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        env = clean_env(**{"ASYNCSYNC_CLIENT_SECRET": CLIENT_SECRET, **extra})
+        proc = await start_cli(*args, cwd=self.cwd, env=env)
         self.procs.append(proc)
         return proc
 
     @staticmethod
     async def finish(proc: asyncio.subprocess.Process, limit: float = 40) -> Run:
-        out, err = await asyncio.wait_for(proc.communicate(), limit)
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        return await finish_cli(proc, limit=limit)
 
     async def run(self, *args: str, **extra: str) -> Run:
         return await self.finish(await self.start(*args, **extra))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from email.utils import format_datetime, formatdate
 
 import pytest
 from aiohttp import web
@@ -15,7 +17,7 @@ from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._hooks import NO_HOOKS, RetryDetails, UploadHooks
 from asyncsync._http import AiohttpTransport
-from asyncsync._records import Batch
+from asyncsync._records import Batch, BatchResult
 from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
@@ -356,10 +358,81 @@ async def test_retry_after_pauses_every_worker(
     async with session:
         [result] = await sender.send(make_batch())
         start = t.now
-        # the gate is shared: another worker arriving now waits until the pause ends
-        assert sender._gate.paused_until <= t.now
+        # the pause is held by the shared gate (every worker waits there), not by this
+        # sender's own sleep: the gate says 1000 + 7
+        assert sender._gate.paused_until == 1007.0 <= t.now
     assert result.delivered and result.attempts == 2
     assert t.sleeps == [7.0] and start >= 1007.0
+
+
+@pytest.mark.parametrize("form", ["seconds", "date"])
+async def test_retry_after_holds_back_another_sender_on_the_real_clock(
+    serve: Callable[[Handler], Awaitable[str]], form: str
+) -> None:
+    """Two senders share one gate against a loopback server, on the real clock. Sender A's
+    first request is answered 429 with ``Retry-After: 2`` (or an HTTP date about 2 s ahead)
+    while B keeps sending one batch after another. Until the pause ends no request arrives but
+    the one B may have had in flight; then A's retry and B's next batch go out promptly."""
+    a_key = "job-1-1"
+    arrivals: list[tuple[float, str]] = []
+    throttle: dict[str, float] = {}  # when the 429 was answered, and the pause it announced
+
+    async def handler(request: web.Request) -> web.Response:
+        key = request.headers["Idempotency-Key"]
+        arrivals.append((time.monotonic(), key))
+        if key == a_key and not throttle:
+            if form == "seconds":
+                value, seconds = "2", 2.0
+            else:  # whole seconds only: the date is 1-2 s ahead
+                target = math.floor(time.time() + 2)
+                value, seconds = formatdate(target, usegmt=True), target - time.time()
+            now = time.monotonic()
+            throttle.update(at=now, end=now + seconds)
+            return web.Response(status=429, headers={"Retry-After": value})
+        await asyncio.sleep(0.02)  # B's requests spend a moment in flight
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    gate = PauseGate()  # the real clock and sleep
+    policy = RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
+    started = time.monotonic()
+    async with AiohttpTransport(connections=4, timeout=60) as transport:
+
+        def sender() -> Sender:
+            return Sender(
+                transport, url, tokens=None, encoder=BodyEncoder("json"), job_id="job",
+                retry=policy, counters=Counters(), hooks=NO_HOOKS, gate=gate,
+            )  # fmt: skip
+
+        a, b = sender(), sender()
+
+        async def worker_a() -> BatchResult:
+            await asyncio.sleep(0.1)  # B is busy by then
+            [result] = await a.send(make_batch(1, first=1))
+            return result
+
+        async def worker_b() -> int:
+            # until 0.3 s after the pause (bounded, should A never be throttled)
+            n = 0
+            while time.monotonic() < min(throttle.get("end", started + 4), started + 4) + 0.3:
+                n += 1
+                [result] = await b.send(make_batch(1, first=1000 + n))
+                assert result.delivered
+            return n
+
+        result, _ = await asyncio.gather(worker_a(), worker_b())
+    assert result.delivered and result.attempts == 2
+    at, end = throttle["at"], throttle["end"]
+    margin = 0.05  # the client reads its clocks a little after the server read them
+    inside = [key for t, key in arrivals if at < t < end - margin]
+    # B had at most one request in flight when the 429 went out; nothing else starts
+    assert len(inside) <= 1 and a_key not in inside, (len(inside), end - at)
+    a_times = [t for t, key in arrivals if key == a_key]
+    assert len(a_times) == 2
+    # the pause ends: A's retry and B's next batch within 1.5 s of its end (a busy 2-core box)
+    assert end - margin <= a_times[1] <= end + 1.5
+    b_after = [t for t, key in arrivals if key != a_key and t >= end - margin]
+    assert b_after and b_after[0] <= end + 1.5
 
 
 async def test_rate_limiter_spaces_requests() -> None:

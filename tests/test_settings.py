@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -10,11 +12,15 @@ import pytest
 
 from asyncsync._config import DEFAULT_LIMITS, DEFAULT_RETRY
 from asyncsync._exceptions import ConfigError
+from asyncsync.auth._manager import DEFAULT_MAX_FETCH_TIME
+from asyncsync.auth._stores import FileTokenStore, RedisTokenStore
 from asyncsync.cli._main import build_parser, main
+from asyncsync.cli._run import open_run_token_store, open_tokens, token_fetch_timeout
 from asyncsync.cli._settings import (
     DEFAULT_LOGIN_BODY,
     OPTIONS,
     Secret,
+    Settings,
     parse_header,
     parse_shard,
     parse_size,
@@ -134,6 +140,73 @@ def test_toml_keys_with_dashes_or_underscores(tmp_path) -> None:
     assert (s.max_batch_bytes, s.max_attempts) == (2**20, 3)
 
 
+def test_auth_retry_time_from_flag_env_and_toml(tmp_path) -> None:
+    """--auth-retry-time (default 120 s) bounds token-endpoint retries; it reaches the
+    TokenManager the CLI builds (its max_fetch_time: the manager owns its retry budget, the
+    batches' RetryPolicy has none) and sizes the token store's lock."""
+    assert settings().auth_retry_time == DEFAULT_MAX_FETCH_TIME == 120.0
+    assert built_retry_time(settings()) == 120.0
+    s = settings("--auth-retry-time", "300")
+    assert (s.auth_retry_time, built_retry_time(s), s.origins["auth_retry_time"]) == (
+        300.0,
+        300.0,
+        "flag",
+    )
+    s = settings(env={"ASYNCSYNC_AUTH_RETRY_TIME": "45.5"})
+    assert (s.auth_retry_time, s.origins["auth_retry_time"]) == (45.5, "env")
+    s = settings("--config", toml(tmp_path, "auth-retry-time = 90\n"))
+    assert (s.auth_retry_time, s.origins["auth_retry_time"]) == (90.0, "config")
+    s = settings("--config", toml(tmp_path, "auth_retry_time = 15\n"))
+    assert s.auth_retry_time == 15.0
+    # the batch retry budget is a separate option
+    assert s.max_retry_time == DEFAULT_RETRY.max_retry_time
+    assert not hasattr(s.retry, "auth_retry_time")
+
+
+def built_retry_time(s: Settings) -> float:
+    """The max_fetch_time of the TokenManager cli/_run.open_tokens builds for ``s``."""
+    s = dataclasses.replace(
+        s, auth="oauth2", token_url=TOKEN_URL, client_id="c", client_secret=Secret(SECRET)
+    )
+
+    async def build() -> float:
+        async with open_tokens(s, store=None, ssl=None) as tokens:
+            assert tokens is not None
+            return tokens.max_fetch_time
+
+    return asyncio.run(build())
+
+
+@pytest.mark.parametrize(
+    ("argv", "span"),
+    [
+        ((), 180.0),  # 120 s of retries + a 30 s request + 30 s for the store's own I/O
+        (("--auth-retry-time", "300"), 360.0),
+        (("--timeout", "10"), 140.0),
+        (("--timeout", "1", "--auth-retry-time", "5"), 60.0),  # never below 60 s
+    ],
+)
+def test_token_store_locks_outlast_the_worst_token_fetch(
+    tmp_path: Path, argv: tuple[str, ...], span: float
+) -> None:
+    """A store's lock is held for a whole fetch, retries included: the file lock wait and the
+    Redis lease are longer than --auth-retry-time plus one token request (min(--timeout, 30))."""
+    pytest.importorskip("redis")
+    for spec in (f"file:{tmp_path}/tokens.json", "redis://127.0.0.1:6379/15"):
+        s = settings(
+            "--token-url", TOKEN_URL, "--client-id", "c", "--token-store", spec, *argv,
+            env={"ASYNCSYNC_CLIENT_SECRET": SECRET},
+        )  # fmt: skip
+        store = open_run_token_store(s)
+        worst = s.auth_retry_time + token_fetch_timeout(s)
+        if isinstance(store, FileTokenStore):
+            assert store.wait_timeout == span > worst
+        else:
+            assert isinstance(store, RedisTokenStore)
+            assert store.lease == span > worst
+            assert store.wait_timeout > store.lease
+
+
 def test_config_path_from_environment(tmp_path) -> None:
     """ASYNCSYNC_CONFIG names the file when --config is not given."""
     path = toml(tmp_path, "concurrency = 2\n")
@@ -187,6 +260,8 @@ BAD_VALUES = [
     ("--timeout", "0", "timeout"),
     ("--max-attempts", "0", "max_attempts"),
     ("--max-retry-time", "-5", "max_retry_time"),
+    ("--auth-retry-time", "0", "auth_retry_time"),
+    ("--auth-retry-time", "soon", "auth_retry_time"),
     ("--body", "xml", "body"),
     ("--wrap", "  ", "wrap"),
     ("--checkpoint", "/no/such/dir/ck", "checkpoint"),

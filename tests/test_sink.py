@@ -7,8 +7,10 @@ import asyncio
 import base64
 import email.utils
 import gzip
+import importlib
 import json
 import os
+import pkgutil
 import signal
 import ssl
 import sys
@@ -86,6 +88,46 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def sink() -> AsyncIterator[Sink]:
     async with Sink() as s:
         yield s
+
+
+class SinkClock:
+    """The sink's monotonic clock, moved by hand: token lifetimes, throttle windows and
+    outages end when the test says, not when a busy machine gets round to it. Everything
+    else of the ``time`` module (``time.time()`` for absolute dates) is the real one."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def sink_clock(monkeypatch: pytest.MonkeyPatch) -> SinkClock:
+    """Install a :class:`SinkClock` as the sink's ``time``; create the Sink after this.
+
+    The sink (the modules of ``asyncsync.sink``: state, token routes, ingest...) reads every
+    deadline from ``time.monotonic()`` and takes no clock argument, so each of its modules'
+    ``time`` is replaced. Should the sink stop reading the clock there, the tests using this
+    fail (nothing expires), never pass vacuously.
+    """
+    import asyncsync.sink
+
+    clock = SinkClock()
+    patched = []
+    for info in pkgutil.iter_modules(asyncsync.sink.__path__, "asyncsync.sink."):
+        module = importlib.import_module(info.name)
+        if getattr(module, "time", None) is time:
+            monkeypatch.setattr(module, "time", clock)
+            patched.append(info.name)
+    assert patched, "the sink no longer reads the time module"
+    return clock
 
 
 # -- design rule -----------------------------------------------------------------------------
@@ -269,7 +311,9 @@ async def test_login_rejects_bad_credentials(session: aiohttp.ClientSession, sin
 # -- bearer check ------------------------------------------------------------------------------
 
 
-async def test_ingest_requires_a_valid_token(session: aiohttp.ClientSession) -> None:
+async def test_ingest_requires_a_valid_token(
+    session: aiohttp.ClientSession, sink_clock: SinkClock
+) -> None:
     async with Sink(SinkConfig(token_ttl=0.2)) as sink:
         status, body, r = await ingest(session, sink, None)
         assert status == 401
@@ -281,7 +325,9 @@ async def test_ingest_requires_a_valid_token(session: aiohttp.ClientSession) -> 
         token = await fetch_token(session, sink)
         status, _, _ = await ingest(session, sink, token)
         assert status == 200
-        await asyncio.sleep(0.25)
+        sink_clock.advance(0.19)
+        assert (await ingest(session, sink, token))[0] == 200  # still inside its lifetime
+        sink_clock.advance(0.06)
         status, body, _ = await ingest(session, sink, token)
         assert status == 401
         assert body["reason"] == "expired"
@@ -468,7 +514,9 @@ async def test_reject_field(session: aiohttp.ClientSession) -> None:
 # -- throttling ---------------------------------------------------------------------------------
 
 
-async def test_throttle_seconds_form_and_window(session: aiohttp.ClientSession) -> None:
+async def test_throttle_seconds_form_and_window(
+    session: aiohttp.ClientSession, sink_clock: SinkClock
+) -> None:
     async with Sink(SinkConfig(throttle_every=3, retry_after=0.3)) as sink:
         token = sink.issue_token()
         got = [(await ingest(session, sink, token))[0] for _ in range(2)]
@@ -477,10 +525,12 @@ async def test_throttle_seconds_form_and_window(session: aiohttp.ClientSession) 
         assert status == 429
         assert r.headers["Retry-After"] == "0.3"
         assert body["error"] == "rate_limited"
+        sink_clock.advance(0.1)
         status, _, r = await ingest(session, sink, token)  # inside the window
         assert status == 429
         assert 0 < float(r.headers["Retry-After"]) <= 0.3
-        await asyncio.sleep(float(r.headers["Retry-After"]))
+        assert r.headers["Retry-After"] == "0.2"  # what is left of the window
+        sink_clock.advance(float(r.headers["Retry-After"]))
         got = [(await ingest(session, sink, token))[0] for _ in range(3)]
         assert got == [200, 200, 429]
         stats = sink.stats(detail=True)
@@ -508,13 +558,17 @@ async def test_throttle_http_date_form(session: aiohttp.ClientSession) -> None:
         token = sink.issue_token()
         before = time.time()
         status, _, r = await ingest(session, sink, token)
+        after = time.time()
         assert status == 429
         when = email.utils.parsedate_to_datetime(r.headers["Retry-After"]).timestamp()
-        assert before + 2 <= when <= before + 3.01
+        # the server's now + 2 s, rounded up to a whole second; its now is in [before, after]
+        assert before + 2 <= when <= after + 3
         assert r.headers["Retry-After"].endswith("GMT")
 
 
-async def test_throttle_status_and_manual_window(session: aiohttp.ClientSession) -> None:
+async def test_throttle_status_and_manual_window(
+    session: aiohttp.ClientSession, sink_clock: SinkClock
+) -> None:
     async with Sink(SinkConfig(throttle_status=503, retry_after=5)) as sink:
         token = sink.issue_token()
         assert (await ingest(session, sink, token))[0] == 200
@@ -522,7 +576,9 @@ async def test_throttle_status_and_manual_window(session: aiohttp.ClientSession)
         status, _, r = await ingest(session, sink, token)
         assert status == 503
         assert r.headers["Retry-After"] == "1"
-        await asyncio.sleep(0.25)
+        sink_clock.advance(0.19)
+        assert (await ingest(session, sink, token))[0] == 503  # the window lasts 0.2 s
+        sink_clock.advance(0.06)
         assert (await ingest(session, sink, token))[0] == 200
 
 
@@ -574,18 +630,21 @@ async def test_faults_after_acceptance_make_the_retry_a_duplicate(
 
 
 async def test_hang_never_answers(session: aiohttp.ClientSession) -> None:
-    async with Sink(SinkConfig(hang=True)) as sink:
+    # shutdown_timeout=30: a shutdown that waited for the hanging handler would take 30 s
+    async with Sink(SinkConfig(hang=True), shutdown_timeout=30) as sink:
         token = sink.issue_token()
         timeout = aiohttp.ClientTimeout(total=0.2)
         with pytest.raises(asyncio.TimeoutError):
             await session.post(sink.ingest_url, json=[{}], headers=bearer(token), timeout=timeout)
         assert sink.stats()["hangs"] == 1
         started = time.monotonic()
-    assert time.monotonic() - started < 1.5  # shutdown does not wait for hanging handlers
+    # shutdown does not wait for hanging handlers: waiting would take the 30 s shutdown
+    # timeout; 10 s leaves margin for a loaded 2-core box
+    assert time.monotonic() - started < 10
 
 
 async def test_latency_range_and_concurrency(session: aiohttp.ClientSession) -> None:
-    async with Sink(SinkConfig(latency=(0.05, 0.1), seed=1)) as sink:
+    async with Sink(SinkConfig(latency=(0.4, 0.5), seed=1)) as sink:
         token = sink.issue_token()
         started = time.monotonic()
         results = await asyncio.gather(
@@ -593,7 +652,9 @@ async def test_latency_range_and_concurrency(session: aiohttp.ClientSession) -> 
         )
         elapsed = time.monotonic() - started
         assert {r[0] for r in results} == {200}
-        assert 0.05 <= elapsed < 0.5
+        # one after the other, the 8 delays would add up to >= 3.2 s; together they take
+        # <= 0.5 s, and 2 s leaves 1.5 s for a loaded 2-core box
+        assert 0.4 <= elapsed < 2.0
         assert sink.stats()["max_concurrent_ingest"] == 8
         assert sink.stats()["in_flight"] == 0
 
@@ -640,13 +701,18 @@ async def test_auth_outage_for_n_requests(session: aiohttp.ClientSession) -> Non
         assert sink.stats()["token_statuses"] == {"200": 2, "503": 2}
 
 
-async def test_auth_outage_for_a_duration(session: aiohttp.ClientSession) -> None:
+async def test_auth_outage_for_a_duration(
+    session: aiohttp.ClientSession, sink_clock: SinkClock
+) -> None:
     async with Sink(SinkConfig(auth_outage=0.2)) as sink:
         login = {"username": "demo", "password": "demo-password"}
         async with session.post(sink.login_url, json=login) as r:
             assert r.status == 503
             assert (await r.json())["error"] == "temporarily_unavailable"
-        await asyncio.sleep(0.25)
+        sink_clock.advance(0.19)
+        async with session.post(sink.login_url, json=login) as r:
+            assert r.status == 503  # the outage lasts 0.2 s
+        sink_clock.advance(0.06)
         async with session.post(sink.login_url, json=login) as r:
             assert r.status == 200
         sink.set_faults(auth_outage=0.2)  # restarts the clock

@@ -7,6 +7,7 @@ import base64
 import itertools
 import math
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +41,9 @@ from asyncsync.sources.sql import (
     open_sql_source,
 )
 
-asyncpg = pytest.importorskip("asyncpg")
+# asyncpg is imported by the PostgreSQL fixtures only (``asyncpg_driver`` in conftest.py): the
+# SQLite cases never need it, and without it the PostgreSQL ones skip, or fail under
+# ASYNCSYNC_REQUIRE_SERVICES=1, like a PostgreSQL that is not running.
 
 SECRET = "Sup3r-S3cret-pw"
 
@@ -148,8 +152,8 @@ async def sqlite_db(tmp_path: Path) -> AsyncIterator[SqliteDb]:
 
 
 @pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[PgDb]:
-    db = PgDb(postgres_url, await asyncpg.connect(postgres_url))
+async def pg(postgres_url: str, asyncpg_driver: ModuleType) -> AsyncIterator[PgDb]:
+    db = PgDb(postgres_url, await asyncpg_driver.connect(postgres_url))
     yield db
     await db.close()
 
@@ -160,6 +164,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
         made: Db = SqliteDb(tmp_path / "export.db")
     else:
         url = request.getfixturevalue("postgres_url")
+        asyncpg = request.getfixturevalue("asyncpg_driver")
         made = PgDb(url, await asyncpg.connect(url))
     yield made
     await made.close()
@@ -649,6 +654,7 @@ async def test_bad_url_scheme() -> None:
         open_sql_source("sqlite://relative.db", table="t", key="id")
 
 
+@pytest.mark.usefixtures("asyncpg_driver")  # no server needed, but the driver is
 async def test_unreachable_postgres_port_names_no_password() -> None:
     url = f"postgresql://postgres:{SECRET}@127.0.0.1:1/test"
     src = open_sql_source(url, table="t", key="id")
@@ -815,14 +821,19 @@ async def test_sqlite_schema_qualified_and_quoted_table_names(sqlite_db: SqliteD
 
 
 @pytest.fixture
-def slow_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite connections with ``slow(x)``: sleeps 20 ms per call (in the reading thread)."""
+def slow_sqlite(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """SQLite connections with ``slow(x)``: sleeps 20 ms per call (in the reading thread).
+
+    Returns the set of the threads ``slow`` ran in, filled as it runs.
+    """
     real = _sqlite._sqlite_connect
+    threads: set[int] = set()
 
     def connect(path: str) -> sqlite3.Connection:
         conn = real(path)
 
         def slow(x: Any) -> Any:
+            threads.add(threading.get_ident())
             time.sleep(0.02)
             return x
 
@@ -830,13 +841,13 @@ def slow_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
         return conn
 
     monkeypatch.setattr(_sqlite, "_sqlite_connect", connect)
+    return threads
 
 
-@pytest.mark.usefixtures("slow_sqlite")
-async def test_sqlite_reads_off_the_event_loop(sqlite_db: SqliteDb) -> None:
-    table = await people(sqlite_db, 30)
+async def test_sqlite_reads_off_the_event_loop(sqlite_db: SqliteDb, slow_sqlite: set[int]) -> None:
+    table = await people(sqlite_db, 60)
     src = open_sql_source(
-        sqlite_db.url, query=f"SELECT id, slow(name) AS name FROM {table}", key="id", page_size=10
+        sqlite_db.url, query=f"SELECT id, slow(name) AS name FROM {table}", key="id", page_size=30
     )
     ticks: list[float] = []
 
@@ -854,11 +865,14 @@ async def test_sqlite_reads_off_the_event_loop(sqlite_db: SqliteDb) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert len(got.records) == 30
-    assert elapsed >= 0.5  # 30+ slow calls of 20 ms
+    assert len(got.records) == 60
+    assert elapsed >= 1.2  # 60+ slow calls of 20 ms
+    assert slow_sqlite and threading.get_ident() not in slow_sqlite  # never on the loop's thread
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) >= 40
-    assert max(gaps) < 0.15, max(gaps)  # the loop was never blocked by a page
+    # A page read on the loop would block it for >= 0.6 s (30 calls of 20 ms, a sleep that
+    # cannot end early); 0.45 s leaves room for scheduling delays on a loaded 2-core box.
+    assert max(gaps) < 0.45, max(gaps)  # the loop was never blocked by a page
 
 
 @pytest.mark.usefixtures("slow_sqlite")
@@ -877,4 +891,6 @@ async def test_cancelling_a_slow_sqlite_page_returns_at_once(sqlite_db: SqliteDb
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 0.1
+    # Waiting for the page instead would take the rest of its 3 s (>= 2.5 s even if the sleep
+    # above overran); 1 s leaves room for a loaded 2-core box.
+    assert time.monotonic() - started < 1.0

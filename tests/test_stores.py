@@ -27,6 +27,7 @@ from asyncsync import ConfigError
 from asyncsync.auth._manager import TokenManager, TokenStore, fingerprint
 from asyncsync.auth._providers import OAuth2ClientCredentials
 from asyncsync.auth._stores import (
+    DEFAULT_FILE_WAIT,
     DEFAULT_PREFIX,
     FileTokenStore,
     RedisTokenStore,
@@ -220,7 +221,15 @@ def test_open_token_store_builds_file_and_redis_stores(tmp_path: Path) -> None:
         "redis://127.0.0.1:6379/15", endpoint=url, client_id="c", fetch_timeout=45
     )
     assert isinstance(redis_store, RedisTokenStore)
-    assert redis_store.lease == 90  # longer than the fetch timeout
+    # longer than the worst fetch (120 s of retries, then a 45 s request), and its I/O
+    assert redis_store.lease == 120 + 45 + 45 > 120 + 45
+    assert redis_store.wait_timeout > redis_store.lease
+    assert file_store.wait_timeout == DEFAULT_FILE_WAIT == 120 + 30 + 30
+    short = open_token_store(
+        "redis://127.0.0.1:6379/15", endpoint=url, client_id="c", fetch_timeout=45,
+        auth_retry_time=10,
+    )  # fmt: skip
+    assert isinstance(short, RedisTokenStore) and short.lease == 100 > 10 + 45
     assert redis_store.redis_key == DEFAULT_PREFIX + store_key(url, "c")
     scoped = open_token_store("redis://h:6379/0", endpoint=url, client_id="c", scope="read")
     assert isinstance(scoped, RedisTokenStore)
@@ -367,9 +376,11 @@ async def test_lock_is_released_when_the_body_fails(spec: str, key: str) -> None
         async with store.lock():
             raise RuntimeError("fetch failed")
     started = time.monotonic()
-    async with make_store(spec, key, wait_timeout=1.0).lock():
+    async with make_store(spec, key, wait_timeout=30.0).lock():
         pass
-    assert time.monotonic() - started < 0.5
+    # A lock left behind would hold this for the 30 s wait_timeout (then raise); 10 s leaves
+    # margin on a loaded 2-core box.
+    assert time.monotonic() - started < 10
 
 
 async def test_cancelled_lock_waits_and_holders_leave_no_lock_behind(spec: str, key: str) -> None:
@@ -396,8 +407,10 @@ async def test_cancelled_lock_waits_and_holders_leave_no_lock_behind(spec: str, 
         task.cancel()
         await asyncio.wait([task])
     started = time.monotonic()
-    async with make_store(spec, key, wait_timeout=2.0).lock():
-        assert time.monotonic() - started < 0.5
+    async with make_store(spec, key, wait_timeout=30.0).lock():
+        # A leaked lock would hold this for the 30 s wait_timeout (then raise); 10 s leaves
+        # margin on a loaded 2-core box.
+        assert time.monotonic() - started < 10
 
 
 async def test_lock_wait_is_bounded_then_the_manager_fetches_without_it(
@@ -411,7 +424,9 @@ async def test_lock_wait_is_bounded_then_the_manager_fetches_without_it(
         with pytest.raises(TokenStoreLockTimeout):
             async with waiter.lock():
                 pass
-        assert 0.35 < time.monotonic() - started < 2.0
+        # An unbounded wait would last the holder's 30 s lease (a file lock: forever); 10 s
+        # leaves margin over the 0.4 s wait_timeout on a loaded 2-core box.
+        assert 0.35 < time.monotonic() - started < 10
         async with Sink(sink_config()) as sink, manager(sink, waiter) as mgr:
             await mgr.get()
             assert sink.stats()["token_requests"] == 1
@@ -528,6 +543,7 @@ async def test_redis_lease_is_renewed_while_held_and_ends_after_release(
 # -- many processes --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_eight_processes_share_one_token_request(
     spec: str, key: str, workers: Workers
 ) -> None:
@@ -548,6 +564,7 @@ async def test_eight_processes_share_one_token_request(
     assert fingerprint(stored[0]) == results[0]["fingerprint"]
 
 
+@pytest.mark.slow
 async def test_holder_killed_mid_fetch_another_process_takes_over(
     spec: str, key: str, workers: Workers
 ) -> None:

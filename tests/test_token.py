@@ -10,6 +10,8 @@ import asyncio
 import itertools
 import logging
 import math
+import random
+import statistics
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -22,6 +24,8 @@ from hypothesis import strategies as st
 from asyncsync import AuthError, ConfigError
 from asyncsync._http import AiohttpTransport
 from asyncsync.auth._manager import (
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_MAX_FETCH_TIME,
     MemoryTokenStore,
     Token,
     TokenManager,
@@ -357,6 +361,125 @@ async def test_unreachable_endpoint_is_transient_then_fails(clock: FakeClock) ->
         assert mgr.stats.requests == 2
 
 
+# -- an auth outage: retries bounded by time, not by count -------------------------------------
+
+
+def outage_sleep(clock: FakeClock, server: TokenServer, until: float) -> Any:
+    """The manager's sleep: moves the fake clock; the endpoint answers again from ``until``."""
+
+    async def sleep(seconds: float) -> None:
+        await clock.sleep(seconds)
+        if clock.now >= until:
+            server.fail_status = None
+
+    return sleep
+
+
+async def test_a_60s_token_endpoint_outage_is_ridden_out(
+    server: TokenServer,
+) -> None:
+    """Default settings, 503 for a simulated 60 s, then tokens; 40 seeds of the jitter.
+
+    Every caller gets the one token; the waiting adds up to 60 s and never more than one
+    backoff cap (10 s) beyond it; 12-24 token requests (the full-jitter schedule: 0.5 s
+    doubling to a 10 s cap), never two at once.
+    """
+    assert (DEFAULT_MAX_FETCH_TIME, DEFAULT_BACKOFF_MAX) == (120.0, 10.0)
+    counts: list[int] = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        clock = FakeClock()
+        server.fail_status = 503
+        before = server.token_requests
+        sleep = outage_sleep(clock, server, until=clock.now + 60)
+        async with TokenManager(oauth(server), clock=clock, sleep=sleep, rng=rng) as mgr:
+            tokens = await asyncio.gather(*(mgr.get() for _ in range(20)))
+            assert {t.value for t in tokens} == {server.issued[-1]}
+            requests = server.token_requests - before
+            assert mgr.stats == TokenStats(requests=requests)  # one fetch, no failure
+        waited = sum(clock.sleeps)
+        assert 60 <= waited <= 60 + DEFAULT_BACKOFF_MAX, (seed, waited)
+        assert len(clock.sleeps) == requests - 1
+        assert all(0 <= w <= DEFAULT_BACKOFF_MAX for w in clock.sleeps)
+        assert 12 <= requests <= 26, (seed, requests)
+        counts.append(requests)
+    assert server.max_in_flight == 1
+    assert 14 <= statistics.median(counts) <= 20
+
+
+async def test_an_outage_past_the_time_budget_is_an_auth_error(
+    server: TokenServer, clock: FakeClock
+) -> None:
+    """503 for good: the fetch gives up when 120 s (default) have passed, not after N tries;
+    the last wait is cut to end at the deadline, and one request goes out there."""
+    server.fail_status = 503
+    async with manager(server, clock) as mgr:
+        with pytest.raises(AuthError) as info:
+            await mgr.get()
+        assert info.value.status == 503 and not info.value.permanent
+        assert "in 120s" in str(info.value)
+        assert sum(clock.sleeps) == pytest.approx(120.0)
+        assert server.token_requests == len(clock.sleeps) + 1
+        assert 20 <= server.token_requests <= 40
+        before = server.token_requests
+        with pytest.raises(AuthError):  # within the cool-down: no request
+            await mgr.get()
+        assert server.token_requests == before
+
+
+async def test_the_auth_retry_budget_is_configurable(server: TokenServer, clock: FakeClock) -> None:
+    """max_fetch_time=30: a 45 s outage fails after 30 s; the next fetch, after the
+    cool-down, finds the endpoint back."""
+    server.fail_status = 503
+    async with manager(server, clock, max_fetch_time=30, failure_cooldown=20) as mgr:
+        with pytest.raises(AuthError, match="in 30s"):
+            await mgr.get()
+        assert sum(clock.sleeps) == pytest.approx(30.0)
+        clock.advance(20)
+        server.fail_status = None
+        assert (await mgr.get()).value == server.issued[-1]
+
+
+async def test_retry_after_paces_an_outage(server: TokenServer, clock: FakeClock) -> None:
+    """503 with Retry-After: 20 for 60 s: requests at 0, 20, 40 and 60 s, nothing between."""
+    server.fail_status, server.retry_after = 503, "20"
+    async with TokenManager(
+        oauth(server), clock=clock, sleep=outage_sleep(clock, server, until=clock.now + 60)
+    ) as mgr:
+        await mgr.get()
+    assert clock.sleeps == [20.0, 20.0, 20.0]
+    assert server.token_requests == 4
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (None, 401),  # wrong client secret: the server's own invalid_client
+        (json_response(400, {"error": "invalid_client"}), 400),
+        (json_response(400, {"error": "invalid_grant"}), 400),
+        (json_response(403, {"error": "access_denied"}), 403),
+    ],
+)
+async def test_bad_credentials_are_not_retried_within_the_time_budget(
+    server: TokenServer, clock: FakeClock, answer: Any, status: int
+) -> None:
+    """The time budget is for outages only: refused credentials end at once, one request,
+    and the callers after it fail fast without a request."""
+    if answer is None:
+        server.client_secret = "rotated"
+    else:
+        server.script = [answer] * 10
+    async with manager(server, clock) as mgr:
+        results = await asyncio.gather(*(mgr.get() for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, AuthError) and r.permanent for r in results)
+        assert {r.status for r in results if isinstance(r, AuthError)} == {status}
+        for _ in range(5):
+            clock.advance(1)
+            with pytest.raises(AuthError):
+                await mgr.get()
+    assert server.token_requests == 1 and clock.sleeps == []
+
+
 # -- cancellation and lifecycle ----------------------------------------------------------------
 
 
@@ -458,6 +581,8 @@ def test_config_errors_name_the_field() -> None:
         ({"skew": -1}, "skew"),
         ({"fetch_timeout": 0}, "fetch_timeout"),
         ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"max_fetch_time": 0}, "max_fetch_time"),
         ({"min_interval": math.nan}, "min_interval"),
     ]:
         with pytest.raises(ConfigError) as info:

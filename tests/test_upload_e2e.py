@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
+from cli_helpers import run_cli
+from recording import assert_delivered_once, record_sink, serve
 
 from asyncsync import (
     AuthError,
@@ -29,6 +35,10 @@ def oauth(sink: Sink) -> OAuth2ClientCredentials:
     return OAuth2ClientCredentials(sink.token_url, "asyncsync-demo", "demo-secret")
 
 
+def file_records(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
 def dead_letters(path: Path) -> list[dict[str, object]]:
     if not path.exists():
         return []
@@ -41,7 +51,9 @@ async def test_50k_records_exactly_once_with_one_token(
     """50 k records, 32 workers: every record arrives once, one token request, no dead letters."""
     source = make_jsonl(50_000)
     failed = tmp_path / "failed.jsonl"
-    async with Sink(SinkConfig(keep_records=False)) as sink:
+    sink = Sink(SinkConfig(keep_records=False))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -56,6 +68,9 @@ async def test_50k_records_exactly_once_with_one_token(
     assert stats["records"] == 50_000 and stats["duplicates"] == 0
     assert stats["token_requests"] == 1 and stats["max_concurrent_ingest"] <= 32
     assert not failed.exists() or failed.read_bytes() == b""
+    # identities, not counts: each record in exactly one request, and that request a 200
+    assert all(r.ok for r in received) and len(received) == 250 + 1  # + the token request
+    assert_delivered_once(received, file_records(source))
 
 
 async def test_short_token_lifetime_refreshes_only_on_expiry(
@@ -63,7 +78,9 @@ async def test_short_token_lifetime_refreshes_only_on_expiry(
 ) -> None:
     """TTL 1 s over a ~3 s run: about one token per lifetime, never two at once."""
     source = make_jsonl(3_000)
-    async with Sink(SinkConfig(token_ttl=1.0, latency=0.02)) as sink:
+    sink = Sink(SinkConfig(token_ttl=1.0, latency=0.02))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -81,6 +98,8 @@ async def test_short_token_lifetime_refreshes_only_on_expiry(
     assert stats["max_concurrent_token_requests"] == 1
     # a request delayed past the 0.25 s margin on a loaded machine may still meet expiry
     assert stats["unauthorized"].get("expired", 0) <= 2
+    # each record acknowledged once; a batch re-sent after such a 401 kept its key
+    assert_delivered_once(received, file_records(source))
 
 
 async def test_revoke_all_mid_run_costs_one_token_request(
@@ -88,7 +107,9 @@ async def test_revoke_all_mid_run_costs_one_token_request(
 ) -> None:
     """Every token revoked mid-run: the 401 storm of 16 workers makes exactly one new fetch."""
     source = make_jsonl(20_000)
-    async with Sink(SinkConfig(revoke_all_after=30, keep_records=False)) as sink:
+    sink = Sink(SinkConfig(revoke_all_after=30, keep_records=False))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -101,6 +122,11 @@ async def test_revoke_all_mid_run_costs_one_token_request(
     assert summary.records_sent == 20_000 and summary.records_failed == 0
     assert stats["token_requests"] == 2 and summary.auth_requests == 2
     assert stats["records"] == 20_000
+    # each record acknowledged once; the batches refused with 401 went out again under
+    # their own key (with the new token)
+    assert_delivered_once(received, file_records(source))
+    refused = [r for r in received if r.path == "/ingest" and r.status == 401]
+    assert refused and {r.key for r in refused} <= {r.key for r in received if r.ok}
 
 
 async def test_retry_after_pauses_all_workers(
@@ -124,6 +150,65 @@ async def test_retry_after_pauses_all_workers(
     # only requests already in flight when the first 429 went out may land in a window
     assert stats["inside_window_arrivals"] <= 16 * stats["windows_opened"]
     assert summary.retries_by_status.get("429", 0) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["seconds", "date"])
+async def test_cli_retry_after_pauses_every_worker(
+    make_jsonl: Callable[..., Path], tmp_path: Path, form: str
+) -> None:
+    """The CLI, 8 workers, against a loopback server that answers one request 429 with
+    ``Retry-After: 2`` (or an HTTP date about 2 s ahead) and 200 to everything else, even
+    inside the pause: until the pause ends no request arrives but those the other 7 workers
+    had in flight when the 429 went out; then the run goes on and delivers everything."""
+    concurrency = 8
+    source = make_jsonl(500)
+    throttle: dict[str, float] = {}
+    count = 0
+
+    async def ingest(request: web.Request) -> web.Response:
+        nonlocal count
+        count += 1
+        if count == 25:  # the run is well under way: every worker is busy
+            if form == "seconds":
+                value, seconds = "2", 2.0
+            else:  # whole seconds only: the date is 1-2 s ahead
+                target = math.floor(time.time() + 2)
+                value, seconds = formatdate(target, usegmt=True), target - time.time()
+            now = time.monotonic()
+            throttle.update(at=now, end=now + seconds)
+            return web.json_response(
+                {"error": "slow down"}, status=429, headers={"Retry-After": value}
+            )
+        await asyncio.sleep(0.02)  # requests spend a moment in flight
+        return web.json_response({"ok": True})
+
+    async with serve({"/ingest": ingest}) as server:
+        result = await run_cli(
+            "upload", str(source), "--url", server.url("/ingest"), "--auth", "none",
+            "--concurrency", str(concurrency), "--batch-size", "5", "--max-attempts", "3",
+            "--failed", str(tmp_path / "failed.jsonl"), "--summary-json", str(tmp_path / "s.json"),
+            "-q", cwd=tmp_path,
+        )  # fmt: skip
+    assert result.code == 0, result.err
+    summary = orjson.loads((tmp_path / "s.json").read_bytes())
+    assert summary["records_sent"] == 500 and summary["retries_by_status"] == {"429": 1}
+    requests = server.at("/ingest")
+    assert_delivered_once(requests, file_records(source))
+    [throttled] = [r for r in requests if r.status == 429]
+    at, end = throttle["at"], throttle["end"]
+    margin = 0.05  # the client reads its clocks a little after the server read them
+    inside = [r for r in requests if at < r.arrived < end - margin]
+    n_inside = len(inside)
+    # only requests other workers had in flight when the 429 went out may land in the pause
+    assert n_inside <= concurrency - 1, f"{n_inside} requests inside a {end - at:.2f} s pause"
+    assert throttled.key not in {r.key for r in inside}
+    retry = [r for r in requests if r.key == throttled.key and r is not throttled]
+    assert len(retry) == 1 and retry[0].ok
+    # the pause ends, and not much later than announced (1.5 s of slack: a busy 2-core box)
+    assert end - margin <= retry[0].arrived <= end + 1.5
+    after = [r.arrived for r in requests if r.arrived >= end - margin and r.key != throttled.key]
+    assert after and min(after) <= end + 1.5
 
 
 async def test_faults_lose_nothing_and_retries_keep_their_key(
@@ -182,7 +267,9 @@ async def test_rejected_batches_are_dead_lettered_complete(
 async def test_413_splits_batches(make_jsonl: Callable[..., Path], tmp_path: Path) -> None:
     """The server takes at most ~2 KB bodies: batches split until they fit; nothing lost."""
     source = make_jsonl(500)
-    async with Sink(SinkConfig(max_body_bytes=2_000, require_auth=False)) as sink:
+    sink = Sink(SinkConfig(max_body_bytes=2_000, require_auth=False))
+    received = record_sink(sink)
+    async with sink:
         summary = await upload(
             source,
             sink.ingest_url,
@@ -192,6 +279,9 @@ async def test_413_splits_batches(make_jsonl: Callable[..., Path], tmp_path: Pat
         stats = sink.stats()
     assert summary.records_sent == 500 and summary.records_failed == 0
     assert stats["too_large"] > 0 and stats["records"] == 500
+    # each record acknowledged once, in one part; only a 413'd request's records go out again
+    assert any(r.status == 413 for r in received)
+    assert_delivered_once(received, file_records(source))
 
 
 async def test_malformed_lines_are_dead_lettered_with_line_numbers(tmp_path: Path) -> None:
@@ -233,18 +323,36 @@ async def test_body_formats_decode_at_server(
     assert ("gzip" in stats["encodings"]) == gzip
 
 
-async def test_wrapped_body(make_jsonl: Callable[..., Path], tmp_path: Path) -> None:
-    """--wrap KEY sends {"KEY": [...]}."""
+@pytest.mark.parametrize("via", ["library", pytest.param("cli", marks=pytest.mark.slow)])
+async def test_wrapped_body(make_jsonl: Callable[..., Path], tmp_path: Path, via: str) -> None:
+    """--wrap KEY sends {"KEY": [...]}: one key, that key, and the list is exactly the batch's
+    records (the lines its Idempotency-Key names), byte for byte as objects."""
     source = make_jsonl(100)
-    async with Sink(SinkConfig()) as sink:
-        await upload(
-            source,
-            sink.ingest_url,
-            auth=oauth(sink),
-            body=BodyOptions(wrap="records"),
-            state=StateOptions(failed=tmp_path / "f.jsonl"),
-        )
-        assert len(sink.records()) == 100
+    sent = file_records(source)
+    async with serve() as server:
+        url = server.url("/ingest")
+        if via == "library":
+            summary = await upload(
+                source, url, body=BodyOptions(wrap="items"), limits=BatchLimits(max_records=30),
+                state=StateOptions(failed=tmp_path / "f.jsonl"),
+            )  # fmt: skip
+            assert summary.records_sent == 100
+        else:
+            result = await run_cli(
+                "upload", str(source), "--url", url, "--auth", "none", "--wrap", "items",
+                "--batch-size", "30", "--failed", str(tmp_path / "f.jsonl"), "-q", cwd=tmp_path,
+            )  # fmt: skip
+            assert result.code == 0, result.err
+    requests = server.at("/ingest")
+    assert len(requests) == 4  # 30 + 30 + 30 + 10
+    for r in requests:
+        assert r.headers["Content-Type"].startswith("application/json")
+        body = orjson.loads(r.body)
+        assert isinstance(body, dict) and list(body) == ["items"], r.body[:100]
+        assert r.key is not None
+        first, last = (int(n) for n in r.key.rsplit("-", 2)[1:])
+        assert body["items"] == sent[first - 1 : last]
+    assert_delivered_once(requests, sent)
 
 
 async def test_iterables_of_dicts_and_bytes(tmp_path: Path) -> None:

@@ -70,11 +70,17 @@ logger = logging.getLogger("asyncsync.token")
 DEFAULT_SKEW: Final = 300.0
 DEFAULT_FETCH_TIMEOUT: Final = 30.0
 DEFAULT_MIN_INTERVAL: Final = 1.0
-DEFAULT_MAX_ATTEMPTS: Final = 5
-DEFAULT_MAX_FETCH_TIME: Final = 60.0
+#: No cap on the number of requests of one fetch: it is bounded by time (``max_fetch_time``).
+DEFAULT_MAX_ATTEMPTS: Final[int | None] = None
+#: Seconds one fetch keeps retrying transient failures (5xx, 408, 429, timeouts, connection
+#: errors) before it fails with an AuthError (exit 3): rides out an auth outage of a minute
+#: or two. The CLI's ``--auth-retry-time``.
+DEFAULT_MAX_FETCH_TIME: Final = 120.0
 DEFAULT_BACKOFF_INITIAL: Final = 0.5
-DEFAULT_BACKOFF_MAX: Final = 30.0
+DEFAULT_BACKOFF_MAX: Final = 10.0
 DEFAULT_FAILURE_COOLDOWN: Final = 30.0
+#: A wait cut to the fetch's deadline may end a float ulp short of it: that is the deadline.
+_DEADLINE_SLACK: Final = 1e-3
 #: Cap on the pause between two failed *proactive* refreshes (it doubles from the cooldown).
 PROACTIVE_BACKOFF_MAX: Final = 600.0
 
@@ -240,12 +246,17 @@ class TokenManager:
     current token first when ``revoke_on_close`` is set. See the module docstring for the
     timeline and the invariants.
 
-    Retries of one fetch: transient failures (connection errors, timeouts, 408, 429, 5xx)
-    wait :class:`~asyncsync._retry.Backoff` ``uniform(0, min(backoff_max, backoff_initial *
-    2 ** (n - 1)))`` after attempt ``n``, or the server's ``Retry-After``; the fetch gives up
-    after ``max_attempts`` requests or when the next wait would pass ``max_fetch_time``
-    seconds since its first request (a :class:`~asyncsync._retry.Budget`). Each request is
-    bounded by ``fetch_timeout``.
+    Retries of one fetch are bounded by time, not by count: transient failures (connection
+    errors, timeouts, 408, 429, 5xx) wait :class:`~asyncsync._retry.Backoff` ``uniform(0,
+    min(backoff_max, backoff_initial * 2 ** (n - 1)))`` after attempt ``n`` (full jitter,
+    capped at 10 s by default), or the server's ``Retry-After``, and are retried until
+    ``max_fetch_time`` seconds (default 120) have passed since the fetch's first request (a
+    :class:`~asyncsync._retry.Budget`): the last wait is cut short so that one request goes
+    out at the deadline, and a ``Retry-After`` beyond the deadline ends the fetch at once.
+    ``max_attempts`` (default None: no cap) also bounds the number of requests. Each request
+    is bounded by ``fetch_timeout``, so one fetch lasts at most about ``max_fetch_time +
+    fetch_timeout`` (a shared token store's lock is sized from that). Bad credentials (400
+    ``invalid_client`` / ``invalid_grant``, 401, 403...) are never retried.
 
     ``transport``: the :class:`~asyncsync._http.Transport` token and revocation requests go
     through (the uploader passes its own); None: the manager opens one when it first needs
@@ -300,7 +311,7 @@ class TokenManager:
         transport: Transport | None = None,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
         min_interval: float = DEFAULT_MIN_INTERVAL,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         max_fetch_time: float = DEFAULT_MAX_FETCH_TIME,
         backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
@@ -323,9 +334,12 @@ class TokenManager:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}", field=name)
             if value == 0 and not allow_zero:
                 raise ConfigError(f"{name} must be > 0, got {value!r}", field=name)
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if max_attempts is not None and (
+            not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
+        ):
             raise ConfigError(
-                f"max_attempts must be an int >= 1, got {max_attempts!r}", field="max_attempts"
+                f"max_attempts must be None or an int >= 1, got {max_attempts!r}",
+                field="max_attempts",
             )
         self._provider = provider
         self._transport = transport
@@ -383,6 +397,13 @@ class TokenManager:
     def endpoint(self) -> str | None:
         """The provider's endpoint, for messages."""
         return getattr(self._provider, "endpoint", None)
+
+    @property
+    def max_fetch_time(self) -> float:
+        """Seconds one fetch keeps retrying transient failures (``--auth-retry-time``)."""
+        seconds = self._budget.seconds
+        assert seconds is not None  # always set here: the budget is time
+        return seconds
 
     @property
     def current(self) -> Token | None:
@@ -708,16 +729,28 @@ class TokenManager:
             try:
                 return await self._attempt(transport)
             except TransientAuthError as error:
-                wait = error.retry_after
-                if wait is None:
-                    wait = self._backoff.delay(attempts)
-                if not budget.allows(attempts, self._clock() - started, wait):
+                elapsed = self._clock() - started
+                left = budget.left(elapsed)
+                server_wait = error.retry_after
+                # The budget is time (attempts only when max_attempts is set). Give up when it
+                # is spent (a millisecond of slack: a wait cut to the deadline may land a
+                # float ulp short of it), or when the server asks for a pause past the
+                # deadline: sleeping only to give up would waste the caller's time.
+                if (
+                    budget.exhausted(attempts, elapsed)
+                    or left <= _DEADLINE_SLACK
+                    or (server_wait is not None and server_wait > left)
+                ):
                     raise AuthError(
-                        f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''})",
+                        f"{error} (gave up after {attempts} attempt{'s' if attempts != 1 else ''}"
+                        f" in {elapsed:.0f}s)",
                         endpoint=error.endpoint,
                         status=error.status,
                         permanent=False,
                     ) from error
+                # the last wait is cut short: one more request goes out at the deadline
+                wait = server_wait if server_wait is not None else self._backoff.delay(attempts)
+                wait = min(wait, left)
                 logger.debug(
                     "token request attempt %d failed (%s); retrying in %.2fs",
                     attempts,

@@ -60,7 +60,7 @@ from .._atomic import atomic_write
 from .._exceptions import AsyncSyncError, ConfigError
 from .._http import display_url
 from .._retry import Backoff
-from ._manager import DEFAULT_FETCH_TIMEOUT, TokenStore
+from ._manager import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCH_TIME, TokenStore
 
 if sys.platform != "win32":
     import fcntl
@@ -75,16 +75,33 @@ __all__ = [
     "TokenStoreError",
     "TokenStoreLockTimeout",
     "TokenStoreUnavailable",
+    "lock_span",
     "open_token_store",
     "store_key",
 ]
 
 logger = logging.getLogger("asyncsync.store")
 
-#: Redis lease: longer than the manager's default fetch timeout (30 s); renewed while held.
-DEFAULT_LEASE: Final = 60.0
-#: File lock wait bound: two default fetch timeouts (a live holder finishes within that).
-DEFAULT_FILE_WAIT: Final = 2 * DEFAULT_FETCH_TIMEOUT
+
+def lock_span(fetch_timeout: float, retry_time: float) -> float:
+    """How long a live process may hold a store's lock: its whole fetch, retries included.
+
+    A fetch retries a failing token endpoint for up to ``retry_time`` seconds (the manager's
+    ``max_fetch_time``, ``--auth-retry-time``), then sends one last request bounded by
+    ``fetch_timeout``; one more ``fetch_timeout`` covers the store's load and save around it.
+    A lock shorter than that lets a second process fetch during an outage, doubling the load
+    on a token endpoint that is already failing.
+    """
+    return retry_time + 2 * fetch_timeout
+
+
+#: Redis lease and file lock wait with the manager's defaults (30 s requests, 120 s of
+#: retries): longer than its worst fetch. The Redis lease is also renewed while held.
+DEFAULT_LEASE: Final = lock_span(DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCH_TIME)
+DEFAULT_FILE_WAIT: Final = DEFAULT_LEASE
+#: The shortest lease :func:`open_token_store` gives (short --timeout and --auth-retry-time):
+#: a lease renewed every third of it must not run out between two renewals on a busy host.
+MIN_LEASE: Final = 60.0
 #: Redis connect and per-command socket timeouts: an unreachable store must cost little.
 DEFAULT_CONNECT_TIMEOUT: Final = 1.5
 DEFAULT_SOCKET_TIMEOUT: Final = 2.0
@@ -322,6 +339,10 @@ class FileTokenStore:
     def key(self) -> str:
         return self._key
 
+    @property
+    def wait_timeout(self) -> float:
+        return self._wait_timeout
+
     def __repr__(self) -> str:
         return f"FileTokenStore(path={str(self.path)!r}, key={self._key!r})"
 
@@ -555,6 +576,10 @@ class RedisTokenStore:
     def lease(self) -> float:
         return self._lease
 
+    @property
+    def wait_timeout(self) -> float:
+        return self._wait_timeout
+
     def __repr__(self) -> str:
         return f"RedisTokenStore(url={self._where!r}, key={self._key!r}, lease={self._lease:g})"
 
@@ -774,15 +799,22 @@ def open_token_store(
     client_id: str | None,
     scope: str | None = None,
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+    auth_retry_time: float = DEFAULT_MAX_FETCH_TIME,
 ) -> TokenStore:
     """The store ``--token-store`` names, keyed by :func:`store_key` of the credentials
     (``endpoint``: the token URL; ``client_id``: the client, or a login's user name).
 
-    ``file:PATH`` gives a :class:`FileTokenStore` that waits up to ``2 * fetch_timeout`` for
-    its lock; ``redis://HOST:PORT/DB`` or ``rediss://...`` a :class:`RedisTokenStore` whose
-    lease is ``max(60, 2 * fetch_timeout)`` seconds. Anything else is a ConfigError.
+    ``fetch_timeout`` and ``auth_retry_time`` are the manager's (``fetch_timeout`` and
+    ``max_fetch_time``): a lock is held for a whole fetch, so both locks last longer than
+    the worst one, ``span = max(60, auth_retry_time + 2 * fetch_timeout)`` seconds
+    (:func:`lock_span`). ``file:PATH`` gives a :class:`FileTokenStore` that waits up to
+    ``span`` for its lock; ``redis://HOST:PORT/DB`` or ``rediss://...`` a
+    :class:`RedisTokenStore` whose lease is ``span`` (its waiters wait one lease plus one
+    request). Anything else is a ConfigError.
     """
     fetch_timeout = _check_seconds("fetch_timeout", fetch_timeout)
+    auth_retry_time = _check_seconds("auth_retry_time", auth_retry_time)
+    span = max(MIN_LEASE, lock_span(fetch_timeout, auth_retry_time))
     key = store_key(endpoint, client_id, scope=scope)
     text = spec.strip() if isinstance(spec, str) else ""
     if text.startswith("file:"):
@@ -792,9 +824,9 @@ def open_token_store(
                 f"--token-store: file: needs a path; expected {_ALLOWED_FORMS}",
                 field="token_store",
             )
-        return FileTokenStore(path, key, wait_timeout=2 * fetch_timeout)
+        return FileTokenStore(path, key, wait_timeout=span)
     if text.startswith(("redis://", "rediss://")):
-        return RedisTokenStore(text, key, lease=max(DEFAULT_LEASE, 2 * fetch_timeout))
+        return RedisTokenStore(text, key, lease=span, wait_timeout=span + fetch_timeout)
     shown = display_url(text) if "@" in text else text[:200]
     raise ConfigError(
         f"--token-store: expected {_ALLOWED_FORMS}, got {shown!r}", field="token_store"

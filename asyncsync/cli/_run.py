@@ -42,6 +42,7 @@ __all__ = [
     "open_uploader",
     "run_async",
     "run_plan",
+    "token_fetch_timeout",
 ]
 
 T = TypeVar("T")
@@ -114,6 +115,14 @@ def client_identity(settings: Settings, env: Mapping[str, str] | None = None) ->
     return "login:" + _TEMPLATE_VAR.sub(expand, settings.login_body)
 
 
+def token_fetch_timeout(settings: Settings) -> float:
+    """The bound on one token request: --timeout bounds token requests too (a hung token
+    endpoint ends in exit 3), at most the token manager's default of 30 s."""
+    from ..auth._manager import DEFAULT_FETCH_TIMEOUT
+
+    return min(settings.timeout, DEFAULT_FETCH_TIMEOUT)
+
+
 def open_run_token_store(settings: Settings) -> TokenStore | None:
     """The store ``--token-store`` names, for this run's credentials; None without one.
 
@@ -124,7 +133,6 @@ def open_run_token_store(settings: Settings) -> TokenStore | None:
     spec = settings.token_store
     if spec is None:
         return None
-    from ..auth._manager import DEFAULT_FETCH_TIMEOUT
     from ..auth._stores import open_token_store
 
     if settings.auth not in ("oauth2", "login") or settings.token_url is None:
@@ -136,7 +144,10 @@ def open_run_token_store(settings: Settings) -> TokenStore | None:
         endpoint=settings.token_url,
         client_id=client_identity(settings),
         scope=settings.scope,
-        fetch_timeout=DEFAULT_FETCH_TIMEOUT,
+        # the store's lock is held for a whole fetch, retries included: sized from the
+        # same two bounds the run's TokenManager gets (open_tokens)
+        fetch_timeout=token_fetch_timeout(settings),
+        auth_retry_time=settings.auth_retry_time,
     )
 
 
@@ -204,8 +215,9 @@ async def open_tokens(
             # revoke once at the end (RFC 7009), unless other processes share the token
             revoke_on_close=settings.revoke_url is not None and store is None,
             transport=transport,
-            # --timeout bounds token requests too (a hung token endpoint, exit 3)
-            fetch_timeout=min(settings.timeout, 30.0),
+            fetch_timeout=token_fetch_timeout(settings),
+            # a token endpoint down (5xx, 429, timeouts) is retried for this long, then exit 3
+            max_fetch_time=settings.auth_retry_time,
         )
         try:
             yield tokens

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from .._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from .._exceptions import ConfigError
 from .._paths import STDIN_FAILED, default_state_paths
+from ..auth._manager import DEFAULT_MAX_FETCH_TIME
 
 __all__ = [
     "DEFAULT_LOGIN_BODY",
@@ -411,6 +412,15 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "auth-retry-time",
+        _float(0, inclusive=False),
+        DEFAULT_MAX_FETCH_TIME,
+        "seconds to keep retrying a token endpoint that fails transiently (5xx, 429, "
+        f"timeouts) before giving up with exit 3 (default {DEFAULT_MAX_FETCH_TIME:g})",
+        _AUTH,
+        "SECONDS",
+    ),
+    Option(
         "revoke-url",
         _url,
         None,
@@ -684,6 +694,7 @@ class Settings:
     token: Secret | None = None
     login_secrets: tuple[Secret, ...] = ()  # env values the login template puts in the body
     token_skew: float = 300.0
+    auth_retry_time: float = DEFAULT_MAX_FETCH_TIME  # the TokenManager's max_fetch_time
     revoke_url: str | None = None
     batch_size: int = DEFAULT_LIMITS.max_records
     max_batch_bytes: int = DEFAULT_LIMITS.max_bytes
