@@ -220,6 +220,72 @@ async def test_413_splits_until_single_records(
     assert sizes == [5, 2, 3, 1, 2]  # 5 -> 2 + 3, 3 -> 1 + 2
 
 
+async def test_counts_requests_as_batches_plus_retries(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Counted when sent: the first request of a key is a batch, each later one a retry by
+    the answer before it (a transport error is ``error``); a 413'd batch is one batch, its
+    parts are batches of their own and every request for them is a split request."""
+    answers = iter([503, 429, 413])  # then 200 for the parts, a 500 once for the first part
+    part_errors = 1
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal part_errors
+        status = next(answers, None)
+        if status is None and part_errors:
+            part_errors -= 1
+            status = 500
+        return web.Response(status=status or 200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(4))
+    assert [r.delivered for r in results] == [True, True]
+    # key 1-4: 503, 429, 413 (3 requests); part 1-2: 500, 200; part 3-4: 200
+    assert counters.requests == 6 == counters.batches + counters.retries
+    assert counters.batches == 3 and counters.retries == 3
+    assert counters.retries_by_status == {"503": 1, "429": 1, "500": 1}
+    assert counters.split_requests == 3 <= counters.requests
+
+
+async def test_401_resend_and_transport_error_are_counted_retries(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A re-send after a 401 spends no attempt but is a retry (reason ``401``); a dropped
+    connection is a retry with reason ``error``."""
+    issued: list[str] = []
+    calls = 0
+
+    async def fetch() -> TokenResponse:
+        issued.append(f"token-{len(issued)}")
+        return TokenResponse(access_token=issued[-1], expires_in=3600)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            assert request.transport is not None
+            request.transport.close()  # no answer at all
+            return web.Response(status=200)
+        ok = request.headers["Authorization"] == "Bearer token-1"
+        return web.Response(status=200 if ok else 401)
+
+    from asyncsync.auth._providers import CallableProvider
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch))
+    sender, counters, session = await make_sender(url, tokens=tokens)
+    async with session:
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert result.delivered and result.attempts == 2  # the error spent one, the 401 none
+    assert counters.requests == 3 == counters.batches + counters.retries
+    assert counters.batches == 1
+    assert counters.retries_by_status == {"error": 1, "401": 1}
+    assert counters.split_requests == 0
+
+
 async def test_single_record_413_is_dead(serve: Callable[[Handler], Awaitable[str]]) -> None:
     """A record that is too large on its own is dead-lettered, not split forever."""
 
