@@ -22,6 +22,8 @@ from cli_helpers import clean_env, command, run_cli
 
 from asyncsync.sink import STATE, Sink, SinkConfig
 
+pytestmark = pytest.mark.slow  # every test here runs the CLI or the sink as a subprocess
+
 REPO = Path(__file__).resolve().parent.parent
 CLIENT_ID = "asyncsync-demo"
 CLIENT_SECRET = "demo-secret-for-cli-tests"

@@ -57,6 +57,7 @@ def test_readme_has_examples() -> None:
     assert len(blocks("python")) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_console_examples_run(tmp_path: Path) -> None:
     """Each `$` line of the README's console blocks exits as the README says."""
@@ -82,6 +83,7 @@ async def test_console_examples_run(tmp_path: Path) -> None:
     assert stats["token_requests"] >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_examples_run(index: int, tmp_path: Path) -> None:
     """Each python block of the README runs to completion (its own asserts included)."""

@@ -111,6 +111,7 @@ async def end_outage(sink: Sink, after: float) -> None:
     sink.set_faults(auth_outage_requests=0)
 
 
+@pytest.mark.slow
 async def test_cli_rides_out_a_3s_auth_outage(
     make_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -139,6 +140,7 @@ async def test_cli_rides_out_a_3s_auth_outage(
     assert summary["requests"] == summary["batches"] + summary["retries"]
 
 
+@pytest.mark.slow
 async def test_cli_gives_up_after_auth_retry_time(
     make_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -158,6 +160,7 @@ async def test_cli_gives_up_after_auth_retry_time(
     assert set(stats["token_statuses"]) == {"503"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["wrong-secret", "unknown-client"])
 async def test_cli_bad_credentials_exit_3_with_at_most_3_token_requests(
     make_jsonl: Callable[..., Path], tmp_path: Path, how: str
@@ -198,6 +201,7 @@ def fatten(path: Path, every: int, padding: int) -> int:
     return fat
 
 
+@pytest.mark.slow
 async def test_requests_equal_batches_plus_retries_end_to_end(
     make_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 try:
     from tests.test_kill_resume import BATCH, Job, run_sink, write_records
 except ImportError:  # tests/ is not a package: pytest put it on sys.path itself
     from test_kill_resume import BATCH, Job, run_sink, write_records  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.slow  # every test here runs the CLI or the sink as a subprocess
 
 POISONED = {7, 1_234, 1_250, 3_999}  # three batches of 100 hold them
 

@@ -7,7 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from asyncsync.sink import Sink, SinkConfig
+
+pytestmark = pytest.mark.slow  # every test here runs the CLI or the sink as a subprocess
 
 
 async def test_token_revoked_once_at_the_end(tmp_path: Path) -> None:

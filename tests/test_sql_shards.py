@@ -107,6 +107,7 @@ async def test_plan_key_ranges_postgres(postgres_url: str) -> None:
         await conn.close()
 
 
+@pytest.mark.slow
 async def test_cli_shards_deliver_every_row_once(tmp_path: Path) -> None:
     db = make_db(tmp_path / "x.db")
     async with Sink(SinkConfig(require_auth=False)) as sink:
@@ -128,6 +129,7 @@ async def test_cli_shards_deliver_every_row_once(tmp_path: Path) -> None:
     assert len(fingerprints) == 3
 
 
+@pytest.mark.slow
 async def test_cli_processes_with_db(tmp_path: Path) -> None:
     db = make_db(tmp_path / "x.db")
     async with Sink(SinkConfig(require_auth=False)) as sink:
@@ -147,6 +149,7 @@ async def test_cli_processes_with_db(tmp_path: Path) -> None:
     assert len(set(summary["job_id"].split(","))) == 2
 
 
+@pytest.mark.slow
 async def test_cli_shard_beyond_the_ranges_sends_nothing(tmp_path: Path) -> None:
     db = make_db(tmp_path / "x.db", rows=1)  # one row: one key range, shards 1 and 2 are empty
     async with Sink(SinkConfig(require_auth=False)) as sink:
