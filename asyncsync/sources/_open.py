@@ -54,8 +54,9 @@ def open_source(
     ``"-"`` is JSON Lines on stdin; a path is chosen by extension (``kind`` = ``"jsonl"``,
     ``"csv"`` or ``"parquet"`` overrides it), a compressed one (``.gz``, ``.zst``: by suffix and
     magic bytes) by the extension before the compression's; a :class:`Source` is returned as
-    it is; any other iterable or async iterable becomes an :class:`IterableSource`. ``start_offset``/``start_line`` and
-    ``stop_offset`` read a file's byte range (a resume point, a shard).
+    it is; any other iterable or async iterable becomes an :class:`IterableSource`.
+    ``start_offset``/``start_line`` and ``stop_offset`` read a file's byte range (a resume
+    point, a shard); for Parquet, a range of row groups.
     """
     if isinstance(spec, Source):
         return spec

@@ -199,7 +199,9 @@ class ParquetSource(SourceBase):
             meta = pq.read_metadata(self.path)
             schema = pq.read_schema(self.path)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise SourceError(f"{self.path}: not a readable Parquet file: {exc}", path=self.path)
+            raise SourceError(
+                f"{self.path}: not a readable Parquet file: {exc}", path=self.path
+            ) from None
         _check_schema(self.path, schema)
         self.schema = schema
         groups = meta.num_row_groups
@@ -271,7 +273,9 @@ class ParquetSource(SourceBase):
                 for i, is_map in enumerate(maps):
                     if is_map:
                         columns[i] = [_maps_to_dicts(v, types[i]) for v in columns[i]]
-                rows = [dict(zip(names, values, strict=True)) for values in zip(*columns)]
+                rows = [
+                    dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)
+                ]
                 block = self._encode(rows, first, dumps)
                 block.bytes_read = int(n * per_row)
                 yield block
