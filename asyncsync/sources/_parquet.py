@@ -53,7 +53,6 @@ from .._records import RecordBlock, Rejected
 from ..checkpoint._state import Fingerprint, SettingValue
 from ._protocol import Source, SourceBase
 from ._reading import _check_path, _read_ahead, _Worker, file_fingerprint
-from ._shards import Shard
 
 __all__ = ["ParquetSource", "plan_row_group_shards"]
 
@@ -318,9 +317,9 @@ class ParquetSource(SourceBase):
             worker.close()
 
 
-def plan_row_group_shards(path: str, n: int) -> list[Shard]:
-    """``n`` shards of whole row groups, contiguous, balanced by rows. A shard's ``start`` and
-    ``stop`` are row-group indexes, ``first_line`` the number of its first row."""
+def plan_row_group_shards(path: str, n: int) -> list[tuple[int, int, int]]:
+    """``n`` shards of whole row groups, contiguous, balanced by rows: each
+    ``(start group, stop group, number of its first row)``."""
     src = ParquetSource(path)
     total = sum(src.group_rows)
     cum = src.group_first  # group_first[g] - 1 rows before group g
@@ -333,7 +332,4 @@ def plan_row_group_shards(path: str, n: int) -> list[Shard]:
             g -= 1
         cuts.append(max(cuts[-1], min(g, len(src.group_rows))))
     stops = [*cuts[1:], len(src.group_rows)]
-    return [
-        Shard(i, start, stop, cum[start], n)
-        for i, (start, stop) in enumerate(zip(cuts, stops, strict=True))
-    ]
+    return [(start, stop, cum[start]) for start, stop in zip(cuts, stops, strict=True)]

@@ -137,7 +137,9 @@ def plan_shards(
     if kind == "parquet":
         from ._parquet import plan_row_group_shards
 
-        return plan_row_group_shards(name, n)
+        # a shard is a range of row groups; first_line is the number of its first row
+        groups = plan_row_group_shards(name, n)
+        return [Shard(i, a, b, row, n) for i, (a, b, row) in enumerate(groups)]
     if kind not in ("jsonl", "csv"):
         raise ConfigError(f"kind must be 'jsonl' or 'csv', got {kind!r}", field="kind")
     try:
