@@ -87,6 +87,12 @@ def postgres_url(asyncpg_driver: ModuleType) -> str:
 
 
 @pytest.fixture
+def mysql_url() -> str:
+    require_service("MariaDB", 3306)
+    return os.environ.get("ASYNCSYNC_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture
 def redis_url() -> str:
     require_service("Redis", 6379)
     return os.environ.get("ASYNCSYNC_TEST_REDIS", "redis://127.0.0.1:6379/15")

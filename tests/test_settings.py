@@ -274,7 +274,7 @@ BAD_VALUES = [
     ("--token-store", "memcached://x", "token_store"),
     ("--processes", "0", "processes"),
     ("--shard", "4/4", "shard"),
-    ("--db", "mysql://x/y", "db"),
+    ("--db", "oracle://x/y", "db"),
 ]
 
 

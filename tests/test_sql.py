@@ -646,7 +646,7 @@ def assert_secret_free(exc: BaseException) -> None:
 
 
 async def test_bad_url_scheme() -> None:
-    for url in (f"mysql://me:{SECRET}@127.0.0.1/db", "nonsense", f"redis://u:{SECRET}@h/0"):
+    for url in (f"oracle://me:{SECRET}@127.0.0.1/db", "nonsense", f"redis://u:{SECRET}@h/0"):
         with pytest.raises(SourceError, match="unsupported database URL") as info:
             open_sql_source(url, table="t", key="id")
         assert_secret_free(info.value)

@@ -268,9 +268,11 @@ def _db_url(raw: object) -> str:
     scheme = urlsplit(text).scheme
     if scheme == "sqlite" and text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
         return text
-    if scheme in ("postgresql", "postgres") and urlsplit(text).hostname:
+    if scheme in ("postgresql", "postgres", "mysql", "mariadb") and urlsplit(text).hostname:
         return text
-    raise ValueError(f"expected sqlite:///PATH or postgresql://HOST/DB, got {_got(raw)}")
+    raise ValueError(
+        f"expected sqlite:///PATH, postgresql://HOST/DB or mysql://HOST/DB, got {_got(raw)}"
+    )
 
 
 def parse_header(raw: object) -> tuple[str, str]:
@@ -580,7 +582,7 @@ OPTIONS: tuple[Option, ...] = (
         "db",
         _db_url,
         None,
-        "read rows from a database: sqlite:///PATH or postgresql://...",
+        "read rows from a database: sqlite:///PATH, postgresql://... or mysql://...",
         _SCALE,
         "URL",
     ),

@@ -8,11 +8,12 @@ import csv
 import os
 from collections.abc import (
     AsyncIterator,
+    Callable,
     Iterator,
     Mapping,
 )
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -47,9 +48,12 @@ class _CsvReader:
     quoted fields contain newlines (a text-mode file cannot ``tell()`` while iterating).
     """
 
-    def __init__(self, src: CsvSource, worker: _Worker) -> None:
+    def __init__(
+        self, src: CsvSource, worker: _Worker, opener: Callable[[], IO[bytes]] | None = None
+    ) -> None:
         self.src = src
-        self.f = worker.own(open(src.path, "rb"))  # noqa: SIM115
+        # ``opener``: another binary stream of the file's bytes (a decompressed one)
+        self.f = worker.own(opener() if opener is not None else open(src.path, "rb"))  # noqa: SIM115
         # with start_offset 0, start_line renumbers the file's first line
         self.lines_read = (src.start_line or 1) - 1 if src.start_offset == 0 else 0
         self.offset = 0

@@ -148,6 +148,10 @@ class _LineParser:
         block.bytes_read = self.offset - start
         return block
 
+    def carried(self) -> bytes:
+        """The start of the line not finished yet (its first bytes, if it is over-long)."""
+        return self._preview if self._skipped is not None else b"".join(self._carry)
+
     def _too_long(self, line: int, size: int, preview: bytes) -> Rejected:
         return Rejected(
             raw=_raw_text(preview[:_RAW_LIMIT]) + ("…" if size > len(preview) else ""),

@@ -53,7 +53,8 @@ from itertools import islice
 from typing import IO, TYPE_CHECKING, Final
 
 from .._exceptions import ConfigError, SourceError
-from ._open import CSV_EXTENSIONS, JSONL_EXTENSIONS, open_source
+from ._compressed import compression_of
+from ._open import CSV_EXTENSIONS, JSONL_EXTENSIONS, PARQUET_EXTENSIONS, open_source
 from ._protocol import Source
 
 if TYPE_CHECKING:
@@ -95,13 +96,25 @@ def shard_label(index: int, count: int) -> str:
 
 
 def source_kind(path: str | os.PathLike[str]) -> str:
-    """``"jsonl"`` or ``"csv"`` from the extension, as :func:`open_source` decides."""
-    ext = os.path.splitext(os.fspath(path))[1].lower()
+    """``"jsonl"``, ``"csv"`` or ``"parquet"`` from the extension, as :func:`open_source`
+    decides. A compressed file cannot be cut into byte ranges: :class:`SourceError`."""
+    name = os.fspath(path)
+    compression = compression_of(name)
+    if compression is not None:
+        raise SourceError(
+            f"{name}: a {compression}-compressed file cannot be split into shards "
+            "(--shard/--processes cut a file by bytes, and a compressed stream cannot be "
+            "entered in the middle); upload it in one process, or decompress it first",
+            path=name,
+        )
+    ext = os.path.splitext(name)[1].lower()
     if ext in JSONL_EXTENSIONS:
         return "jsonl"
     if ext in CSV_EXTENSIONS:
         return "csv"
-    allowed = ", ".join((*JSONL_EXTENSIONS, *CSV_EXTENSIONS))
+    if ext in PARQUET_EXTENSIONS:
+        return "parquet"
+    allowed = ", ".join((*JSONL_EXTENSIONS, *CSV_EXTENSIONS, *PARQUET_EXTENSIONS))
     raise SourceError(
         f"{path}: unknown input format {ext or '(no extension)'!r}; use one of {allowed}",
         path=os.fspath(path),
@@ -121,6 +134,12 @@ def plan_shards(
         raise ConfigError(f"the number of shards must be an integer >= 1, got {n!r}", field="shard")
     name = os.fspath(path)
     kind = source_kind(name) if kind is None else kind
+    if kind == "parquet":
+        from ._parquet import plan_row_group_shards
+
+        # a shard is a range of row groups; first_line is the number of its first row
+        groups = plan_row_group_shards(name, n)
+        return [Shard(i, a, b, row, n) for i, (a, b, row) in enumerate(groups)]
     if kind not in ("jsonl", "csv"):
         raise ConfigError(f"kind must be 'jsonl' or 'csv', got {kind!r}", field="kind")
     try:

@@ -143,12 +143,14 @@ from ._encoding import (
     key_token,
 )
 from ._keyset import SqlSource, display_url
+from ._mysql import MysqlSource
 from ._postgres import PostgresSource
 from ._sqlite import SqliteSource
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "KeyToken",
+    "MysqlSource",
     "PostgresSource",
     "SqlBlock",
     "SqlSource",
@@ -198,9 +200,11 @@ def open_sql_source(
         return SqliteSource(db_url, **kwargs)
     if scheme in ("postgresql", "postgres"):
         return PostgresSource(db_url, **kwargs)
+    if scheme in ("mysql", "mariadb"):
+        return MysqlSource(db_url, **kwargs)
     shown = display_url(db_url) if scheme else "(no scheme)"
     raise SourceError(
         f"unsupported database URL {redact(shown)!r}: expected sqlite:///PATH or "
-        "postgresql://USER@HOST:PORT/DB",
+        "postgresql://USER@HOST:PORT/DB or mysql://USER@HOST:PORT/DB",
         path=redact(shown),
     )

@@ -1,0 +1,335 @@
+"""Parquet files (pyarrow, extra ``parquet``): one JSON object per row, streamed by row group.
+
+Rows are read one record batch at a time (``ParquetFile.iter_batches``), never the whole
+file: memory holds one batch of decoded rows (2048 by default) plus pyarrow's buffers for the
+row group being read. Each row becomes one JSON object with the schema's column names, its
+values encoded as the SQL sources encode theirs (:mod:`.sql._encoding`):
+
+==================================  ==========================================================
+Arrow / Parquet type                JSON
+==================================  ==========================================================
+null, bool, integers, floats        ``null``, ``true``/``false``, numbers (NaN, ±inf: ``null``)
+decimal128/256                      a string in plain notation, every digit kept: ``"10.50"``
+string, large_string                a string
+binary, large_binary, fixed binary  a base64 string
+date32/64                           ``"2026-11-28"``
+timestamp (no time zone)            ``"2026-11-28T12:00:00"`` (naive stays naive)
+timestamp with a time zone          ``"2026-11-28T12:00:00+00:00"`` (offset always written)
+time32/64                           ``"12:00:00"``, ``"12:00:00.500000"``
+duration                            an ISO-8601 duration: ``"PT1H30M"``
+list, large_list, fixed_size_list   a list, each element by these rules
+struct                              an object
+map with string keys                an object
+dictionary-encoded columns          as their value type
+==================================  ==========================================================
+
+Any other type (a map with non-string keys, unions, intervals, half floats, extension types,
+nanosecond timestamps that a microsecond value cannot hold) is a :class:`SourceError` naming
+the file and the column, raised by the constructor: before anything is sent.
+
+Positions are row numbers (1-based, in file order). A resume seeks to the row group holding
+the next row (the footer has every group's row count) and skips the rows before it within
+that group: at most one row group is read again. ``--shard K/N`` and ``--processes N`` split
+the file by row group: shard K gets a contiguous run of groups, balanced by row count, and
+numbers its rows as the whole file does (a file with fewer row groups than N leaves some
+shards empty).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from functools import partial
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .._exceptions import SourceError
+from .._records import RecordBlock, Rejected
+from ..checkpoint._state import Fingerprint, SettingValue
+from ._protocol import Source, SourceBase
+from ._reading import _check_path, _read_ahead, _Worker, file_fingerprint
+
+__all__ = ["ParquetSource", "plan_row_group_shards"]
+
+DEFAULT_BATCH_ROWS: Final = 2048
+
+
+def _pq() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SourceError("Parquet input needs pyarrow: pip install 'asyncsync[parquet]'") from None
+    return pq
+
+
+def _default(obj: Any) -> Any:
+    from .sql._encoding import _default as sql_default
+
+    return sql_default(obj)
+
+
+def _unsupported(t: Any) -> str | None:
+    """Why the Arrow type ``t`` has no JSON encoding here (None: it has one)."""
+    import pyarrow.types as pt
+
+    if pt.is_dictionary(t):
+        return _unsupported(t.value_type)
+    if pt.is_float16(t):
+        return "half floats (float16)"
+    if pt.is_timestamp(t) and t.unit == "ns":
+        return "nanosecond timestamps (a microsecond ISO-8601 value cannot hold them)"
+    if pt.is_time64(t) and t.unit == "ns":
+        return "nanosecond times"
+    if pt.is_duration(t) and t.unit == "ns":
+        return "nanosecond durations"
+    if (
+        pt.is_null(t)
+        or pt.is_boolean(t)
+        or pt.is_integer(t)
+        or pt.is_floating(t)
+        or pt.is_decimal(t)
+        or pt.is_string(t)
+        or pt.is_large_string(t)
+        or pt.is_binary(t)
+        or pt.is_large_binary(t)
+        or pt.is_fixed_size_binary(t)
+        or pt.is_date(t)
+        or pt.is_timestamp(t)
+        or pt.is_time(t)
+        or pt.is_duration(t)
+    ):
+        return None
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        return _unsupported(t.value_type)
+    if pt.is_struct(t):
+        for i in range(t.num_fields):
+            if (why := _unsupported(t.field(i).type)) is not None:
+                return why
+        return None
+    if pt.is_map(t):
+        if not (pt.is_string(t.key_type) or pt.is_large_string(t.key_type)):
+            return f"maps with {t.key_type} keys (a JSON object needs string keys)"
+        return _unsupported(t.item_type)
+    return f"type {t}"
+
+
+def _has_maps(t: Any) -> bool:
+    import pyarrow.types as pt
+
+    if pt.is_map(t):
+        return True
+    if pt.is_dictionary(t):
+        return _has_maps(t.value_type)
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        return _has_maps(t.value_type)
+    if pt.is_struct(t):
+        return any(_has_maps(t.field(i).type) for i in range(t.num_fields))
+    return False
+
+
+def _maps_to_dicts(value: Any, t: Any) -> Any:
+    """pyarrow gives a map as a list of (key, value) pairs: an object in JSON."""
+    import pyarrow.types as pt
+
+    if value is None:
+        return None
+    if pt.is_dictionary(t):
+        return _maps_to_dicts(value, t.value_type)
+    if pt.is_map(t):
+        return {k: _maps_to_dicts(v, t.item_type) for k, v in value}
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        return [_maps_to_dicts(v, t.value_type) for v in value]
+    if pt.is_struct(t):
+        return {
+            t.field(i).name: _maps_to_dicts(value[t.field(i).name], t.field(i).type)
+            for i in range(t.num_fields)
+        }
+    return value
+
+
+def _check_schema(path: str, schema: Any) -> None:
+    names = schema.names
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise SourceError(
+            f"{path}: two columns are named {dup!r}; each becomes a JSON member", path=path
+        )
+    for field in schema:
+        if (why := _unsupported(field.type)) is not None:
+            raise SourceError(
+                f"{path}: column {field.name!r} ({field.type}): unsupported type: {why} "
+                "has no JSON encoding",
+                path=path,
+            )
+
+
+class ParquetSource(SourceBase):
+    """A Parquet file, or the row groups ``[start_group, stop_group)`` of it (a shard).
+
+    ``first_row`` is the number of the first row of ``start_group`` (counted from the footer
+    when omitted); ``skip_through`` skips the rows up to that number (a resume within a
+    group). See the module docstring for the encoding.
+    """
+
+    kind = "parquet"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        start_group: int = 0,
+        stop_group: int | None = None,
+        first_row: int | None = None,
+        skip_through: int = 0,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        shard_range: tuple[int, int | None] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.name = self.path
+        self.state_path: Path | None = Path(self.path)
+        _check_path(self.path)
+        pq = _pq()
+        try:
+            meta = pq.read_metadata(self.path)
+            schema = pq.read_schema(self.path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise SourceError(
+                f"{self.path}: not a readable Parquet file: {exc}", path=self.path
+            ) from None
+        _check_schema(self.path, schema)
+        self.schema = schema
+        groups = meta.num_row_groups
+        self.group_rows = [meta.row_group(i).num_rows for i in range(groups)]
+        self.group_bytes = [meta.row_group(i).total_byte_size for i in range(groups)]
+        #: row number (1-based) of each group's first row
+        self.group_first = list(accumulate(self.group_rows, initial=1))
+        stop = groups if stop_group is None else min(stop_group, groups)
+        self.start_group = min(max(0, start_group), stop)
+        self.stop_group = stop
+        self.first_row = self.group_first[self.start_group] if first_row is None else first_row
+        self.skip_through = skip_through
+        self.batch_rows = batch_rows
+        # the range a checkpoint is for: the shard's, kept through resumes
+        self.shard_range = shard_range if shard_range is not None else (start_group, stop_group)
+        self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
+        self._maps = [_has_maps(f.type) for f in schema]
+
+    def resumed(self, *, position: int, offset: int | None = None, key: Any = None) -> Source:
+        """From the row group holding row ``position + 1``, skipping the rows before it."""
+        if position <= 0:
+            return self
+        # the group g with group_first[g] <= position + 1 < group_first[g + 1]
+        g = bisect.bisect_right(self.group_first, position + 1) - 1
+        g = max(self.start_group, min(g, self.stop_group))
+        return ParquetSource(
+            self.path,
+            start_group=g,
+            stop_group=self.stop_group,
+            skip_through=position,
+            batch_rows=self.batch_rows,
+            shard_range=self.shard_range,
+        )
+
+    def fingerprint(self, settings: Mapping[str, SettingValue]) -> Fingerprint:
+        start, stop = self.shard_range
+        if start or stop is not None:
+            settings = {**settings, "row_groups": f"{start}-{'' if stop is None else stop}"}
+        return file_fingerprint(self.path, 0, None, settings)
+
+    def _rows(self) -> Iterator[RecordBlock]:
+        """In the worker thread: one block per record batch."""
+        pq = _pq()
+        groups = list(range(self.start_group, self.stop_group))
+        if not groups:
+            return
+        f = pq.ParquetFile(self.path)
+        try:
+            names = self.schema.names
+            types = [field.type for field in self.schema]
+            maps = self._maps
+            dumps = partial(orjson.dumps, default=_default)
+            row = self.first_row
+            per_row = sum(self.group_bytes[self.start_group : self.stop_group]) / max(
+                1, sum(self.group_rows[self.start_group : self.stop_group])
+            )
+            for batch in f.iter_batches(batch_size=self.batch_rows, row_groups=groups):
+                n = batch.num_rows
+                first = row
+                row += n
+                if row - 1 <= self.skip_through:
+                    yield RecordBlock([], [], bytes_read=int(n * per_row))
+                    continue
+                skip = max(0, self.skip_through - first + 1)
+                if skip:
+                    batch = batch.slice(skip)
+                    first += skip
+                columns = [c.to_pylist() for c in batch.columns]
+                for i, is_map in enumerate(maps):
+                    if is_map:
+                        columns[i] = [_maps_to_dicts(v, types[i]) for v in columns[i]]
+                rows = [
+                    dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)
+                ]
+                block = self._encode(rows, first, dumps)
+                block.bytes_read = int(n * per_row)
+                yield block
+        finally:
+            f.close()
+
+    def _encode(self, rows: list[dict[str, Any]], first: int, dumps: Any) -> RecordBlock:
+        try:
+            records = list(map(dumps, rows))
+        except TypeError:
+            records, positions, rejects = [], [], []
+            for pos, r in enumerate(rows, first):
+                try:
+                    records.append(dumps(r))
+                    positions.append(pos)
+                except TypeError as exc:
+                    rejects.append(
+                        Rejected(repr(r)[:65536], pos, f"row {pos}: cannot encode: {exc}")
+                    )
+            return RecordBlock(records, positions, rejects)
+        return RecordBlock(records, range(first, first + len(records)))
+
+    async def blocks(self) -> AsyncIterator[RecordBlock]:
+        worker = _Worker(f"asyncsync-read {os.path.basename(self.path)}")
+        try:
+            it = self._rows()
+
+            def step() -> tuple[bool, RecordBlock | None]:
+                try:
+                    return True, next(it)
+                except StopIteration:
+                    return False, None
+                except (OSError, ValueError) as exc:
+                    raise SourceError(f"{self.path}: read failed: {exc}", path=self.path) from exc
+
+            async with contextlib.aclosing(_read_ahead(worker, step)) as blocks:
+                async for block in blocks:
+                    yield block
+        finally:
+            worker.close()
+
+
+def plan_row_group_shards(path: str, n: int) -> list[tuple[int, int, int]]:
+    """``n`` shards of whole row groups, contiguous, balanced by rows: each
+    ``(start group, stop group, number of its first row)``."""
+    src = ParquetSource(path)
+    total = sum(src.group_rows)
+    cum = src.group_first  # group_first[g] - 1 rows before group g
+    cuts = [0]
+    for i in range(1, n):
+        target = i * total / n
+        # the group boundary nearest the target, never before the previous cut
+        g = bisect.bisect_left(cum, target + 1)
+        if g > 0 and abs(cum[g - 1] - 1 - target) <= abs(cum[min(g, len(cum) - 1)] - 1 - target):
+            g -= 1
+        cuts.append(max(cuts[-1], min(g, len(src.group_rows))))
+    stops = [*cuts[1:], len(src.group_rows)]
+    return [(start, stop, cum[start]) for start, stop in zip(cuts, stops, strict=True)]

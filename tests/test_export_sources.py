@@ -1,0 +1,254 @@
+"""The sources large exports come in: gzip/zstd files, Parquet, MySQL/MariaDB, through the
+real CLI against the reference sink (a process), killed and resumed."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import signal
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from test_kill_resume import Job, assert_exactly_once, kill_targets, run_sink, write_records
+
+pytestmark = pytest.mark.slow
+
+
+class DbJob(Job):
+    """A ``--db`` job: no source argument."""
+
+    def args(self, *more: str) -> list[str]:
+        return [a for a in super().args(*more) if a != ""]
+
+
+def records_at_sink(sink: object) -> list[bytes]:
+    return sink.get("/records").splitlines()  # type: ignore[attr-defined, no-any-return]
+
+
+def ids(lines: list[bytes]) -> Counter[int]:
+    return Counter(orjson.loads(line)["id"] for line in lines)
+
+
+# --- compressed ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".ndjson.gz", ".jsonl.zst"])
+def test_compressed_jsonl_byte_exact(tmp_path: Path, suffix: str) -> None:
+    """Every line of a gzip/zstd JSONL file arrives once, as its own bytes."""
+    plain = write_records(tmp_path / "plain.jsonl", 3000)
+    data = plain.read_bytes()
+    path = tmp_path / f"export{suffix}"
+    if suffix.endswith(".gz"):  # two members: a concatenated dump
+        half = data.index(b"\n", len(data) // 2) + 1
+        path.write_bytes(gzip.compress(data[:half]) + gzip.compress(data[half:]))
+    else:
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path)).run()
+        assert done.code == 0, done.err
+        got = records_at_sink(sink)
+    assert sorted(got) == sorted(data.splitlines())
+    assert set(ids(got).values()) == {1}
+
+
+def test_compressed_csv(tmp_path: Path) -> None:
+    rows = "".join(f"{i},name {i}\n" for i in range(1, 1001))
+    path = tmp_path / "export.csv.gz"
+    path.write_bytes(gzip.compress(("id,name\n" + rows).encode()))
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path)).run()
+        assert done.code == 0, done.err
+        got = [orjson.loads(r) for r in records_at_sink(sink)]
+    assert Counter(int(r["id"]) for r in got) == Counter(range(1, 1001))
+    assert got[0] == {"id": "1", "name": "name 1"} or "name" in got[0]
+
+
+def test_truncated_gzip_delivers_what_precedes_and_names_the_record(tmp_path: Path) -> None:
+    data = write_records(tmp_path / "plain.jsonl", 4000).read_bytes()
+    packed = gzip.compress(data)
+    path = tmp_path / "export.jsonl.gz"
+    path.write_bytes(packed[: len(packed) * 2 // 3])
+    with run_sink(tmp_path) as sink:
+        job = Job(tmp_path, sink, str(path))
+        done = job.run()
+        got = ids(records_at_sink(sink))
+    assert done.code == 1, done.err  # partial delivery, the damage dead-lettered
+    last = max(got)
+    assert got == Counter(range(1, last + 1))  # every record before the damage, once
+    assert 1000 < last < 4000
+    assert f"{path}" in done.err and f"after line {last} (the last good record)" in done.err
+    dead = [orjson.loads(line) for line in job.failed.read_bytes().splitlines()]
+    assert len(dead) == 1 and f"after line {last}" in str(dead[0])
+
+
+def test_gz_suffix_without_gzip_bytes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "export.jsonl.gz"
+    path.write_bytes(b'{"id": 1}\n')
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path)).run()
+    assert done.code == 2 and "not a gzip file" in done.err
+
+
+def test_compressed_shards_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "export.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"id": 1}\n'))
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path), stateful=False).run("--shard", "0/2")
+    assert done.code == 2 and "cannot be split into shards" in done.err
+
+
+@pytest.mark.timeout(90)
+def test_gzip_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
+    n = 20_000
+    data = write_records(tmp_path / "plain.jsonl", n).read_bytes()
+    path = tmp_path / "export.jsonl.gz"
+    path.write_bytes(gzip.compress(data))
+    rng = random.Random(7)
+    with run_sink(tmp_path, "--latency", "0.03") as sink:
+        job = Job(tmp_path, sink, str(path))
+        for target in kill_targets(rng, n, 2):
+            with job.start() as running:
+                sink.wait_records(target)
+                running.signal(signal.SIGKILL)
+                assert running.finish().code == -signal.SIGKILL
+        done = job.run()
+        assert done.code == 0, done.err
+        assert_exactly_once(sink, n)
+
+
+# --- Parquet ---------------------------------------------------------------------------------
+
+
+def write_parquet(path: Path, n: int, group: int = 1000) -> Path:
+    table = pa.table(
+        {
+            "id": pa.array(range(1, n + 1), pa.int64()),
+            "name": [f"Customer {i}" for i in range(1, n + 1)],
+            "price": pa.array([Decimal(i) / 100 for i in range(n)], pa.decimal128(12, 2)),
+            "tags": [["a", "b"]] * n,
+        }
+    )
+    pq.write_table(table, path, row_group_size=group)
+    return path
+
+
+def test_parquet_every_row_once_with_sql_encoding(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "export.parquet", 5000)
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path)).run()
+        assert done.code == 0, done.err
+        got = [orjson.loads(r) for r in records_at_sink(sink)]
+    assert Counter(r["id"] for r in got) == Counter(range(1, 5001))
+    first = min(got, key=lambda r: r["id"])
+    assert first == {"id": 1, "name": "Customer 1", "price": "0.00", "tags": ["a", "b"]}
+
+
+def test_parquet_shards_by_row_group(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "export.parquet", 5000, group=700)
+    with run_sink(tmp_path) as sink:
+        for k in range(3):
+            done = Job(tmp_path, sink, str(path), stateful=False).run("--shard", f"{k}/3")
+            assert done.code == 0, done.err
+        got = ids(records_at_sink(sink))
+    assert got == Counter(range(1, 5001))
+
+
+@pytest.mark.timeout(90)
+def test_parquet_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
+    n = 20_000
+    path = write_parquet(tmp_path / "export.parquet", n, group=3000)
+    rng = random.Random(3)
+    with run_sink(tmp_path, "--latency", "0.03") as sink:
+        job = Job(tmp_path, sink, str(path))
+        for target in kill_targets(rng, n, 2):
+            with job.start() as running:
+                sink.wait_records(target)
+                running.signal(signal.SIGKILL)
+                assert running.finish().code == -signal.SIGKILL
+        done = job.run()
+        assert done.code == 0, done.err
+        assert_exactly_once(sink, n)
+
+
+def test_parquet_unsupported_type_names_file_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.parquet"
+    bad = pa.array([[(1, "v")]], pa.map_(pa.int32(), pa.string()))
+    pq.write_table(pa.table({"id": [1], "attrs": bad}), path)
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path)).run()
+        assert sink.stats()["records"] == 0
+    assert done.code == 2
+    assert str(path) in done.err and "column 'attrs'" in done.err
+
+
+# --- MySQL / MariaDB -------------------------------------------------------------------------
+
+
+def _mysql_table(name: str, n: int) -> None:
+    pymysql = pytest.importorskip("pymysql")
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+            cur.execute(
+                f"CREATE TABLE {name} (id INT PRIMARY KEY, name VARCHAR(40), "
+                "price DECIMAL(12,2), at DATETIME, pad VARCHAR(200))"
+            )
+            rows = [
+                (i, f"Customer {i}", Decimal(i) / 100, "2026-11-28 12:00:00", "x" * 120)
+                for i in range(1, n + 1)
+            ]
+            cur.executemany(f"INSERT INTO {name} VALUES (%s, %s, %s, %s, %s)", rows)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_mysql_every_row_once_and_shards(tmp_path: Path, mysql_url: str) -> None:
+    _mysql_table("w18_rows", 3000)
+    db = ("--db", mysql_url, "--table", "w18_rows", "--key", "id")
+    with run_sink(tmp_path) as sink:
+        done = DbJob(tmp_path, sink, "", stateful=False, extra=db).run()
+        assert done.code == 0, done.err
+        got = [orjson.loads(r) for r in records_at_sink(sink)]
+    assert Counter(r["id"] for r in got) == Counter(range(1, 3001))
+    one = min(got, key=lambda r: r["id"])
+    assert one["price"] == "0.01" and one["at"] == "2026-11-28T12:00:00"
+    with run_sink(tmp_path) as sink:
+        for k in range(2):
+            done = DbJob(tmp_path, sink, "", stateful=False, extra=db).run("--shard", f"{k}/2")
+            assert done.code == 0, done.err
+        assert ids(records_at_sink(sink)) == Counter(range(1, 3001))
+
+
+@pytest.mark.timeout(90)
+def test_mysql_sigkill_then_resume_exactly_once(tmp_path: Path, mysql_url: str) -> None:
+    n = 20_000
+    _mysql_table("w18_kill", n)
+    db = ("--db", mysql_url, "--table", "w18_kill", "--key", "id")
+    rng = random.Random(11)
+    with run_sink(tmp_path, "--latency", "0.03") as sink:
+        job = DbJob(tmp_path, sink, "", extra=db)
+        for target in kill_targets(rng, n, 2):
+            with job.start() as running:
+                sink.wait_records(target)
+                running.signal(signal.SIGKILL)
+                assert running.finish().code == -signal.SIGKILL
+        done = job.run()
+        assert done.code == 0, done.err
+        assert_exactly_once(sink, n)
+
+
+def test_mysql_missing_key_column(tmp_path: Path, mysql_url: str) -> None:
+    _mysql_table("w18_nokey", 3)
+    db = ("--db", mysql_url, "--table", "w18_nokey", "--key", "account_id")
+    with run_sink(tmp_path) as sink:
+        done = DbJob(tmp_path, sink, "", stateful=False, extra=db).run()
+    assert done.code == 2
+    assert "key column 'account_id' is not a column of the table" in done.err
