@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from ._body import BodyEncoder
 from ._config import Action, RetryPolicy
 from ._exceptions import AuthError
-from ._hooks import RetryDetails, UploadHooks
+from ._hooks import InFlight, RequestDone, RetryDetails, UploadHooks, overrides
 from ._http import Response, Transport, TransportError
 from ._records import Batch, BatchResult
 from ._redact import redact
@@ -74,6 +74,9 @@ class Sender:
         self._retry = retry
         self._counters = counters
         self._hooks = hooks
+        # checked once: with hooks that do not want them, no per-request event is built
+        self._on_request = hooks.on_request if overrides(hooks, "on_request") else None
+        self._on_in_flight = hooks.on_in_flight if overrides(hooks, "on_in_flight") else None
         self._base_headers = {"User-Agent": USER_AGENT, **encoder.headers, **(headers or {})}
         # None: the transport's own timeout applies (cheaper than a per-request one)
         self._timeout = timeout
@@ -125,6 +128,8 @@ class Sender:
         status: int | None = None
         reason = ""
         gate = self._gate
+        on_request = self._on_request
+        on_in_flight = self._on_in_flight
         while True:
             if gate.paused_until > 0:  # a Retry-After was seen at some point
                 await gate.wait()
@@ -139,6 +144,8 @@ class Sender:
             attempts += 1
             counters.requests += 1
             counters.in_flight += 1
+            if on_in_flight is not None:
+                on_in_flight(InFlight(counters.in_flight))
             sent_at = self._clock()
             retry_after: float | None = None
             try:
@@ -146,6 +153,10 @@ class Sender:
                     url, body=body, headers=headers, timeout=timeout, max_body=OK_BODY_LIMIT
                 )
             except TransportError as exc:
+                if on_request is not None:
+                    on_request(
+                        RequestDone(batch.seq, attempts, None, self._clock() - sent_at, len(body))
+                    )
                 if not exc.retryable:  # TLS verification, an unusable URL: ends the run
                     raise
                 status, action, reason = None, Action.RETRY, str(exc)
@@ -153,14 +164,23 @@ class Sender:
                 status = resp.status
                 action = actions.get(status) or policy.action_for(status)
                 if action is Action.ACK:
-                    counters.latencies.add(self._clock() - sent_at)
+                    latency = self._clock() - sent_at
+                    counters.latencies.add(latency)
                     counters.bytes_sent += len(body)
+                    if on_request is not None:
+                        on_request(RequestDone(batch.seq, attempts, status, latency, len(body)))
                     return BatchResult(batch, key, True, status, attempts)
+                if on_request is not None:
+                    on_request(
+                        RequestDone(batch.seq, attempts, status, self._clock() - sent_at, len(body))
+                    )
                 reason = self._describe_status(resp, resp.body[:EXCERPT_LIMIT], token)
                 if action is Action.RETRY:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             finally:
                 counters.in_flight -= 1
+                if on_in_flight is not None:
+                    on_in_flight(InFlight(counters.in_flight))
 
             if action is Action.REAUTH:
                 assert token is not None or self._tokens is None
@@ -187,10 +207,27 @@ class Sender:
                     reauths += 1
                     attempts -= 1  # a 401 does not spend the retry budget
                     self._tokens.invalidate(token)
+                    # a re-send after a 401 is a retry (DESIGN: requests = batches + retries)
+                    counters.retries += 1
+                    counters.retries_by_status["401"] += 1
+                    details = RetryDetails(batch.seq, key, attempts + 1, reason, 401, 0.0)
+                    log.info(
+                        "retry %d of batch %s after a 401, with a new token",
+                        details.attempt,
+                        key,
+                        extra={"event": "retry", "batch": batch.seq, "key": key, "status": 401,
+                               "attempt": details.attempt, "wait_s": 0.0},
+                    )  # fmt: skip
+                    self._hooks.on_retry(details)
                     continue
             if action is Action.SPLIT:
                 if len(batch) > 1:
-                    log.info("413 for batch %s of %d records: splitting", key, len(batch))
+                    log.info(
+                        "413 for batch %s of %d records: splitting",
+                        key,
+                        len(batch),
+                        extra={"event": "split", "batch": batch.seq, "key": key, "status": 413},
+                    )
                     return batch.split()
                 action = Action.DEAD
             if action is Action.DEAD:
@@ -215,8 +252,14 @@ class Sender:
             counters.retries_by_status[str(status) if status is not None else "error"] += 1
             details = RetryDetails(batch.seq, key, attempts + 1, reason, status, wait)
             log.info(
-                "retry %d of batch %s in %.2fs: %s", details.attempt, key, wait, details.reason
-            )
+                "retry %d of batch %s in %.2fs: %s",
+                details.attempt,
+                key,
+                wait,
+                details.reason,
+                extra={"event": "retry", "batch": batch.seq, "key": key, "status": status,
+                       "attempt": details.attempt, "wait_s": round(wait, 3)},
+            )  # fmt: skip
             self._hooks.on_retry(details)
             if retry_after is None and wait > 0:
                 await self._sleep(wait)
