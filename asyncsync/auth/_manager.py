@@ -436,7 +436,11 @@ class TokenManager:
         if current is None or self._closed or current.value != token.value:
             return False
         if not self._stale:
-            logger.info("token %s invalidated after a 401", current.fingerprint)
+            logger.info(
+                "token %s invalidated after a 401",
+                current.fingerprint,
+                extra={"event": "token_invalidated", "token": current.fingerprint},
+            )
         self._stale = True
         self._refresh_at = _NEG_INF
         return True
@@ -609,6 +613,7 @@ class TokenManager:
             reason,
             "unknown" if lifetime is None else f"{lifetime:.0f}s",
             "on 401 only" if math.isinf(refresh_in) else f"in {refresh_in:.0f}s",
+            extra={"event": "token_obtained", "reason": reason, "token": token.fingerprint},
         )
 
     def _on_failure(self, error: AuthError, reason: str) -> None:
@@ -807,7 +812,11 @@ class TokenManager:
         except Exception as exc:
             logger.warning("revoking token %s failed: %s", token.fingerprint, _safe(exc))
         else:
-            logger.info("token %s revoked", token.fingerprint)
+            logger.info(
+                "token %s revoked",
+                token.fingerprint,
+                extra={"event": "token_revoked", "token": token.fingerprint},
+            )
 
 
 def _safe(exc: BaseException) -> str:
