@@ -151,6 +151,7 @@ class MetricsExporter(UploadHooks):
 
         try:
             self._server, _ = start_http_server(self.port, addr=self.host, registry=self.registry)
+            self.port = self._server.server_port  # the one the system chose for port 0
         except OSError as exc:
             raise ConfigError(
                 f"--metrics: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
