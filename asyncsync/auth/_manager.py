@@ -439,7 +439,7 @@ class TokenManager:
             logger.info(
                 "token %s invalidated after a 401",
                 current.fingerprint,
-                extra={"event": "token_invalidated", "token": current.fingerprint},
+                extra={"event": "token_invalidated", "fingerprint": current.fingerprint},
             )
         self._stale = True
         self._refresh_at = _NEG_INF
@@ -613,7 +613,7 @@ class TokenManager:
             reason,
             "unknown" if lifetime is None else f"{lifetime:.0f}s",
             "on 401 only" if math.isinf(refresh_in) else f"in {refresh_in:.0f}s",
-            extra={"event": "token_obtained", "reason": reason, "token": token.fingerprint},
+            extra={"event": "token_obtained", "reason": reason, "fingerprint": token.fingerprint},
         )
 
     def _on_failure(self, error: AuthError, reason: str) -> None:
@@ -815,7 +815,7 @@ class TokenManager:
             logger.info(
                 "token %s revoked",
                 token.fingerprint,
-                extra={"event": "token_revoked", "token": token.fingerprint},
+                extra={"event": "token_revoked", "fingerprint": token.fingerprint},
             )
 
 

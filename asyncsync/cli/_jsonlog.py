@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .._redact import redact
+from .._redact import MASK, redact
 
 __all__ = ["JsonFormatter", "json_line", "write_json_event"]
 
@@ -25,11 +26,17 @@ _RECORD_ATTRS: Final = frozenset(
 ) | {"message", "asctime"}
 
 
-def _clean(value: Any) -> Any:
+#: a field whose name says it holds a credential is masked whatever its value looks like
+_SECRET_KEY: Final = re.compile(r"(?i)token|secret|password|authorization|credential|api_?key")
+
+
+def _clean(value: Any, key: str = "") -> Any:
+    if key and _SECRET_KEY.search(key) and value is not None:
+        return MASK
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     if value is None or isinstance(value, bool | int | float):
@@ -49,7 +56,7 @@ def json_line(
     }
     for key, value in (fields or {}).items():
         if key not in data:
-            data[key] = _clean(value)
+            data[key] = _clean(value, key)
     return json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
 
 
