@@ -120,6 +120,7 @@ class MetricsExporter(UploadHooks):
             PREFIX + "run_info", "The run: job id and version", ["job_id", "version"],
             registry=registry,
         )  # fmt: skip
+        self._by_status: dict[int | None, Any] = {}
         # reason labels exported at 0 from the start, so that rate() sees the first increase
         for reason in ("proactive", "401", "expired"):
             self._token_refreshes.labels(reason)
@@ -182,7 +183,11 @@ class MetricsExporter(UploadHooks):
         self._info.labels(event.job_id, __version__).set(1)
 
     def on_request(self, event: RequestDone) -> None:
-        self._requests.labels(event.label).inc()
+        # per request: the labelled child is looked up once per status, not per call
+        child = self._by_status.get(event.status)
+        if child is None:
+            child = self._by_status[event.status] = self._requests.labels(event.label)
+        child.inc()
         self._duration.observe(event.latency_s)
 
     def on_retry(self, details: RetryDetails) -> None:
