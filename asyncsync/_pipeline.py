@@ -33,7 +33,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._deadletter import DeadLetterFile
-from ._hooks import UploadHooks
+from ._hooks import CheckpointSaved, QueueDepth, UploadHooks, overrides
 from ._records import Batch, BatchResult, Rejected
 from ._sender import Sender
 from ._summary import Counters
@@ -69,6 +69,11 @@ class PipelineLedger(Protocol):
         """Persist now if still due."""
         ...
 
+    @property
+    def saves(self) -> int:
+        """Checkpoints written so far."""
+        ...
+
 
 class NullLedger:
     """No checkpoint: nothing to skip, nothing to record."""
@@ -93,6 +98,10 @@ class NullLedger:
 
     async def tick(self, counters: Counters) -> None:
         pass
+
+    @property
+    def saves(self) -> int:
+        return 0
 
 
 class Pipeline:
@@ -119,6 +128,10 @@ class Pipeline:
         self._hooks = hooks
         self._ledger: PipelineLedger = ledger or NullLedger()
         self._stopping = False
+        # checked once: with hooks that do not want them, no per-batch event is built
+        self._on_queue = hooks.on_queue if overrides(hooks, "on_queue") else None
+        self._on_checkpoint = hooks.on_checkpoint if overrides(hooks, "on_checkpoint") else None
+        self._queued = 0  # batches in the queue (kept only for on_queue)
         self._scope: anyio.CancelScope | None = None
         self.stopped = False  # True when stop() or abort() ended the run early
 
@@ -153,6 +166,7 @@ class Pipeline:
     async def _read(self, send: MemoryObjectSendStream[Batch]) -> None:
         counters = self._counters
         ledger = self._ledger
+        on_queue = self._on_queue
         async with send:
             async for item in self._batches:
                 if self._stopping:
@@ -179,6 +193,9 @@ class Pipeline:
                     if self.stopped:  # the workers stopped taking batches: so do we
                         break
                     raise
+                if on_queue is not None:
+                    self._queued += 1
+                    on_queue(QueueDepth(self._queued))
         # the batcher may hold an open file: close it now, not at garbage collection
         aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:
@@ -187,9 +204,10 @@ class Pipeline:
     async def _work(self, receive: MemoryObjectReceiveStream[Batch]) -> None:
         counters = self._counters
         # a hook that does not override on_batch_done costs nothing per batch
-        on_done: Callable[[BatchResult], None] | None = self._hooks.on_batch_done
-        if getattr(type(self._hooks), "on_batch_done", None) is UploadHooks.on_batch_done:
-            on_done = None
+        on_done: Callable[[BatchResult], None] | None = None
+        if overrides(self._hooks, "on_batch_done"):
+            on_done = self._hooks.on_batch_done
+        on_queue = self._on_queue
         ledger = self._ledger
         async with receive:
             while not self._stopping:
@@ -203,6 +221,10 @@ class Pipeline:
                         break
                 except anyio.EndOfStream:
                     break
+                if on_queue is not None:
+                    # the reader counts after its send: it may not have yet; never below 0
+                    self._queued = max(0, self._queued - 1)
+                    on_queue(QueueDepth(self._queued))
                 if self.stopped:  # stop() came while we waited for the batch
                     break
                 results = await self._sender.send(batch)
@@ -220,7 +242,10 @@ class Pipeline:
                         on_done(result)
                 ledger.settled(batch.seq, delivered=delivered)
                 if ledger.due():
+                    saves = ledger.saves
                     await ledger.tick(counters)
+                    if self._on_checkpoint is not None and ledger.saves > saves:
+                        self._on_checkpoint(CheckpointSaved(ledger.saves, final=False))
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -18,7 +18,8 @@ Idempotency-Key counts one batch, every later request with that key one retry, b
 reason of the answer before it (the status, ``401`` included, or ``error``). A batch split on
 413 has its own key, sent once; its parts are new keys, and their requests also count in
 ``split_requests``. Counts are taken when a request is sent, so a run stopped in a backoff
-counts no retry that never went out.
+counts no retry that never went out; ``hooks.on_retry`` is called at the same point, so its
+events add up to the same counts.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Mapping
 from ._body import BodyEncoder
 from ._config import Action, RetryPolicy
 from ._exceptions import AuthError
-from ._hooks import RetryDetails, UploadHooks
+from ._hooks import InFlight, RequestDone, RetryDetails, UploadHooks, overrides
 from ._http import Response, Transport, TransportError
 from ._records import Batch, BatchResult
 from ._redact import redact
@@ -81,6 +82,9 @@ class Sender:
         self._retry = retry
         self._counters = counters
         self._hooks = hooks
+        # checked once: with hooks that do not want them, no per-request event is built
+        self._on_request = hooks.on_request if overrides(hooks, "on_request") else None
+        self._on_in_flight = hooks.on_in_flight if overrides(hooks, "on_in_flight") else None
         self._base_headers = {"User-Agent": USER_AGENT, **encoder.headers, **(headers or {})}
         # None: the transport's own timeout applies (cheaper than a per-request one)
         self._timeout = timeout
@@ -132,8 +136,11 @@ class Sender:
         started = self._clock()
         status: int | None = None
         reason = ""
-        retry_reason: str | None = None  # None until the key was sent; then why it is re-sent
+        # None until the key was sent; then the retry the next request is (why, which attempt)
+        retry: RetryDetails | None = None
         gate = self._gate
+        on_request = self._on_request
+        on_in_flight = self._on_in_flight
         while True:
             if gate.paused_until > 0:  # a Retry-After was seen at some point
                 await gate.wait()
@@ -147,14 +154,19 @@ class Sender:
                 headers["Authorization"] = token.authorization
             attempts += 1
             counters.requests += 1
-            if retry_reason is None:
+            if retry is None:
                 counters.batches += 1  # the first request with this Idempotency-Key
             else:
+                # counted, and told to the hooks, as the re-send goes out: on_retry events
+                # add up to retries / retries_by_status exactly (a 401 re-send included)
                 counters.retries += 1
-                counters.retries_by_status[retry_reason] += 1
+                counters.retries_by_status[retry.label] += 1
+                self._hooks.on_retry(retry)
             if part:
                 counters.split_requests += 1
             counters.in_flight += 1
+            if on_in_flight is not None:
+                on_in_flight(InFlight(counters.in_flight))
             sent_at = self._clock()
             retry_after: float | None = None
             try:
@@ -162,6 +174,10 @@ class Sender:
                     url, body=body, headers=headers, timeout=timeout, max_body=OK_BODY_LIMIT
                 )
             except TransportError as exc:
+                if on_request is not None:
+                    on_request(
+                        RequestDone(batch.seq, attempts, None, self._clock() - sent_at, len(body))
+                    )
                 if not exc.retryable:  # TLS verification, an unusable URL: ends the run
                     raise
                 status, action, reason = None, Action.RETRY, str(exc)
@@ -169,14 +185,23 @@ class Sender:
                 status = resp.status
                 action = actions.get(status) or policy.action_for(status)
                 if action is Action.ACK:
-                    counters.latencies.add(self._clock() - sent_at)
+                    latency = self._clock() - sent_at
+                    counters.latencies.add(latency)
                     counters.bytes_sent += len(body)
+                    if on_request is not None:
+                        on_request(RequestDone(batch.seq, attempts, status, latency, len(body)))
                     return BatchResult(batch, key, True, status, attempts)
+                if on_request is not None:
+                    on_request(
+                        RequestDone(batch.seq, attempts, status, self._clock() - sent_at, len(body))
+                    )
                 reason = self._describe_status(resp, resp.body[:EXCERPT_LIMIT], token)
                 if action is Action.RETRY:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             finally:
                 counters.in_flight -= 1
+                if on_in_flight is not None:
+                    on_in_flight(InFlight(counters.in_flight))
 
             if action is Action.REAUTH:
                 assert token is not None or self._tokens is None
@@ -202,12 +227,26 @@ class Sender:
                         )
                     reauths += 1
                     attempts -= 1  # a 401 does not spend the retry budget
-                    retry_reason = "401"  # but the re-send is a retry, counted as one
                     self._tokens.invalidate(token)
+                    # but the re-send is a retry, counted as one when it goes out
+                    # (DESIGN: requests = batches + retries)
+                    retry = RetryDetails(batch.seq, key, attempts + 1, reason, 401, 0.0)
+                    log.info(
+                        "retry %d of batch %s after a 401, with a new token",
+                        retry.attempt,
+                        key,
+                        extra={"event": "retry", "batch": batch.seq, "key": key, "status": 401,
+                               "attempt": retry.attempt, "wait_s": 0.0},
+                    )  # fmt: skip
                     continue
             if action is Action.SPLIT:
                 if len(batch) > 1:
-                    log.info("413 for batch %s of %d records: splitting", key, len(batch))
+                    log.info(
+                        "413 for batch %s of %d records: splitting",
+                        key,
+                        len(batch),
+                        extra={"event": "split", "batch": batch.seq, "key": key, "status": 413},
+                    )
                     return batch.split()
                 action = Action.DEAD
             if action is Action.DEAD:
@@ -229,12 +268,16 @@ class Sender:
                 wait = self._backoff.delay(attempts)
             wait = min(wait, budget.left(elapsed))
             # counted when the re-send goes out (a run stopped in this pause sends no retry)
-            retry_reason = str(status) if status is not None else "error"
-            details = RetryDetails(batch.seq, key, attempts + 1, reason, status, wait)
+            retry = RetryDetails(batch.seq, key, attempts + 1, reason, status, wait)
             log.info(
-                "retry %d of batch %s in %.2fs: %s", details.attempt, key, wait, details.reason
-            )
-            self._hooks.on_retry(details)
+                "retry %d of batch %s in %.2fs: %s",
+                retry.attempt,
+                key,
+                wait,
+                retry.reason,
+                extra={"event": "retry", "batch": batch.seq, "key": key, "status": status,
+                       "attempt": retry.attempt, "wait_s": round(wait, 3)},
+            )  # fmt: skip
             if retry_after is None and wait > 0:
                 await self._sleep(wait)
 

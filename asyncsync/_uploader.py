@@ -43,7 +43,7 @@ from ._config import (
 )
 from ._deadletter import DeadLetterFile
 from ._exceptions import ConfigError, Interrupted
-from ._hooks import NO_HOOKS, UploadHooks
+from ._hooks import NO_HOOKS, CheckpointSaved, RunStarted, UploadHooks, overrides
 from ._http import Transport, open_transport
 from ._paths import default_state_paths
 from ._pipeline import Pipeline, default_queue_size
@@ -80,7 +80,10 @@ class Uploader:
     the uploader), or None for no authentication. The settings come in
     groups, each a frozen dataclass with visible defaults: ``limits`` (where batches are cut),
     ``retry``, ``body`` (format, wrap, gzip, headers), ``http`` (timeout, TLS, rate limit),
-    ``state`` (checkpoint, dead-letter file, resume, job id).
+    ``state`` (checkpoint, dead-letter file, resume, job id). ``hooks`` observe the run
+    (:class:`UploadHooks`: typed events for progress displays and metrics); a token manager
+    the uploader builds tells ``hooks.on_token`` of its requests, a ready one is wired by
+    its builder (``TokenManager(observer=...)``).
     """
 
     def __init__(
@@ -176,6 +179,7 @@ class Uploader:
                 # a token endpoint down is retried for the manager's default max_fetch_time
                 # (120 s): pass a TokenManager of your own as ``auth`` to change it
                 fetch_timeout=min(http.timeout, 30.0),
+                observer=self._hooks.on_token if overrides(self._hooks, "on_token") else None,
             )
             self._owns_tokens = True
         self._state = _State.OPEN
@@ -248,6 +252,8 @@ class Uploader:
                     counters.records_sent,
                 )
             await ledger.start()
+            if overrides(self._hooks, "on_checkpoint"):
+                self._hooks.on_checkpoint(CheckpointSaved(ledger.saves, final=False))
         else:
             job_id = options.job_id or uuid.uuid4().hex
         auth_base = self._tokens.stats.requests if self._tokens is not None else 0
@@ -287,6 +293,8 @@ class Uploader:
         elif self._stop_requested:
             pipeline.stop()
         self._hooks.on_start(counters, total_bytes=src.size)
+        if overrides(self._hooks, "on_run"):
+            self._hooks.on_run(RunStarted(job_id, self._concurrency, self._queue_size))
         started = time.monotonic()
         self._running.add(pipeline)
         try:
@@ -301,6 +309,8 @@ class Uploader:
                 dead.close()
             else:  # the dead letters are made durable before the checkpoint covering them
                 await ledger.finish(stopped=pipeline.stopped)
+                if overrides(self._hooks, "on_checkpoint"):
+                    self._hooks.on_checkpoint(CheckpointSaved(ledger.saves, final=True))
             summary = RunSummary.from_counters(
                 counters,
                 duration_s=time.monotonic() - started,

@@ -58,7 +58,10 @@ REQUESTS = Contender("requests", "requests + 32 threads", "requests_threads", as
 HTTPX = Contender("httpx", "httpx.AsyncClient + semaphore", "httpx_async", asyncio=True)
 LIB = Contender("lib", "asyncsync library", "asyncsync_lib", asyncio=True, tokens=True)
 CLI = Contender("cli", "asyncsync CLI", "asyncsync_cli", asyncio=False, tokens=True)
-CONTENDERS = {c.key: c for c in (PLAIN, REQUESTS, HTTPX, LIB, CLI)}
+CLI_METRICS = Contender(
+    "cli-metrics", "asyncsync CLI --metrics", "asyncsync_cli_metrics", asyncio=False, tokens=True
+)
+CONTENDERS = {c.key: c for c in (PLAIN, REQUESTS, HTTPX, LIB, CLI, CLI_METRICS)}
 
 
 # --- scenarios --------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ SCENARIOS: dict[str, Scenario] = {
             quick_sizes=(50_000,),
             batch=200,
             workers=32,
-            contenders=(PLAIN, REQUESTS, HTTPX, LIB, CLI),
+            contenders=(PLAIN, REQUESTS, HTTPX, LIB, CLI, CLI_METRICS),
             caps={"requests": 300_000, "httpx": 50_000},
             quick_caps={"requests": 20_000, "httpx": 10_000},
         ),

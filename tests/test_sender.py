@@ -6,6 +6,7 @@ import asyncio
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, formatdate
@@ -238,7 +239,8 @@ async def test_counts_requests_as_batches_plus_retries(
         return web.Response(status=status or 200)
 
     url = await serve(handler)
-    sender, counters, session = await make_sender(url)
+    hooks = Recorder()
+    sender, counters, session = await make_sender(url, hooks=hooks)
     async with session:
         results = await sender.send(make_batch(4))
     assert [r.delivered for r in results] == [True, True]
@@ -247,6 +249,8 @@ async def test_counts_requests_as_batches_plus_retries(
     assert counters.batches == 3 and counters.retries == 3
     assert counters.retries_by_status == {"503": 1, "429": 1, "500": 1}
     assert counters.split_requests == 3 <= counters.requests
+    # on_retry is told of exactly the retries counted (metrics derive retries_total from it)
+    assert Counter(d.label for d in hooks.retries) == counters.retries_by_status
 
 
 async def test_401_resend_and_transport_error_are_counted_retries(
@@ -275,7 +279,8 @@ async def test_401_resend_and_transport_error_are_counted_retries(
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch))
-    sender, counters, session = await make_sender(url, tokens=tokens)
+    hooks = Recorder()
+    sender, counters, session = await make_sender(url, tokens=tokens, hooks=hooks)
     async with session:
         [result] = await sender.send(make_batch())
     await tokens.aclose()
@@ -284,6 +289,9 @@ async def test_401_resend_and_transport_error_are_counted_retries(
     assert counters.batches == 1
     assert counters.retries_by_status == {"error": 1, "401": 1}
     assert counters.split_requests == 0
+    # one on_retry per counted retry, as each went out: the error's, then the 401 re-send's
+    assert [(d.label, d.attempt) for d in hooks.retries] == [("error", 2), ("401", 2)]
+    assert hooks.retries[1].wait_s == 0.0
 
 
 async def test_single_record_413_is_dead(serve: Callable[[Handler], Awaitable[str]]) -> None:

@@ -7,6 +7,7 @@ flight); an :class:`AuthProvider` knows how to ask one endpoint for a token; a
 
 from __future__ import annotations
 
+from ._events import TokenEvent, TokenObserver, TokenRefreshStarted, TokenRequested
 from ._manager import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
 from ._providers import (
     AuthProvider,
@@ -29,7 +30,11 @@ __all__ = [
     "RedisTokenStore",
     "StaticToken",
     "Token",
+    "TokenEvent",
     "TokenManager",
+    "TokenObserver",
+    "TokenRefreshStarted",
+    "TokenRequested",
     "TokenResponse",
     "TokenStats",
     "TokenStore",

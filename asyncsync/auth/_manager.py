@@ -43,11 +43,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
 from .._exceptions import AuthError, ConfigError
 from .._http import Transport, TransportError, map_aiohttp_exception, open_transport
 from .._retry import Backoff, Budget
+from ._events import (
+    FetchReason,
+    TokenEvent,
+    TokenObserver,
+    TokenRefreshStarted,
+    TokenRequested,
+)
 from ._providers import (
     AuthProvider,
     StaticToken,
@@ -89,7 +96,7 @@ _INF: Final = math.inf
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-Reason = Literal["initial", "expiry", "401"]
+Reason = FetchReason
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +269,8 @@ class TokenManager:
     through (the uploader passes its own); None: the manager opens one when it first needs
     it and closes it in :meth:`aclose`. ``store``: a :class:`TokenStore` shared with other
     processes. ``revoke_on_close``: revoke the current token in :meth:`aclose`.
+    ``observer``: a callable told of each token request and each refresh, with its reason
+    (:mod:`asyncsync.auth._events`; for metrics); it runs on the loop and must be quick.
     """
 
     __slots__ = (
@@ -275,11 +284,13 @@ class TokenManager:
         "_failure_cooldown",
         "_failure_until",
         "_failures",
+        "_fetch_reason",
         "_fetch_timeout",
         "_hard_at",
         "_last_request_at",
         "_min_interval",
         "_next_proactive_at",
+        "_observer",
         "_owns_transport",
         "_proactive_backoff",
         "_provider",
@@ -320,6 +331,7 @@ class TokenManager:
         sleep: Sleep = asyncio.sleep,
         wall_clock: Clock = time.time,
         rng: random.Random | None = None,
+        observer: TokenObserver | None = None,
     ) -> None:
         for name, value, allow_zero in (
             ("skew", skew, True),
@@ -382,6 +394,9 @@ class TokenManager:
         self._refreshes_expiry = 0
         self._refreshes_401 = 0
         self._failures = 0
+        #: told of each token request and refresh (metrics); never of a token's value
+        self._observer = observer
+        self._fetch_reason: Reason = "initial"
 
     def __repr__(self) -> str:
         token = self._token
@@ -442,7 +457,11 @@ class TokenManager:
         if current is None or self._closed or current.value != token.value:
             return False
         if not self._stale:
-            logger.info("token %s invalidated after a 401", current.fingerprint)
+            logger.info(
+                "token %s invalidated after a 401",
+                current.fingerprint,
+                extra={"event": "token_invalidated", "fingerprint": current.fingerprint},
+            )
         self._stale = True
         self._refresh_at = _NEG_INF
         return True
@@ -491,7 +510,7 @@ class TokenManager:
             # none while a failed one is backing off.
             if self._task is None:
                 if now >= self._next_proactive_at:
-                    self._start_fetch("expiry")
+                    self._start_fetch("proactive")
                     self._refresh_at = self._hard_at
                 else:
                     self._refresh_at = min(self._next_proactive_at, self._hard_at)
@@ -501,15 +520,18 @@ class TokenManager:
             failure = self._failure
             if failure is not None and now < self._failure_until:
                 raise _copy_error(failure) from failure
-            reason: Reason = "initial" if token is None else ("401" if self._stale else "expiry")
+            reason: Reason = "initial" if token is None else ("401" if self._stale else "expired")
             task = self._start_fetch(reason)
         return await self._wait(task)
 
     def _start_fetch(self, reason: Reason) -> asyncio.Task[Token | AuthError | ConfigError]:
-        if reason == "expiry":
-            self._refreshes_expiry += 1
-        elif reason == "401":
+        if reason == "401":
             self._refreshes_401 += 1
+        elif reason != "initial":
+            self._refreshes_expiry += 1
+        self._fetch_reason = reason
+        if self._observer is not None and reason != "initial":
+            self._notify(TokenRefreshStarted(reason))
         task = asyncio.get_running_loop().create_task(
             self._run_fetch(reason), name=f"asyncsync-token-fetch-{reason}"
         )
@@ -612,6 +634,7 @@ class TokenManager:
             reason,
             "unknown" if lifetime is None else f"{lifetime:.0f}s",
             "on 401 only" if math.isinf(refresh_in) else f"in {refresh_in:.0f}s",
+            extra={"event": "token_obtained", "reason": reason, "fingerprint": token.fingerprint},
         )
 
     def _on_failure(self, error: AuthError, reason: str) -> None:
@@ -645,6 +668,15 @@ class TokenManager:
             logger.error(
                 "token %s failed: %s", "fetch" if reason == "initial" else "refresh", error
             )
+
+    def _notify(self, event: TokenEvent) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        try:
+            observer(event)
+        except Exception as exc:  # an observer's bug must not fail a token fetch
+            logger.warning("token observer failed: %s", type(exc).__name__)
 
     # -- obtaining a token -------------------------------------------------------------------
 
@@ -726,6 +758,8 @@ class TokenManager:
         attempts = 0
         while True:
             attempts += 1
+            if self._observer is not None and self._counts_requests:
+                self._notify(TokenRequested(self._fetch_reason, attempts))
             try:
                 return await self._attempt(transport)
             except TransientAuthError as error:
@@ -811,7 +845,11 @@ class TokenManager:
         except Exception as exc:
             logger.warning("revoking token %s failed: %s", token.fingerprint, _safe(exc))
         else:
-            logger.info("token %s revoked", token.fingerprint)
+            logger.info(
+                "token %s revoked",
+                token.fingerprint,
+                extra={"event": "token_revoked", "fingerprint": token.fingerprint},
+            )
 
 
 def _safe(exc: BaseException) -> str:

@@ -128,6 +128,11 @@ class Ledger:
         if delivered:
             self._acks.append(batch, self._counters)
 
+    @property
+    def saves(self) -> int:
+        """Checkpoints written so far (the first one by :meth:`start`)."""
+        return self._ckpt.saves
+
     async def tick(self, counters: Counters) -> None:
         if self._ckpt.due():
             self._acks.switch(self._ckpt.saves)

@@ -85,12 +85,30 @@ def merge_exit_codes(codes: list[int]) -> int:
     return EXIT_OK
 
 
-def print_error(exc: BaseException, *, verbosity: int = 0, stopped_by: str = "Ctrl-C") -> None:
-    """One redacted line on stderr (with -vv, the traceback of an unexpected error first)."""
+def print_error(
+    exc: BaseException,
+    *,
+    verbosity: int = 0,
+    stopped_by: str = "Ctrl-C",
+    log_format: str = "text",
+) -> None:
+    """One redacted line on stderr (with -vv, the traceback of an unexpected error first);
+    with ``log_format="json"`` one JSON ``error`` event (the traceback a field of it)."""
     if isinstance(exc, KeyboardInterrupt):
-        message = f"Interrupted: stopped by {stopped_by}"
+        kind, text = "Interrupted", f"stopped by {stopped_by}"
     else:
-        message = f"{type(exc).__name__}: {exc}"
+        kind, text = type(exc).__name__, str(exc)
+    trace = None
     if verbosity >= 2 and not isinstance(exc, AsyncSyncError | KeyboardInterrupt):
-        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
-    sys.stderr.write(f"{PROG}: error: {redact(message)}\n")
+        trace = "".join(traceback.format_exception(exc))
+    if log_format == "json":
+        from ._jsonlog import write_json_event
+
+        fields: dict[str, object] = {"error": kind, "exit_code": exit_code(exc)}
+        if trace is not None:
+            fields["traceback"] = trace
+        write_json_event("ERROR", "error", text, fields)
+        return
+    if trace is not None:
+        sys.stderr.write(redact(trace))
+    sys.stderr.write(f"{PROG}: error: {redact(f'{kind}: {text}')}\n")

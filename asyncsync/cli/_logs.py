@@ -10,6 +10,7 @@ from typing import TextIO
 
 from .._redact import RedactingFilter, register_secret
 from ._exit import PROG
+from ._jsonlog import JsonFormatter
 
 __all__ = ["logging_to_stderr"]
 
@@ -24,16 +25,21 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
 
 
 @contextlib.contextmanager
-def logging_to_stderr(verbosity: int, secrets: Iterable[str] = ()) -> Iterator[None]:
+def logging_to_stderr(
+    verbosity: int, secrets: Iterable[str] = (), *, log_format: str = "text"
+) -> Iterator[None]:
     """Route the ``asyncsync`` loggers to stderr for one command, through the redacting
     filter; -q: errors only, default: warnings, -v: info (each retry and refresh), -vv: debug.
-    Restores the logger on exit, so that embedding ``main()`` leaves no trace."""
+    ``log_format="json"``: one JSON object per line (:mod:`._jsonlog`). Restores the logger
+    on exit, so that embedding ``main()`` leaves no trace."""
     for secret in secrets:
         register_secret(secret)
     logger = logging.getLogger("asyncsync")
     handler = _StderrHandler()
     handler.addFilter(RedactingFilter())
-    if verbosity >= 1:
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    elif verbosity >= 1:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,7 +21,7 @@ from rich.console import Console
 
 from .. import __version__
 from .._exceptions import ConfigError
-from .._hooks import UploadHooks
+from .._hooks import HookGroup, UploadHooks
 from ._exit import EXIT_USAGE, PROG, exit_code, print_error, summary_exit_code
 from ._logs import logging_to_stderr
 from ._plan import plan_run
@@ -112,11 +112,19 @@ examples:
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (argparse prints the usage too), exit status 2."""
 
+    #: set by main() when argv asks for --log-format json: usage errors are JSON events too
+    json_errors = False
+
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(
-            f"{PROG}: error: ConfigError: {usage_error_message(message)} "
-            f"(see '{self.prog} --help')\n"
-        )
+        text = f"{usage_error_message(message)} (see '{self.prog} --help')"
+        if _Parser.json_errors:
+            from ._jsonlog import write_json_event
+
+            write_json_event(
+                "ERROR", "error", text, {"error": "ConfigError", "exit_code": EXIT_USAGE}
+            )
+        else:
+            sys.stderr.write(f"{PROG}: error: ConfigError: {text}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -200,10 +208,16 @@ def run_upload(settings: Settings) -> int:
     console = Console(stderr=True, highlight=False)
     if settings.insecure:
         # on every run, even with -q: this is a security downgrade, not chatter
-        sys.stderr.write(
-            f"{PROG}: warning: --insecure: TLS certificates are not verified; anyone on the "
-            "network path can read the token and the records\n"
+        warning = (
+            "--insecure: TLS certificates are not verified; anyone on the network path can "
+            "read the token and the records"
         )
+        if settings.log_format == "json":
+            from ._jsonlog import write_json_event
+
+            write_json_event("WARNING", "insecure", warning)
+        else:
+            sys.stderr.write(f"{PROG}: warning: {warning}\n")
     if settings.processes > 1:
         from ._processes import run_processes
 
@@ -213,13 +227,25 @@ def run_upload(settings: Settings) -> int:
 
 async def _upload(settings: Settings, console: Console) -> int:
     plan = await plan_run(settings)
+    exporter = None
+    if settings.metrics is not None:
+        from ._metrics import MetricsExporter, parse_listen_address
+
+        exporter = MetricsExporter(*parse_listen_address(settings.metrics)).start()
 
     def observe(token_requests: TokenCount) -> UploadHooks | None:
-        if not progress_wanted(settings.progress, verbosity=settings.verbosity):
-            return None
-        return ProgressDisplay(console, token_requests=token_requests)
+        display = None
+        if progress_wanted(
+            settings.progress, verbosity=settings.verbosity, log_format=settings.log_format
+        ):
+            display = ProgressDisplay(console, token_requests=token_requests)
+        return HookGroup([display, exporter])
 
-    summary, error = await run_plan(plan, observe=observe)
+    try:
+        summary, error = await run_plan(plan, observe=observe)
+    finally:
+        if exporter is not None:
+            exporter.close()
     # an interrupted or failed run still has a summary worth showing and writing
     if summary is not None:
         report(
@@ -229,6 +255,7 @@ async def _upload(settings: Settings, console: Console) -> int:
             failed=plan.failed,
             summary_json=settings.summary_json,
             verbosity=settings.verbosity,
+            log_format=settings.log_format,
         )
     if error is not None:
         raise error
@@ -261,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``asyncsync`` console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = 0
+    # known before parsing, so that a usage error is a JSON event too
+    log_format = _argv_log_format(args, os.environ)
+    _Parser.json_errors = log_format == "json"
     try:
         if args and args[0] == "sink":
             return _run_sink(args[1:])
@@ -278,11 +308,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(records=ns.records, progress=ns.progress, directory=ns.dir)
         settings = resolve(ns, os.environ, command=ns.command)
         verbosity = settings.verbosity
-        with logging_to_stderr(verbosity, settings.secret_values()):
+        log_format = settings.log_format
+        with logging_to_stderr(verbosity, settings.secret_values(), log_format=log_format):
             return run_upload(settings)
     except (Exception, KeyboardInterrupt) as exc:
-        print_error(exc, verbosity=verbosity)
+        print_error(exc, verbosity=verbosity, log_format=log_format)
         return exit_code(exc)
+    finally:
+        _Parser.json_errors = False
+
+
+def _argv_log_format(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """``--log-format`` as given on argv (or in the environment), before parsing: the last
+    one wins, as argparse has it."""
+    fmt = env.get("ASYNCSYNC_LOG_FORMAT", "text").strip().lower()
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--log-format" and i + 1 < len(args):
+            fmt = args[i + 1].strip().lower()
+        elif arg.startswith("--log-format="):
+            fmt = arg.split("=", 1)[1].strip().lower()
+    return "json" if fmt == "json" else "text"
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m asyncsync.cli._main`

@@ -210,7 +210,9 @@ async def _parent(settings: Settings, console: Console, *, started: float) -> in
             spec = f"file:{os.path.join(tmpdir, 'token.json')}"
         children = [_Child(_with_token_store(p, spec)) for p in plan.children]
         display = None
-        if progress_wanted(settings.progress, verbosity=settings.verbosity):
+        if progress_wanted(
+            settings.progress, verbosity=settings.verbosity, log_format=settings.log_format
+        ):
             display = ProgressDisplay(console, description=f"upload ({len(children)} processes)")
         summary = await _supervise(children, display, plan.total_bytes, started)
     finally:
@@ -227,6 +229,7 @@ async def _parent(settings: Settings, console: Console, *, started: float) -> in
             summary_json=settings.summary_json,
             verbosity=settings.verbosity,
             extra={"shards": _shard_summaries(children)},
+            log_format=settings.log_format,
         )
     return merge_exit_codes(codes)
 
@@ -330,11 +333,15 @@ async def _watch(child: _Child, children: list[_Child], total: Counters) -> None
     proc = child.proc
     assert proc is not None and proc.stdout is not None and proc.stderr is not None
     prefix = f"[shard {child.label}] "
+    as_json = child.plan.settings.log_format == "json"
 
     async def relay_stderr() -> None:
         assert proc.stderr is not None
         async for line in _lines(proc.stderr):
-            sys.stderr.write(prefix + line.decode("utf-8", "replace").rstrip("\n") + "\n")
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            # with json logs the child's line is an event: the shard becomes a field of it
+            text = _json_with_shard(text, child.label) if as_json else prefix + text
+            sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
     relay = asyncio.create_task(relay_stderr())
@@ -359,6 +366,21 @@ async def _watch(child: _Child, children: list[_Child], total: Counters) -> None
     if code < 0 or (code in (0, 1) and child.final is None):
         code = EXIT_INTERRUPTED  # killed, or gone without its summary: not a clean result
     child.code = code
+
+
+def _json_with_shard(text: str, label: str) -> str:
+    """A child's JSON log line with ``shard`` added; a line that is not one (a crash's last
+    words) becomes a ``child_output`` event, redacted."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        from ._jsonlog import json_line
+
+        return json_line("ERROR", "child_output", text, {"shard": label}, ts=time.time())
+    data["shard"] = label
+    return orjson.dumps(data).decode()
 
 
 async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
@@ -482,7 +504,9 @@ def child_main() -> int:
     os.dup2(2, 1)
     plan = _read_job(sys.stdin.buffer.read())
     settings = plan.settings
-    with logging_to_stderr(settings.verbosity, settings.secret_values()):
+    with logging_to_stderr(
+        settings.verbosity, settings.secret_values(), log_format=settings.log_format
+    ):
         try:
             summary, error = run_async(
                 run_plan(plan, observe=lambda tokens: _Reporter(report_fd, tokens))
@@ -490,7 +514,12 @@ def child_main() -> int:
             if error is not None:
                 raise error
         except (Exception, KeyboardInterrupt) as exc:
-            print_error(exc, verbosity=settings.verbosity, stopped_by="a signal")
+            print_error(
+                exc,
+                verbosity=settings.verbosity,
+                stopped_by="a signal",
+                log_format=settings.log_format,
+            )
             return exit_code(exc)
     assert summary is not None
     return summary_exit_code(summary)

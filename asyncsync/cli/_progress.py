@@ -43,13 +43,20 @@ RATE_WINDOW = 3.0  # seconds of history behind the records/s figure
 
 
 def progress_wanted(
-    progress: bool | None, *, verbosity: int = 0, stream: TextIO | None = None
+    progress: bool | None,
+    *,
+    verbosity: int = 0,
+    stream: TextIO | None = None,
+    log_format: str = "text",
 ) -> bool:
-    """--progress forces it, --no-progress and -q turn it off, else only on a terminal."""
+    """--progress forces it, --no-progress and -q turn it off, else only on a terminal, and
+    never by default with json logs (every stderr line is then a JSON object)."""
     if verbosity < 0:
         return False
     if progress is not None:
         return progress
+    if log_format == "json":
+        return False
     stream = sys.stderr if stream is None else stream
     return stream.isatty()
 

@@ -95,9 +95,26 @@ def report(
     summary_json: Path | None,
     verbosity: int,
     extra: Mapping[str, Any] | None = None,
+    log_format: str = "text",
 ) -> None:
-    """The summary JSON (``summary.to_dict()`` plus ``extra``), then the table unless -q."""
+    """The summary JSON (``summary.to_dict()`` plus ``extra``), then the table unless -q;
+    with ``log_format="json"`` one ``summary`` event on stderr instead of the table."""
+    data = {**summary.to_dict(), **(extra or {})}
     if summary_json is not None:
-        write_summary_json(summary_json, {**summary.to_dict(), **(extra or {})})
-    if verbosity >= 0:
-        print_table(console, f"{PROG} {command}", summary_rows(summary, failed=failed))
+        write_summary_json(summary_json, data)
+    if verbosity < 0:
+        return
+    if log_format == "json":
+        from ._jsonlog import write_json_event
+
+        if failed is not None and summary.records_failed:
+            data["failed_file"] = str(failed)
+        write_json_event(
+            "INFO",
+            "summary",
+            f"{command} {'interrupted' if summary.interrupted else 'finished'}: "
+            f"{summary.records_sent} of {summary.records_read} records delivered",
+            {"command": command, **data},
+        )
+        return
+    print_table(console, f"{PROG} {command}", summary_rows(summary, failed=failed))

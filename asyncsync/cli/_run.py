@@ -20,13 +20,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._exceptions import Interrupted
-from .._hooks import UploadHooks
-from .._summary import Counters, RunSummary
+from .._hooks import HookGroup, UploadHooks, overrides
+from .._summary import RunSummary
 from ._plan import RunPlan
 from ._settings import Settings
 
 if TYPE_CHECKING:
     from .._uploader import Uploader
+    from ..auth._events import TokenObserver
     from ..auth._manager import TokenManager, TokenStore
     from ..auth._providers import AuthProvider
     from ..sources._protocol import Source
@@ -193,7 +194,11 @@ def open_plan_source(plan: RunPlan) -> Source | str:
 
 @contextlib.asynccontextmanager
 async def open_tokens(
-    settings: Settings, *, store: TokenStore | None, ssl: ssl_module.SSLContext | bool | None
+    settings: Settings,
+    *,
+    store: TokenStore | None,
+    ssl: ssl_module.SSLContext | bool | None,
+    observer: TokenObserver | None = None,
 ) -> AsyncIterator[TokenManager | None]:
     """The run's token manager (None without authentication), on a transport of its own with
     the run's TLS settings; closed after the uploader, so that ``--revoke-url`` revokes the
@@ -218,6 +223,7 @@ async def open_tokens(
             fetch_timeout=token_fetch_timeout(settings),
             # a token endpoint down (5xx, 429, timeouts) is retried for this long, then exit 3
             max_fetch_time=settings.auth_retry_time,
+            observer=observer,
         )
         try:
             yield tokens
@@ -259,25 +265,16 @@ def open_uploader(
 
 
 class _Outcome(UploadHooks):
-    """Passes the start and the end on to ``inner`` and keeps the summary the run ends with: an
-    ``Interrupted`` carries its own, but an AuthError (or a crash) mid-run does not, and the
-    counts so far are worth reporting all the same."""
+    """Keeps the summary the run ends with: an ``Interrupted`` carries its own, but an
+    AuthError (or a crash) mid-run does not, and the counts so far are worth reporting all
+    the same. Grouped with the caller's hooks (:class:`HookGroup`): the per-request and
+    per-batch events reach only the hooks that implement them."""
 
-    def __init__(self, inner: UploadHooks | None) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.summary: RunSummary | None = None
-
-    # on_retry and on_batch_done are not passed on: the CLI's displays poll the counters, and
-    # a hook that does not override on_batch_done keeps the per-batch path free of calls
-
-    def on_start(self, counters: Counters, *, total_bytes: int | None) -> None:
-        if self.inner is not None:
-            self.inner.on_start(counters, total_bytes=total_bytes)
 
     def on_finish(self, summary: RunSummary) -> None:
         self.summary = summary
-        if self.inner is not None:
-            self.inner.on_finish(summary)
 
 
 async def run_plan(
@@ -292,15 +289,20 @@ async def run_plan(
     def token_requests() -> int:
         return tokens.stats.requests if tokens is not None else 0
 
-    outcome = _Outcome(observe(token_requests) if observe is not None else None)
+    outcome = _Outcome()
+    hooks = HookGroup([outcome, observe(token_requests) if observe is not None else None])
+    # the token manager stands alone: its observer is wired here, to the same hooks
+    observer = hooks.on_token if overrides(hooks, "on_token") else None
     try:
         source = open_plan_source(plan)  # SourceError before any request
         ssl = plan.settings.ssl_context()
         # a bad --token-store is a ConfigError here, before any request
         store = open_run_token_store(plan.settings)
         try:
-            async with open_tokens(plan.settings, store=store, ssl=ssl) as tokens:
-                up = open_uploader(plan, tokens=tokens, hooks=outcome, ssl=ssl)
+            async with open_tokens(
+                plan.settings, store=store, ssl=ssl, observer=observer
+            ) as tokens:
+                up = open_uploader(plan, tokens=tokens, hooks=hooks, ssl=ssl)
                 async with up:
                     with stop_on_signals(up):
                         return await up.upload(source), None

@@ -194,6 +194,14 @@ def _text(raw: object) -> str:
     return raw.strip()
 
 
+def _listen_address(raw: object) -> str:
+    text = _text(raw)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {_got(raw)}")
+    return text
+
+
 def _url(raw: object) -> str:
     text = _text(raw)
     parts = urlsplit(text)
@@ -543,6 +551,24 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
     ),
     Option("verbose", _int(0), 0, "-v logs each retry and token refresh, -vv debug", _STATE),
+    Option(
+        "log-format",
+        _choice("text", "json"),
+        "text",
+        "text (default), or json: every line on stderr is one JSON object (logs, errors, "
+        "the summary); the progress display is off unless --progress",
+        _STATE,
+        "text|json",
+    ),
+    Option(
+        "metrics",
+        _listen_address,
+        None,
+        "serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts "
+        "(the metrics extra: pip install 'asyncsync[metrics]')",
+        _STATE,
+        "HOST:PORT",
+    ),
     Option("quiet", _bool, False, "print only errors", _STATE),
     Option(
         "config",
@@ -716,6 +742,8 @@ class Settings:
     summary_json: Path | None = None
     progress: bool | None = None  # None: on when stderr is a terminal
     verbosity: int = 0  # -1 quiet, 0 default, 1 -v, 2 -vv
+    log_format: Literal["text", "json"] = "text"
+    metrics: str | None = None  # HOST:PORT
     config: Path | None = None
     ca_bundle: Path | None = None
     insecure: bool = False
@@ -983,6 +1011,14 @@ def resolve(
         )
     if values["wrap"] is not None and values["body"] != "json":
         raise ConfigError(f"{label('wrap')}: only applies to --body json", field="wrap")
+    if values["metrics"] is not None and values["processes"] > 1:
+        # the children's counts are not summed into one endpoint (yet): refuse rather than
+        # serve the numbers of one process as if they were the run's
+        raise ConfigError(
+            f"{label('metrics')} does not work with --processes (yet); run one process, or "
+            "one process per --shard K/N, each with its own --metrics port",
+            field="metrics",
+        )
     if values["insecure"] and values["ca_bundle"] is not None:
         raise ConfigError("--insecure and --ca-bundle exclude each other", field="insecure")
 

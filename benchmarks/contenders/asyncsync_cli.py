@@ -28,7 +28,9 @@ def find_cli() -> str | None:
     return shutil.which("asyncsync")
 
 
-def upload(args: argparse.Namespace, cli: str, workdir: Path) -> Result:
+def upload(
+    args: argparse.Namespace, cli: str, workdir: Path, extra: tuple[str, ...] = ()
+) -> Result:
     summary_path = workdir / "summary.json"
     cmd = [cli, "upload", str(args.data), "--url", args.url]
     env = dict(os.environ)
@@ -52,6 +54,7 @@ def upload(args: argparse.Namespace, cli: str, workdir: Path) -> Result:
         "--summary-json",
         str(summary_path),
         "--no-progress",
+        *extra,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -79,8 +82,8 @@ def upload(args: argparse.Namespace, cli: str, workdir: Path) -> Result:
     )
 
 
-def main() -> None:
-    args = parse_args(__doc__ or "")
+def main(extra: tuple[str, ...] = (), doc: str | None = None) -> None:
+    args = parse_args(doc or __doc__ or "")
     cli = find_cli()
     if cli is None:
         skip("not installed: no asyncsync executable")
@@ -89,10 +92,10 @@ def main() -> None:
         skip("not available: `asyncsync upload --help` failed")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        emit(upload(args, cli, args.workdir))
+        emit(upload(args, cli, args.workdir, extra))
     else:
         with tempfile.TemporaryDirectory(prefix="asyncsync-bench-") as tmp:
-            emit(upload(args, cli, Path(tmp)))
+            emit(upload(args, cli, Path(tmp), extra))
 
 
 if __name__ == "__main__":
