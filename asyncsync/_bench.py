@@ -75,7 +75,7 @@ LATENCY_SAMPLE: Final = 100_000
 _MIB: Final = 1024 * 1024
 
 
-class _CellOver(Exception):  # noqa: N818 - a signal between the meter and the workers
+class _CellOver(Exception):
     """The cell is over (time, quota, push-back, stop): no new attempt."""
 
 
@@ -379,7 +379,7 @@ async def run_cell(
     positions: list[int],
     job_id: str,
     headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,
+    request_timeout: float | None = None,
     stop: asyncio.Event | None = None,
     progress: ProgressFn | None = None,
     progress_every: float = 0.25,
@@ -406,7 +406,7 @@ async def run_cell(
         counters=counters,
         hooks=NO_HOOKS,
         headers=headers,
-        timeout=timeout,
+        timeout=request_timeout,
     )
     seq = 0
 
@@ -490,7 +490,7 @@ async def run_sweep(
     limits: BenchLimits,
     retry: RetryPolicy,
     headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,
+    request_timeout: float | None = None,
     stop: asyncio.Event | None = None,
     progress: ProgressFn | None = None,
     on_cell: Callable[[CellResult], None] | None = None,
@@ -519,7 +519,7 @@ async def run_sweep(
             positions=positions,
             job_id=job_id,
             headers=headers,
-            timeout=timeout,
+            request_timeout=request_timeout,
             stop=stop,
             progress=progress,
             clock=clock,

@@ -285,7 +285,7 @@ async def _bench(
         "pool": pool,
         "retry": settings.retry,
         "headers": dict(settings.headers),
-        "timeout": None,  # the transport's: --timeout
+        "request_timeout": None,  # the transport's: --timeout
     }
     async with open_tokens(settings, store=None, ssl=ssl) as tokens:
         if tokens is not None:

@@ -109,7 +109,9 @@ def print_table(console: Console, cells: Sequence[CellResult]) -> None:
         table.add_column(name, justify="left" if name in ("statuses", "") else "right")
     for c in cells:
         lat = c.latency_ms()
-        note = "* best" if c is best else ("" if c.stopped in ("duration", "requests") else c.stopped)
+        note = (
+            "* best" if c is best else ("" if c.stopped in ("duration", "requests") else c.stopped)
+        )
         table.add_row(
             str(c.concurrency),
             str(c.batch_size),
@@ -128,9 +130,7 @@ def print_table(console: Console, cells: Sequence[CellResult]) -> None:
         )
     console.print(table)
     if best is None:
-        console.print(
-            "no cell stayed under 1% push-back and errors: no best cell", markup=False
-        )
+        console.print("no cell stayed under 1% push-back and errors: no best cell", markup=False)
 
 
 def write_csv(cells: Sequence[CellResult]) -> bytes:

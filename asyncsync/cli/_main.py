@@ -2,10 +2,10 @@
 errors to exit codes (:mod:`._exit`).
 
 Commands: ``upload``, ``replay`` (a dead-letter file, sent again), ``bench`` (an endpoint
-measured over a grid, :mod:`._bench`), ``sink`` (the reference server) and ``demo``. The parts: :mod:`._settings` (flags, environment, TOML), :mod:`._plan`
-(every default path, the shard layout), :mod:`._run` (the uploader, signals),
-:mod:`._report` (table, JSON), :mod:`._progress`, :mod:`._processes` (``--processes N``),
-:mod:`._demo`.
+measured over a grid, :mod:`._bench`), ``sink`` (the reference server) and ``demo``. The
+parts: :mod:`._settings` (flags, environment, TOML), :mod:`._plan` (every default path, the
+shard layout), :mod:`._run` (the uploader, signals), :mod:`._report` (table, JSON),
+:mod:`._progress`, :mod:`._processes` (``--processes N``), :mod:`._demo`.
 """
 
 from __future__ import annotations
