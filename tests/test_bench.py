@@ -354,3 +354,16 @@ async def test_cli_ctrl_c_writes_the_partial_results(tmp_path: Path) -> None:
     assert doc["cells"][-1]["stopped"] == "interrupted"
     assert len(doc["cells"]) < 3
     assert sum(c["records"] for c in doc["cells"]) == stats["records"]
+
+
+@pytest.mark.slow
+async def test_cli_help_warns_that_records_are_real(tmp_path: Path) -> None:
+    """`bench --help` warns that real records are sent, shows examples and the exit codes,
+    and takes upload's auth, body and TLS flags."""
+    result = await run_cli("bench", "--help", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "REAL records" in result.out
+    assert "examples:" in result.out and "exit status" in result.out
+    for flag in ("--token-url", "--login-body", "--gzip", "--wrap", "--ca-bundle", "--insecure"):
+        assert flag in result.out
+    assert "--checkpoint" not in result.out
