@@ -1,11 +1,11 @@
 """``asyncsync``: the command line. Thin: parse, build settings, plan, run, report, and map
 errors to exit codes (:mod:`._exit`).
 
-Commands: ``upload``, ``replay`` (a dead-letter file, sent again), ``sink`` (the reference
-server) and ``demo``. The parts: :mod:`._settings` (flags, environment, TOML), :mod:`._plan`
-(every default path, the shard layout), :mod:`._run` (the uploader, signals),
-:mod:`._report` (table, JSON), :mod:`._progress`, :mod:`._processes` (``--processes N``),
-:mod:`._demo`.
+Commands: ``upload``, ``replay`` (a dead-letter file, sent again), ``bench`` (an endpoint
+measured over a grid, :mod:`._bench`), ``sink`` (the reference server) and ``demo``. The
+parts: :mod:`._settings` (flags, environment, TOML), :mod:`._plan` (every default path, the
+shard layout), :mod:`._run` (the uploader, signals), :mod:`._report` (table, JSON),
+:mod:`._progress`, :mod:`._processes` (``--processes N``), :mod:`._demo`.
 """
 
 from __future__ import annotations
@@ -164,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("source", metavar="FAILED.jsonl", help="a dead-letter file")
     add_upload_arguments(replay)
 
+    from ._bench import BENCH_EPILOG, add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark an ingest endpoint over a grid of concurrency x batch size",
+        description="Send real batches to --url for every cell of a concurrency x batch size "
+        "grid, with one token, and measure records/s, latency and push-back.",
+        epilog=BENCH_EPILOG,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    add_bench_arguments(bench)
+
     # dispatched before parsing (its options are the server's own); listed for --help
     sub.add_parser("sink", help="run the reference partner server", add_help=False)
 
@@ -306,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(records=ns.records, progress=ns.progress, directory=ns.dir)
+        if ns.command == "bench":
+            from ._bench import run_bench
+
+            verbosity = -1 if ns.quiet else (ns.verbose or 0)
+            return run_bench(ns, os.environ)
         settings = resolve(ns, os.environ, command=ns.command)
         verbosity = settings.verbosity
         log_format = settings.log_format

@@ -29,7 +29,7 @@ import os
 import re
 import ssl
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -646,10 +646,15 @@ class _Refuse(argparse.Action):
         )
 
 
-def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every option of :data:`OPTIONS` to ``parser``; all default to None (= not given)."""
+def add_upload_arguments(
+    parser: argparse.ArgumentParser, *, only: Collection[str] | None = None
+) -> None:
+    """Add every option of :data:`OPTIONS` (or those named in ``only``) to ``parser``; all
+    default to None (= not given)."""
     groups: dict[str, Any] = {}
     for opt in OPTIONS:
+        if only is not None and opt.name not in only:
+            continue
         group = groups.get(opt.group)
         if group is None:
             group = groups[opt.group] = parser.add_argument_group(opt.group)
@@ -921,11 +926,13 @@ def resolve(
     env: Mapping[str, str] | None = None,
     *,
     command: Literal["upload", "replay"] = "upload",
+    require_source: bool = True,
 ) -> Settings:
     """Merge parsed flags (``ns``), ``env`` and the TOML file into checked :class:`Settings`.
 
     ``ns`` holds None for every option not given on the command line (as
     :func:`add_upload_arguments` arranges). Raises :class:`ConfigError` naming the option.
+    ``require_source=False``: SOURCE may be absent (``bench`` can send synthetic records).
     """
     flags = dict(vars(ns) if isinstance(ns, argparse.Namespace) else ns)
     env = os.environ if env is None else env
@@ -1037,7 +1044,7 @@ def resolve(
         for name in ("query", "key", "table"):
             if values[name] is not None:
                 raise ConfigError(f"{label(name)}: only applies with --db", field=name)
-        if source is None:
+        if source is None and require_source:
             raise ConfigError(
                 "SOURCE is required: a .jsonl/.ndjson/.csv file or - for stdin", field="source"
             )
