@@ -13,10 +13,18 @@ Records are embedded as their original bytes (``orjson.Fragment``), never re-ser
 Writes go to a buffer; :meth:`DeadLetterFile.sync` (called off the event loop before every
 checkpoint save) flushes and fsyncs it, so a checkpoint never covers a dead-lettered record
 that is not durably in the file.
+
+A crash (SIGKILL, power loss) can cut the last line short: the buffer is written out in
+chunks, and a chunk may end mid-entry. Such a torn tail was never synced, so no checkpoint
+covers its records: the resumed run sends or dead-letters them again. :meth:`repair` cuts it
+off (back to the last complete line) before anything is appended, so the file stays valid
+JSON Lines; the ledger calls it when a run opens its checkpoint, and the first write does
+otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -30,6 +38,11 @@ from ._redact import redact
 
 __all__ = ["DeadLetterFile"]
 
+log = logging.getLogger("asyncsync")
+
+#: how far back :meth:`DeadLetterFile.repair` reads at a time, looking for the last newline
+_SCAN_CHUNK = 64 * 1024
+
 
 class DeadLetterFile:
     """Append-only writer of dead-lettered records."""
@@ -39,10 +52,58 @@ class DeadLetterFile:
         self._lines = lines
         self._file: IO[bytes] | None = None
         self._lock = threading.Lock()  # sync() runs in a worker thread
+        self._repaired = False
         self.count = 0
+
+    def repair(self) -> int:
+        """Cut a torn last line (one a crash cut short: no newline after it) off the file;
+        the number of bytes removed. Done once per instance, before the first append; a
+        missing or unreadable file is left alone (the first write reports it). ConfigError
+        when a torn file cannot be written."""
+        if self._repaired:
+            return 0
+        try:
+            with open(self.path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                if end > 0:
+                    f.seek(end - 1)
+                whole = end == 0 or f.read(1) == b"\n"
+        except OSError:  # missing (nothing to repair) or unreadable (the first write says so)
+            whole = True
+        if whole:
+            self._repaired = True
+            return 0
+        try:
+            with open(self.path, "r+b") as f:
+                keep = 0  # no newline at all: the only line is torn
+                pos = end
+                while pos > 0:
+                    step = min(_SCAN_CHUNK, pos)
+                    pos -= step
+                    f.seek(pos)
+                    i = f.read(step).rfind(b"\n")
+                    if i >= 0:
+                        keep = pos + i + 1
+                        break
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open dead-letter file {self.path}: {exc.strerror}", field="failed"
+            ) from exc
+        self._repaired = True
+        log.warning(
+            "dead-letter file %s ended in a torn line (a crash cut it short): %d bytes cut "
+            "off; its records were not checkpointed and are processed again",
+            self.path,
+            end - keep,
+        )
+        return end - keep
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
+            self.repair()  # appending to a torn line would garble the new entry too
             try:
                 self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
             except OSError as exc:

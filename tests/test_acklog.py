@@ -127,6 +127,22 @@ async def test_ledger_logs_acknowledged_batches_and_folds_them_on_resume(tmp_pat
     assert not any(p.exists() for p in AckLog(ckpt).paths)
 
 
+async def test_ledger_open_repairs_a_torn_dead_letter_file(tmp_path: Path) -> None:
+    """Resuming after a crash that tore the dead-letter file's last line cuts the torn tail
+    when the checkpoint is opened, so the file is valid JSON Lines even when the resumed run
+    dead-letters nothing more."""
+    failed = tmp_path / "failed.jsonl"
+    failed.write_bytes(b'{"record": 1, "position": 1}\n{"record": {"id": 7, "na')
+    fp = Fingerprint.of_stream("<stdin>", {})
+    ledger = Ledger.open(
+        tmp_path / "job.ckpt", fp, dead_letter=DeadLetterFile(failed), counters=Counters()
+    )
+    assert failed.read_bytes() == b'{"record": 1, "position": 1}\n'
+    await ledger.start()
+    assert await ledger.finish(stopped=False)
+    assert failed.read_bytes() == b'{"record": 1, "position": 1}\n'
+
+
 async def test_ledger_keyed_source_does_not_move_the_watermark(tmp_path: Path) -> None:
     """keyed=True (SQL): the log's batches are skipped on resume but the watermark stays,
     because its key is not in the log."""

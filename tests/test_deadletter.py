@@ -75,3 +75,34 @@ def test_unwritable_dead_letter_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         dead.write_rejects([Rejected("x", 1, "bad", 1)])
     assert caught.value.field == "failed"
+
+
+def test_torn_last_line_is_cut_before_appending(tmp_path: Path) -> None:
+    """A SIGKILL can cut the last entry mid-line (the buffer goes out in chunks). The next
+    run cuts the torn tail off before it appends: the file stays JSON Lines and the first
+    new entry is not glued to the fragment. (The torn entry was never synced, so no
+    checkpoint covers it: the resumed run dead-letters that record again.)"""
+    path = tmp_path / "f.jsonl"
+    dead = DeadLetterFile(path)
+    dead.write_rejects([Rejected("a", 1, "bad", 1), Rejected("b", 2, "bad", 2)])
+    dead.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b"\n") + 1 + 20])  # entry 2 cut after 20 bytes
+    dead = DeadLetterFile(path)
+    dead.write_rejects([Rejected("b", 2, "bad", 2), Rejected("c", 3, "bad", 3)])
+    dead.close()
+    assert [e["position"] for e in entries(path)] == [1, 2, 3]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_repair_of_a_file_that_is_one_torn_line(tmp_path: Path) -> None:
+    """No newline at all: the only line is torn and goes; a whole file is left as it is."""
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"record": {"id"')
+    assert DeadLetterFile(path).repair() == 16
+    assert path.read_bytes() == b""
+    path.write_bytes(b'{"a": 1}\n')
+    assert DeadLetterFile(path).repair() == 0
+    assert path.read_bytes() == b'{"a": 1}\n'
+    assert DeadLetterFile(tmp_path / "missing.jsonl").repair() == 0
+    assert not (tmp_path / "missing.jsonl").exists()

@@ -83,6 +83,10 @@ class Ledger:
         :class:`~asyncsync.CheckpointError` when the checkpoint is unusable or for another job."""
         store = CheckpointStore(path)
         acks = AckLog(Path(path))
+        # a crash may have torn the dead-letter file's last line: cut it now, so the file is
+        # valid JSON Lines even if this run dead-letters nothing (its records were never
+        # checkpointed: this run redoes them)
+        dead_letter.repair()
         if resume:
             fold_ack_log(store, acks, advance=not keyed)
         ckpt = Checkpointer.open(
