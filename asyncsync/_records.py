@@ -90,6 +90,10 @@ class Batch:
     nbytes: int = 0
     #: SQL sources: the resume token of the key of the batch's last record
     end_key: Any = None
+    #: True when ``positions`` are every record the source has between ``first`` and
+    #: ``last`` (a batch as cut, or a slice of one): the range then names the body. A subset
+    #: picked out of a batch (the items a server asked to retry) is not dense.
+    dense: bool = True
 
     @property
     def first(self) -> int:
@@ -103,7 +107,9 @@ class Batch:
         return len(self.records)
 
     def split(self) -> tuple[Batch, Batch]:
-        """Halves, for a 413; each keeps ``seq`` (the checkpoint tracks the parent)."""
+        """Halves, for a 413 or a rejection; each keeps ``seq`` (the checkpoint tracks the
+        parent). The same batch always splits at the same place: a resumed run sends the same
+        parts under the same keys."""
         mid = len(self.records) // 2
         left = Batch(
             self.seq,
@@ -111,6 +117,8 @@ class Batch:
             compact_positions(self.positions[:mid]),
             None,
             sum(map(len, self.records[:mid])),
+            None,
+            self.dense or mid == 1,
         )
         right = Batch(
             self.seq,
@@ -119,8 +127,20 @@ class Batch:
             self.end_offset,
             sum(map(len, self.records[mid:])),
             self.end_key,
+            self.dense or len(self.records) - mid == 1,
         )
         return left, right
+
+    def subset(self, indexes: Sequence[int]) -> Batch:
+        """The records at ``indexes`` (increasing) as a batch of their own, keeping ``seq``:
+        the items of a per-record answer that were delivered, failed, or are to be sent
+        again."""
+        if len(indexes) == len(self.records):
+            return self
+        records = [self.records[i] for i in indexes]
+        positions = compact_positions([self.positions[i] for i in indexes])
+        dense = len(records) == 1 or (self.dense and indexes[-1] - indexes[0] == len(indexes) - 1)
+        return Batch(self.seq, records, positions, None, sum(map(len, records)), None, dense)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,8 @@ class Counters:
     records_read, records_sent, records_failed          the pipeline (as batches settle)
     bytes_read                                          the uploader (per source block)
     bytes_sent, batches, requests, retries,             the sender (per request)
-    retries_by_status, in_flight, latencies
+    split_requests, retries_by_status, in_flight,
+    latencies
     auth_requests                                       the uploader (from the token manager)
     ==================================================  ======================================
 
@@ -67,6 +68,8 @@ class Counters:
     batches: int = 0
     requests: int = 0
     retries: int = 0
+    #: requests for parts of a split batch (a 413, a rejection, items re-sent), retries included
+    split_requests: int = 0
     retries_by_status: Counter[str] = field(default_factory=Counter)
     auth_requests: int = 0
     in_flight: int = 0
@@ -94,6 +97,7 @@ class RunSummary:
     auth_requests: int
     duration_s: float
     bytes_sent: int = 0
+    split_requests: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -154,6 +158,7 @@ class RunSummary:
             auth_requests=counters.auth_requests,
             duration_s=duration_s,
             bytes_sent=counters.bytes_sent,
+            split_requests=counters.split_requests,
             latency_p50_ms=ms(0.50),
             latency_p95_ms=ms(0.95),
             latency_p99_ms=ms(0.99),

@@ -110,6 +110,7 @@ _COUNTER_FIELDS: Final = (
     "batches",
     "requests",
     "retries",
+    "split_requests",
     "auth_requests",
     "in_flight",
 )
