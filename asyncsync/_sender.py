@@ -144,14 +144,20 @@ class Sender:
         """The Idempotency-Key: the same on every retry and on a resumed run of this job.
 
         Derived from the record range, which names the body when the batch is dense (a batch
-        as cut, or a part of one split in halves); a subset of a batch (items re-sent) adds a
-        digest of its positions, so two different subsets of one range never share a key."""
-        if batch.dense:
-            return f"{self._job_id}-{batch.first}-{batch.last}"
-        digest = hashlib.blake2b(
-            ",".join(map(str, batch.positions)).encode(), digest_size=8
-        ).hexdigest()
-        return f"{self._job_id}-{batch.first}-{batch.last}-{digest}"
+        as cut, or a part of one split in halves). A subset of a batch (items sent again)
+        adds a digest of its positions, so two subsets of one range never share a key, and
+        the round it is sent in (``-rN``): a server that deduplicates by key has marked the
+        previous key done, and must not answer the new request from it. Every piece is
+        decided by the answers before it, so a resumed run derives the same keys."""
+        key = f"{self._job_id}-{batch.first}-{batch.last}"
+        if not batch.dense:
+            digest = hashlib.blake2b(
+                ",".join(map(str, batch.positions)).encode(), digest_size=8
+            ).hexdigest()
+            key = f"{key}-{digest}"
+        if batch.resend:
+            key = f"{key}-r{batch.resend}"
+        return key
 
     async def send(self, batch: Batch) -> list[BatchResult]:
         """Deliver ``batch``; one result, or one per part when it was split (a 413, a
@@ -444,7 +450,7 @@ class Sender:
                 len(batch),
                 items[again[0]].message,
             )
-            return _Partial(settled, batch.subset(again), attempts, started)
+            return _Partial(settled, batch.subset(again, resend=True), attempts, started)
         return _Partial(settled, None, attempts, started)
 
     def _describe_status(self, resp: Response, excerpt: bytes, token: Token | None) -> str:

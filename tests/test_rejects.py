@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from asyncsync import RetryPolicy
+from asyncsync import ConfigError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._config import RejectOptions
 from asyncsync._hooks import NO_HOOKS
@@ -27,7 +27,6 @@ from asyncsync._records import Batch, BatchResult
 from asyncsync._retry import PauseGate
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
-from asyncsync import ConfigError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -291,10 +290,12 @@ async def test_per_record_results(serve: Callable[[Handler], Awaitable[str]], sh
             assert f"bad {r.batch.first}" in r.error
             if shape != "salesforce":
                 assert r.status == 400
-    retry_part = make_batch(20).subset([6, 11])
-    assert not retry_part.dense
+    retry_part = make_batch(20).subset([6, 11], resend=True)
+    assert not retry_part.dense and retry_part.resend == 1
     key = sender.key_for(retry_part)
-    assert key.startswith("job-7-12-") and key != "job-7-12"
+    assert key.startswith("job-7-12-") and key.endswith("-r1")
+    again = sender.key_for(retry_part.subset([0, 1], resend=True))
+    assert again != key and again.endswith("-r2")  # a new key every round
     assert counters.batches == 2 and counters.split_requests == 1
 
 
@@ -304,7 +305,9 @@ async def test_retryable_items_give_up_under_the_retry_budget(
     """An item throttled every time is dead-lettered once the batch's attempts are spent."""
     handler = results_server("elasticsearch", {5: 429}, throttle_once=False)
     url = await serve(handler)
-    results, _, _ = await run(url, make_batch(8), RejectOptions(results="elasticsearch"), attempts=3)
+    results, _, _ = await run(
+        url, make_batch(8), RejectOptions(results="elasticsearch"), attempts=3
+    )
     _, dead = settle_map(results)
     assert dead == [5]
     [failed] = [r for r in results if not r.delivered]
@@ -315,7 +318,10 @@ async def test_retryable_items_give_up_under_the_retry_budget(
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        ({"errors": True, "items": [{"index": {"status": 201}}]}, "holds 1 results for a batch of 4"),
+        (
+            {"errors": True, "items": [{"index": {"status": 201}}]},
+            "holds 1 results for a batch of 4",
+        ),
         ({"took": 3}, "no 'items'"),
         (b"<html>busy</html>", "not JSON"),
     ],

@@ -103,7 +103,9 @@ async def test_seven_poison_records_elasticsearch_results(tmp_path: Path, export
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("shape", "spec"), [("salesforce", "salesforce"), ("salesforce", ".")])
-async def test_salesforce_and_path_results(tmp_path: Path, export: Path, shape: str, spec: str) -> None:
+async def test_salesforce_and_path_results(
+    tmp_path: Path, export: Path, shape: str, spec: str
+) -> None:
     """sObject Collections answers, read by name or by the generic path rule ('.')."""
     async with Sink(sink_config(results=shape, item_throttle_rate=0.01)) as sink:
         code, err, summary, dead = await upload(sink, export, tmp_path, "--results", spec)
@@ -158,10 +160,10 @@ def test_sigkill_during_splits_then_resume(tmp_path: Path, results: str | None) 
     """SIGKILL while rejected batches are being split, then --resume: every good record
     stored exactly once, never under a second key, exactly the poison records dead-lettered
     (a crash may repeat a dead letter written after the last save, never lose one)."""
-    n = 20_000
-    poisoned = set(range(40, n + 1, 97))  # ~206 bad records: splits all through the run
+    n = 10_000
+    poisoned = set(range(40, n + 1, 397))  # 26 bad records: splits all through the run
     source = write_records(tmp_path / "export.jsonl", n, poison=poisoned.__contains__)
-    options = ["--latency", "0.02", "--reject-field", "poison"]
+    options = ["--latency", "0.01", "--reject-field", "poison"]
     if results:
         options += ["--results", results, "--item-throttle-rate", "0.01"]
     with run_sink(tmp_path, *options) as sink:
