@@ -20,6 +20,7 @@ EXPECTED = {
     "RetryDetails",
     # settings
     "BatchLimits",
+    "RejectOptions",
     "RetryPolicy",
     "Action",
     "BodyOptions",
