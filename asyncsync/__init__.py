@@ -6,7 +6,15 @@ it. Internals (counters, record blocks, checkpoint state, the transport) stay pr
 
 from __future__ import annotations
 
-from ._config import Action, BatchLimits, BodyOptions, HttpOptions, RetryPolicy, StateOptions
+from ._config import (
+    Action,
+    BatchLimits,
+    BodyOptions,
+    HttpOptions,
+    RejectOptions,
+    RetryPolicy,
+    StateOptions,
+)
 from ._exceptions import (
     AsyncSyncError,
     AuthError,
@@ -74,6 +82,7 @@ __all__ = [
     "OAuth2ClientCredentials",
     "QueueDepth",
     "RedisTokenStore",
+    "RejectOptions",
     "RequestDone",
     "RetryDetails",
     "RetryPolicy",

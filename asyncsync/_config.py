@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_BODY",
     "DEFAULT_HTTP",
     "DEFAULT_LIMITS",
+    "DEFAULT_REJECTS",
     "DEFAULT_RETRY",
     "DEFAULT_STATE",
     "DEFAULT_STATUS_ACTIONS",
@@ -30,6 +31,7 @@ __all__ = [
     "BodyFormat",
     "BodyOptions",
     "HttpOptions",
+    "RejectOptions",
     "RetryPolicy",
     "StateOptions",
 ]
@@ -224,7 +226,48 @@ class StateOptions:
         object.__setattr__(self, "job_id", job_id)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectOptions:
+    """What a rejection costs.
+
+    ``on_reject``: ``"split"`` (default) halves a batch of more than one record answered 400
+    or 422 until each rejected record stands alone, and dead-letters only those; ``"batch"``
+    dead-letters the whole batch. ``max_split_requests``: a run-wide budget of requests for
+    the parts of rejected batches (None: no limit); once spent, a rejected batch is
+    dead-lettered whole, saying so. ``results``: read a 2xx/207 answer as one result per
+    record: ``"elasticsearch"``, ``"salesforce"``, or a dotted path to the results array
+    (``"."`` for a top-level array); None reads no results (any 2xx delivers the batch).
+    """
+
+    on_reject: Literal["split", "batch"] = "split"
+    max_split_requests: int | None = None
+    results: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_reject not in ("split", "batch"):
+            raise ConfigError(
+                f"on_reject must be split or batch, got {self.on_reject!r}", field="on_reject"
+            )
+        if self.max_split_requests is not None and (
+            isinstance(self.max_split_requests, bool)
+            or not isinstance(self.max_split_requests, int)
+            or self.max_split_requests < 0
+        ):
+            raise ConfigError(
+                f"max_split_requests must be an integer >= 0, got {self.max_split_requests!r}",
+                field="max_split_requests",
+            )
+        if self.results is not None:
+            from ._results import results_reader
+
+            try:
+                results_reader(self.results)
+            except ValueError as exc:
+                raise ConfigError(f"results: {exc}", field="results") from None
+
+
 DEFAULT_RETRY = RetryPolicy()
+DEFAULT_REJECTS = RejectOptions()
 DEFAULT_LIMITS = BatchLimits()
 DEFAULT_BODY = BodyOptions()
 DEFAULT_HTTP = HttpOptions()

@@ -90,6 +90,14 @@ class Batch:
     nbytes: int = 0
     #: SQL sources: the resume token of the key of the batch's last record
     end_key: Any = None
+    #: True when ``positions`` are every record the source has between ``first`` and
+    #: ``last`` (a batch as cut, or a slice of one): the range then names the body. A subset
+    #: picked out of a batch (the items a server asked to retry) is not dense.
+    dense: bool = True
+    #: how many times these records were sent again as a part of their own because a
+    #: per-record answer said "retry" (0: never); part of the key, as the server may have
+    #: marked the previous key done
+    resend: int = 0
 
     @property
     def first(self) -> int:
@@ -103,7 +111,9 @@ class Batch:
         return len(self.records)
 
     def split(self) -> tuple[Batch, Batch]:
-        """Halves, for a 413; each keeps ``seq`` (the checkpoint tracks the parent)."""
+        """Halves, for a 413 or a rejection; each keeps ``seq`` (the checkpoint tracks the
+        parent). The same batch always splits at the same place: a resumed run sends the same
+        parts under the same keys."""
         mid = len(self.records) // 2
         left = Batch(
             self.seq,
@@ -111,6 +121,9 @@ class Batch:
             compact_positions(self.positions[:mid]),
             None,
             sum(map(len, self.records[:mid])),
+            None,
+            self.dense or mid == 1,
+            self.resend,
         )
         right = Batch(
             self.seq,
@@ -119,8 +132,24 @@ class Batch:
             self.end_offset,
             sum(map(len, self.records[mid:])),
             self.end_key,
+            self.dense or len(self.records) - mid == 1,
+            self.resend,
         )
         return left, right
+
+    def subset(self, indexes: Sequence[int], *, resend: bool = False) -> Batch:
+        """The records at ``indexes`` (increasing) as a batch of their own, keeping ``seq``:
+        the items of a per-record answer that were delivered, failed, or (``resend``) are to
+        be sent again, which counts one more :attr:`resend`."""
+        rounds = self.resend + 1 if resend else self.resend
+        if len(indexes) == len(self.records) and rounds == self.resend:
+            return self
+        records = [self.records[i] for i in indexes]
+        positions = compact_positions([self.positions[i] for i in indexes])
+        dense = len(records) == 1 or (self.dense and indexes[-1] - indexes[0] == len(indexes) - 1)
+        return Batch(
+            self.seq, records, positions, None, sum(map(len, records)), None, dense, rounds
+        )
 
 
 @dataclass(frozen=True, slots=True)

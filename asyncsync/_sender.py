@@ -13,30 +13,44 @@ attempt, a 413 splits the batch into two new ones, and a ``Retry-After`` pauses 
 through :class:`~asyncsync._retry.PauseGate`, not only this one. The random source and the
 clock are injected so tests are deterministic and instant.
 
+Rejections (``RejectOptions``): a batch of several records answered 400 or 422 is split in
+halves, like a 413, until each rejected record stands alone (a binary search: for k bad
+records of n, at most 2·k·⌈log2 n⌉ more requests); a batch whose halves and quarters are all
+rejected alike is taken as wholly bad and dead-lettered whole. With per-record results
+(``--results``), a 2xx answer settles each record on its own; items with a retryable status
+are sent again as a part of their own. Every part's key derives from its records
+(:meth:`Sender.key_for`), and a batch always splits the same way, so a resumed run sends the
+same parts under the same keys.
+
 Counting (the summary invariant ``requests == batches + retries``): the first request of an
 Idempotency-Key counts one batch, every later request with that key one retry, by the
-reason of the answer before it (the status, ``401`` included, or ``error``). A batch split on
-413 has its own key, sent once; its parts are new keys, and their requests also count in
-``split_requests``. Counts are taken when a request is sent, so a run stopped in a backoff
-counts no retry that never went out; ``hooks.on_retry`` is called at the same point, so its
-events add up to the same counts.
+reason of the answer before it (the status, ``401`` included, or ``error``). A batch split
+(on a 413 or a rejection) has its own key; its parts are new keys, and so is each round of
+items re-sent after per-record results: their first requests count as batches, and every
+request for a part also counts in ``split_requests``. Counts are taken when a request is
+sent, so a run stopped in a backoff counts no retry that never went out; ``hooks.on_retry``
+is called at the same point, so its events add up to the same counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ._body import BodyEncoder
-from ._config import Action, RetryPolicy
+from ._config import DEFAULT_REJECTS, Action, RejectOptions, RetryPolicy
 from ._exceptions import AuthError
 from ._hooks import InFlight, RequestDone, RetryDetails, UploadHooks, overrides
 from ._http import Response, Transport, TransportError
 from ._records import Batch, BatchResult
 from ._redact import redact
+from ._results import RESULTS_BODY_LIMIT, ResultsError, ResultsReader, results_reader
 from ._retry import Backoff, Budget, Clock, PauseGate, RateLimiter, Sleep, parse_retry_after
 from ._summary import Counters
 from .auth._manager import Token, TokenManager
@@ -49,6 +63,38 @@ USER_AGENT = "asyncsync"
 EXCERPT_LIMIT = 1024  # bytes of a failed response kept for the dead-letter file
 OK_BODY_LIMIT = 64 * 1024  # bytes of a body read so the connection can be reused
 MAX_REAUTH = 3  # 401s per batch answered by a refresh; past that the API refuses us
+#: statuses that mean "something in this body is wrong": a batch is split to find what
+REJECT_STATUSES = frozenset({400, 422})
+#: levels of splitting after which a batch rejected alike at every part is wholly bad
+WHOLE_BAD_LEVELS = 2
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """A batch of several records answered 400/422: to isolate the rejected records."""
+
+    result: BatchResult
+
+
+@dataclass(frozen=True, slots=True)
+class _Partial:
+    """Per-record results: the records ``settled`` (delivered or dead), and ``again``: those
+    to send again, continuing the retry budget (``attempts`` made since ``started``)."""
+
+    settled: list[BatchResult]
+    again: Batch | None
+    attempts: int
+    started: float
+
+
+#: what a send can turn into besides a settled batch: halves (413), a rejection, results
+_Outcome = tuple[Batch, Batch] | _Rejected | _Partial
+
+
+def _signature(result: BatchResult) -> tuple[int | None, str]:
+    """A rejection's status and message with numbers masked (record indexes differ)."""
+    return result.status, _DIGITS.sub("#", result.error)
 
 
 class Sender:
@@ -66,6 +112,7 @@ class Sender:
         retry: RetryPolicy,
         counters: Counters,
         hooks: UploadHooks,
+        rejects: RejectOptions = DEFAULT_REJECTS,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         gate: PauseGate | None = None,
@@ -96,31 +143,157 @@ class Sender:
         self._budget = Budget(attempts=retry.max_attempts, seconds=retry.max_retry_time)
         #: the policy table for every status, looked up once per response
         self._actions = {status: retry.action_for(status) for status in range(100, 600)}
+        self._split = rejects.on_reject == "split"
+        self._split_budget = rejects.max_split_requests
+        self._split_left = rejects.max_split_requests  # run-wide: every worker draws on it
+        self._results: ResultsReader | None = (
+            None if rejects.results is None else results_reader(rejects.results)
+        )
+        # per-record results need the whole answer; otherwise read only enough to reuse it
+        self._max_body = OK_BODY_LIMIT if self._results is None else RESULTS_BODY_LIMIT
 
     def key_for(self, batch: Batch) -> str:
-        """The Idempotency-Key: the same on every retry and on a resumed run of this job."""
-        return f"{self._job_id}-{batch.first}-{batch.last}"
+        """The Idempotency-Key: the same on every retry and on a resumed run of this job.
+
+        Derived from the record range, which names the body when the batch is dense (a batch
+        as cut, or a part of one split in halves). A subset of a batch (items sent again)
+        adds a digest of its positions, so two subsets of one range never share a key, and
+        the round it is sent in (``-rN``): a server that deduplicates by key has marked the
+        previous key done, and must not answer the new request from it. Every piece is
+        decided by the answers before it, so a resumed run derives the same keys."""
+        key = f"{self._job_id}-{batch.first}-{batch.last}"
+        if not batch.dense:
+            digest = hashlib.blake2b(
+                ",".join(map(str, batch.positions)).encode(), digest_size=8
+            ).hexdigest()
+            key = f"{key}-{digest}"
+        if batch.resend:
+            key = f"{key}-r{batch.resend}"
+        return key
 
     async def send(self, batch: Batch) -> list[BatchResult]:
-        """Deliver ``batch``; one result, or one per part when a 413 split it."""
+        """Deliver ``batch``; one result, or one per part when it was split (a 413, a
+        rejection) or answered per record. The results partition the batch's records: each
+        is delivered or dead-lettered exactly once, and the batch is settled when all are."""
         first = await self._send_one(batch)
         if isinstance(first, BatchResult):  # the common case: no split
             return [first]
-        pending = list(reversed(first))
-        results: list[BatchResult] = []
-        while pending:
-            part = pending.pop()
-            result = await self._send_one(part, part=True)
-            if isinstance(result, BatchResult):
-                results.append(result)
-            else:  # split: send the left half first
-                pending.extend(reversed(result))
-        results.sort(key=lambda r: r.batch.first)
+        results = await self._follow(first, detect=True)
+        if len(results) > 1:
+            results.sort(key=lambda r: r.batch.first)
         return results
 
+    async def _deliver(
+        self, part: Batch, *, attempts: int = 0, started: float | None = None, detect: bool = True
+    ) -> list[BatchResult]:
+        """Send one part of a split batch and follow whatever it turns into."""
+        out = await self._send_one(part, part=True, attempts=attempts, started=started)
+        if isinstance(out, BatchResult):
+            return [out]
+        return await self._follow(out, detect=detect)
+
+    async def _follow(self, out: _Outcome, *, detect: bool) -> list[BatchResult]:
+        if isinstance(out, tuple):  # a 413: both halves, the left first
+            left, right = out
+            return [*await self._deliver(left), *await self._deliver(right)]
+        if isinstance(out, _Partial):
+            results = list(out.settled)
+            if out.again is not None:
+                results += await self._deliver(
+                    out.again, attempts=out.attempts, started=out.started
+                )
+            return results
+        return await self._isolate(out.result, detect=detect)
+
+    async def _isolate(self, rejected: BatchResult, *, detect: bool) -> list[BatchResult]:
+        """Split a rejected batch until each rejected record stands alone (a binary search:
+        for k bad records of n, at most 2·k·⌈log2 n⌉ requests).
+
+        With ``detect`` (the batch as first rejected), the first :data:`WHOLE_BAD_LEVELS`
+        levels go breadth first: when every half, then every quarter, is rejected with the
+        same status and message (digits aside) as the batch, the batch is taken as wholly bad
+        and dead-lettered whole, at 6 requests instead of 2n (a schema mismatch, every record
+        refused). A part the run-wide split budget cannot pay for is dead-lettered whole.
+        """
+        signature = _signature(rejected)
+        levels = WHOLE_BAD_LEVELS if detect else 1
+        level = [rejected]
+        settled: list[BatchResult] = []
+        for depth in range(1, levels + 1):
+            parts: list[Batch] = []
+            for r in level:
+                if self._take_split():
+                    parts.extend(r.batch.split())
+                else:
+                    settled.append(self._unsplit(r))
+            outs = [await self._send_one(p, part=True) for p in parts]
+            alike = bool(outs) and all(
+                isinstance(o, _Rejected) and _signature(o.result) == signature for o in outs
+            )
+            if alike and not settled and depth < levels:
+                level = [o.result for o in outs if isinstance(o, _Rejected)]
+                continue
+            if alike and not settled and detect:
+                log.warning(
+                    "batch %s: every part rejected alike at %d levels of splitting: "
+                    "dead-lettering its %d records whole",
+                    rejected.key,
+                    levels,
+                    len(rejected.batch),
+                )
+                return [
+                    BatchResult(
+                        rejected.batch,
+                        rejected.key,
+                        False,
+                        rejected.status,
+                        rejected.attempts,
+                        f"{rejected.error} (every half and quarter of the batch was rejected "
+                        "the same way: taken as wholly bad, dead-lettered whole without "
+                        "isolating each record)",
+                    )
+                ]
+            for o in outs:
+                if isinstance(o, BatchResult):
+                    settled.append(o)
+                else:
+                    settled += await self._follow(o, detect=False)
+            return settled
+        return settled  # pragma: no cover - the last level always returns
+
+    def _take_split(self) -> bool:
+        """Reserve the two requests of one rejection split from the run-wide budget."""
+        left = self._split_left
+        if left is None:
+            return True
+        if left < 2:
+            return False
+        self._split_left = left - 2
+        return True
+
+    def _unsplit(self, r: BatchResult) -> BatchResult:
+        log.warning("batch %s rejected; the split budget is spent: dead-lettering it", r.key)
+        return BatchResult(
+            r.batch,
+            r.key,
+            False,
+            r.status,
+            r.attempts,
+            f"{r.error} (not split to isolate the rejected records: the run's split budget, "
+            f"--max-split-requests {self._split_budget}, is spent)",
+        )
+
     async def _send_one(
-        self, batch: Batch, *, part: bool = False
-    ) -> BatchResult | tuple[Batch, Batch]:
+        self,
+        batch: Batch,
+        *,
+        part: bool = False,
+        attempts: int = 0,
+        started: float | None = None,
+    ) -> BatchResult | _Outcome:
+        """Send ``batch`` under its key until it settles, or say what it turned into: halves
+        (413), a rejection to isolate, or per-record results with items to send again.
+        ``attempts``/``started``: items re-sent continue the retry budget of their batch."""
         key = self.key_for(batch)
         body = self._encoder.encode(batch.records)
         counters = self._counters
@@ -130,10 +303,11 @@ class Sender:
         transport = self._transport
         url = self._url
         timeout = self._timeout
-        attempts = 0
+        max_body = self._max_body
         reauths = 0
         first_unauthorized: float | None = None
-        started = self._clock()
+        if started is None:
+            started = self._clock()
         status: int | None = None
         reason = ""
         # None until the key was sent; then the retry the next request is (why, which attempt)
@@ -141,6 +315,10 @@ class Sender:
         gate = self._gate
         on_request = self._on_request
         on_in_flight = self._on_in_flight
+        if attempts:  # items the server asked to retry: back off as for a retry
+            wait = min(self._backoff.delay(attempts), budget.left(self._clock() - started))
+            if wait > 0:
+                await self._sleep(wait)
         while True:
             if gate.paused_until > 0:  # a Retry-After was seen at some point
                 await gate.wait()
@@ -171,7 +349,7 @@ class Sender:
             retry_after: float | None = None
             try:
                 resp = await transport.post(
-                    url, body=body, headers=headers, timeout=timeout, max_body=OK_BODY_LIMIT
+                    url, body=body, headers=headers, timeout=timeout, max_body=max_body
                 )
             except TransportError as exc:
                 if on_request is not None:
@@ -190,7 +368,9 @@ class Sender:
                     counters.bytes_sent += len(body)
                     if on_request is not None:
                         on_request(RequestDone(batch.seq, attempts, status, latency, len(body)))
-                    return BatchResult(batch, key, True, status, attempts)
+                    if self._results is None:
+                        return BatchResult(batch, key, True, status, attempts)
+                    return self._read_results(batch, key, resp, attempts, started)
                 if on_request is not None:
                     on_request(
                         RequestDone(batch.seq, attempts, status, self._clock() - sent_at, len(body))
@@ -250,7 +430,11 @@ class Sender:
                     return batch.split()
                 action = Action.DEAD
             if action is Action.DEAD:
-                return BatchResult(batch, key, False, status, attempts, reason)
+                result = BatchResult(batch, key, False, status, attempts, reason)
+                if status in REJECT_STATUSES and self._split and len(batch) > 1:
+                    log.info("%s for batch %s of %d records: splitting", status, key, len(batch))
+                    return _Rejected(result)
+                return result
 
             # RETRY
             elapsed = self._clock() - started
@@ -280,6 +464,51 @@ class Sender:
             )  # fmt: skip
             if retry_after is None and wait > 0:
                 await self._sleep(wait)
+
+    def _read_results(
+        self, batch: Batch, key: str, resp: Response, attempts: int, started: float
+    ) -> BatchResult | _Partial:
+        """A 2xx answer read as one result per record (``--results``)."""
+        assert self._results is not None
+        status = resp.status
+        try:
+            items = self._results(resp.body, len(batch))
+        except ResultsError as exc:
+            log.warning("batch %s: %s", key, exc)
+            return BatchResult(
+                batch, key, False, status, attempts, f"status {status}: per-record results: {exc}"
+            )
+        failed = [i for i, item in enumerate(items) if not item.ok]
+        if not failed:
+            return BatchResult(batch, key, True, status, attempts)
+        settled: list[BatchResult] = []
+        if len(failed) < len(items):
+            bad = set(failed)
+            ok = [i for i in range(len(items)) if i not in bad]
+            settled.append(BatchResult(batch.subset(ok), key, True, status, attempts))
+        elapsed = self._clock() - started
+        exhausted = self._budget.exhausted(attempts, elapsed)
+        again: list[int] = []
+        for i in failed:
+            item = items[i]
+            if item.retryable and not exhausted:
+                again.append(i)
+                continue
+            error = f"status {status}, record {i + 1} of {len(batch)}: {item.message}"
+            if item.retryable:
+                error = f"gave up after {attempts} attempts: {error}"
+            item_status = item.status if item.status is not None else status
+            settled.append(BatchResult(batch.subset([i]), key, False, item_status, attempts, error))
+        if again:
+            log.info(
+                "batch %s: %d of %d records to send again (%s)",
+                key,
+                len(again),
+                len(batch),
+                items[again[0]].message,
+            )
+            return _Partial(settled, batch.subset(again, resend=True), attempts, started)
+        return _Partial(settled, None, attempts, started)
 
     def _describe_status(self, resp: Response, excerpt: bytes, token: Token | None) -> str:
         status = resp.status

@@ -56,8 +56,9 @@ class Counters:
     ==================================================  ======================================
 
     Invariant (the sender keeps it): ``requests == batches + retries``. ``batches`` counts
-    distinct Idempotency-Keys sent (the first request of each; a batch split on 413 and each
-    of its parts are distinct keys), ``retries`` every further request with a key already
+    distinct Idempotency-Keys sent (the first request of each; a batch split on 413 or on a
+    rejection, each of its parts, and each round of per-record results re-sent are distinct
+    keys), ``retries`` every further request with a key already
     sent (after a 5xx, 429, transport error, or a 401; ``retries_by_status`` by reason:
     the status, ``"error"`` for transport errors). ``split_requests`` counts the requests
     (first sends and retries) for parts of a split batch: a subset of ``requests``.
@@ -75,8 +76,9 @@ class Counters:
     batches: int = 0
     requests: int = 0
     retries: int = 0
-    retries_by_status: Counter[str] = field(default_factory=Counter)
+    #: requests for parts of a split batch (a 413, a rejection, items re-sent), retries included
     split_requests: int = 0
+    retries_by_status: Counter[str] = field(default_factory=Counter)
     auth_requests: int = 0
     in_flight: int = 0
     latencies: LatencySample = field(default_factory=LatencySample)

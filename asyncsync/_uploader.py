@@ -33,11 +33,13 @@ from ._config import (
     DEFAULT_BODY,
     DEFAULT_HTTP,
     DEFAULT_LIMITS,
+    DEFAULT_REJECTS,
     DEFAULT_RETRY,
     DEFAULT_STATE,
     BatchLimits,
     BodyOptions,
     HttpOptions,
+    RejectOptions,
     RetryPolicy,
     StateOptions,
 )
@@ -80,7 +82,8 @@ class Uploader:
     the uploader), or None for no authentication. The settings come in
     groups, each a frozen dataclass with visible defaults: ``limits`` (where batches are cut),
     ``retry``, ``body`` (format, wrap, gzip, headers), ``http`` (timeout, TLS, rate limit),
-    ``state`` (checkpoint, dead-letter file, resume, job id). ``hooks`` observe the run
+    ``state`` (checkpoint, dead-letter file, resume, job id), ``rejects`` (how a rejected
+    batch is split, per-record results). ``hooks`` observe the run
     (:class:`UploadHooks`: typed events for progress displays and metrics); a token manager
     the uploader builds tells ``hooks.on_token`` of its requests, a ready one is wired by
     its builder (``TokenManager(observer=...)``).
@@ -98,6 +101,7 @@ class Uploader:
         body: BodyOptions = DEFAULT_BODY,
         http: HttpOptions = DEFAULT_HTTP,
         state: StateOptions = DEFAULT_STATE,
+        rejects: RejectOptions = DEFAULT_REJECTS,
         hooks: UploadHooks | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
@@ -112,6 +116,7 @@ class Uploader:
             ("body", body, BodyOptions),
             ("http", http, HttpOptions),
             ("state", state, StateOptions),
+            ("rejects", rejects, RejectOptions),
         ):
             if not isinstance(value, kind):
                 raise ConfigError(
@@ -127,6 +132,7 @@ class Uploader:
         self._encoder = BodyEncoder(body.format, wrap=body.wrap, gzip=body.gzip)
         self._http = http
         self._state_options = state
+        self._rejects = rejects
         self._hooks: UploadHooks = hooks if hooks is not None else NO_HOOKS
         self._state = _State.UNOPENED
         self._transport: Transport | None = None
@@ -267,6 +273,7 @@ class Uploader:
             retry=self._retry,
             counters=counters,
             hooks=self._hooks,
+            rejects=self._rejects,
             headers=self._body.headers,
             gate=self._gate,
             rate=RateLimiter(self._http.rate) if self._http.rate else None,
@@ -362,6 +369,7 @@ async def upload(
     body: BodyOptions = DEFAULT_BODY,
     http: HttpOptions = DEFAULT_HTTP,
     state: StateOptions = DEFAULT_STATE,
+    rejects: RejectOptions = DEFAULT_REJECTS,
     hooks: UploadHooks | None = None,
 ) -> RunSummary:
     """One call: open an :class:`Uploader` with these arguments, upload ``source``, close.
@@ -379,6 +387,7 @@ async def upload(
         body=body,
         http=http,
         state=state,
+        rejects=rejects,
         hooks=hooks,
     ) as up:
         return await up.upload(source)

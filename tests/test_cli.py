@@ -148,10 +148,10 @@ async def test_exit_1_some_dead_lettered(tmp_path, make_jsonl) -> None:
     assert result.code == 1, result.err
     dead_path = Path(f"{source}.failed.jsonl")
     dead = read_jsonl(dead_path)
-    assert len(dead) == 10  # the whole batch of 10 holding line 42
+    assert len(dead) == 1  # split out of its batch of 10
     assert all(d.keys() >= DEAD_LETTER_KEYS and d["status"] == 400 for d in dead)
-    assert sorted(d["line"] for d in dead) == list(range(41, 51))
-    assert stats["records"] == 90
+    assert [d["line"] for d in dead] == [42]
+    assert stats["records"] == 99
     assert str(dead_path) in result.err
 
 
@@ -165,7 +165,7 @@ async def test_exit_1_from_stdin_writes_failed_in_cwd(tmp_path, make_jsonl) -> N
             cwd=tmp_path, env=secret_env(), stdin=source.read_bytes(),
         )  # fmt: skip
     assert result.code == 1, result.err
-    assert len(read_jsonl(tmp_path / "asyncsync-failed.jsonl")) == 10
+    assert len(read_jsonl(tmp_path / "asyncsync-failed.jsonl")) == 1
 
 
 async def test_exit_2_unreadable_input(tmp_path) -> None:

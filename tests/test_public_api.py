@@ -29,6 +29,7 @@ EXPECTED = {
     "HookGroup",
     # settings
     "BatchLimits",
+    "RejectOptions",
     "RetryPolicy",
     "Action",
     "BodyOptions",

@@ -31,7 +31,8 @@ def test_replay_delivers_fixed_records(tmp_path: Path) -> None:
     n = 5_000
     source = write_records(tmp_path / "export.jsonl", n, poison=POISONED.__contains__)
     with run_sink(tmp_path, "--reject-field", "poison") as sink:
-        upload = Job(tmp_path, sink, str(source))
+        # whole batches dead-lettered (not only the rejected records), as replay's input
+        upload = Job(tmp_path, sink, str(source), extra=("--on-reject", "batch"))
         first = upload.run()
         assert first.code == 1, first.err
         failed = entries(upload.failed)
@@ -65,7 +66,7 @@ def test_replay_failing_again_writes_a_new_dead_letter_file(tmp_path: Path) -> N
     with source.open("ab") as f:
         f.write(b'{"id": 301, "broken": \n')  # not JSON: dead-lettered as a string
     with run_sink(tmp_path, "--reject-field", "poison") as sink:
-        upload = Job(tmp_path, sink, str(source))
+        upload = Job(tmp_path, sink, str(source), extra=("--on-reject", "batch"))
         assert upload.run().code == 1
         original = upload.failed.read_bytes()
         failed = entries(upload.failed)
@@ -74,7 +75,7 @@ def test_replay_failing_again_writes_a_new_dead_letter_file(tmp_path: Path) -> N
         assert [failed[i - 1]["record"] for i in broken] == ['{"id": 301, "broken":']
 
         replay = Job(tmp_path, sink, str(upload.failed), command="replay", stateful=False)
-        again = replay.run()  # still rejected: nothing was fixed
+        again = replay.run("--on-reject", "batch")  # still rejected: nothing was fixed
         assert again.code == 1, again.err
         accepted = sink.stats()["records"]
     assert upload.failed.read_bytes() == original  # never written to

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
+from asyncsync._config import RejectOptions
 from asyncsync._hooks import NO_HOOKS, RetryDetails, UploadHooks
 from asyncsync._http import AiohttpTransport
 from asyncsync._records import Batch, BatchResult
@@ -84,6 +85,7 @@ async def make_sender(
     policy: RetryPolicy | None = None,
     time_: FakeTime | None = None,
     hooks: UploadHooks | None = None,
+    rejects: RejectOptions | None = None,
 ) -> tuple[Sender, Counters, AiohttpTransport]:
     transport = AiohttpTransport(connections=4, timeout=60)
     counters = Counters()
@@ -97,6 +99,7 @@ async def make_sender(
         retry=policy or RetryPolicy(max_attempts=4, backoff_initial=0.5, backoff_max=4.0),
         counters=counters,
         hooks=hooks or NO_HOOKS,
+        rejects=rejects or RejectOptions(),
         clock=t.clock,
         sleep=t.sleep,
         gate=PauseGate(clock=t.clock, sleep=t.sleep),
@@ -168,7 +171,8 @@ async def test_gives_up_after_max_attempts(serve: Callable[[Handler], Awaitable[
 
 
 async def test_permanent_4xx_is_not_retried(serve: Callable[[Handler], Awaitable[str]]) -> None:
-    """A 400 goes to the dead-letter path at once, with an excerpt of the response."""
+    """A 400 goes to the dead-letter path at once, with an excerpt of the response
+    (--on-reject batch: the whole batch, as before splits on rejection)."""
     calls = 0
 
     async def handler(request: web.Request) -> web.Response:
@@ -177,7 +181,7 @@ async def test_permanent_4xx_is_not_retried(serve: Callable[[Handler], Awaitable
         return web.json_response({"error": "field x is required"}, status=400)
 
     url = await serve(handler)
-    sender, _, session = await make_sender(url)
+    sender, _, session = await make_sender(url, rejects=RejectOptions(on_reject="batch"))
     async with session:
         [result] = await sender.send(make_batch())
     assert calls == 1 and not result.delivered and result.attempts == 1

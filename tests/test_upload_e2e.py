@@ -20,6 +20,7 @@ from asyncsync import (
     BatchLimits,
     BodyOptions,
     HttpOptions,
+    RejectOptions,
     RetryPolicy,
     StateOptions,
     Uploader,
@@ -240,7 +241,8 @@ async def test_faults_lose_nothing_and_retries_keep_their_key(
 async def test_rejected_batches_are_dead_lettered_complete(
     tmp_path: Path,
 ) -> None:
-    """A 400 for batches holding a bad field: each of their records is in the dead-letter file."""
+    """--on-reject batch: a 400 for batches holding a bad field puts each of their records in
+    the dead-letter file (the default split is in test_rejects_e2e)."""
     source = tmp_path / "in.jsonl"
     lines = [orjson.dumps({"id": i, **({"poison": 1} if i in (7, 33) else {})}) for i in range(60)]
     source.write_bytes(b"\n".join(lines) + b"\n")
@@ -251,6 +253,7 @@ async def test_rejected_batches_are_dead_lettered_complete(
             sink.ingest_url,
             limits=BatchLimits(max_records=10),
             state=StateOptions(failed=failed),
+            rejects=RejectOptions(on_reject="batch"),
         )
     entries = dead_letters(failed)
     # ids 7 and 33 sit in batches 1-10 and 31-40 (lines are 1-based)

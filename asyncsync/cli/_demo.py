@@ -9,7 +9,8 @@ run behaved as the design promises and exits 0 only if it did:
 
 * every record read was delivered or dead-lettered, and the server stored each delivered
   record exactly once (retries are deduplicated by their Idempotency-Key);
-* the rejected records are in the dead-letter file with their status;
+* exactly the rejected records are in the dead-letter file with their status (their batches
+  were split to isolate them);
 * the token was fetched about once per lifetime, never twice at the same moment.
 """
 
@@ -134,15 +135,16 @@ def _checks(
             f"records, {stats.get('duplicates', 0):,} retried batches deduplicated by key",
         ),
     ]
-    dead_ids = {d["record"].get("id") for d in dead if isinstance(d.get("record"), dict)}
+    dead_ids = [d["record"].get("id") for d in dead if isinstance(d.get("record"), dict)]
     want = {f"ord-{i:09d}" for i in demo.poisoned}
     checks.append(
         _Check(
-            want <= dead_ids
-            and len(dead) == summary.records_failed
-            and summary.records_failed <= len(demo.poisoned) * demo.batch_size,
-            f"the {len(want)} rejected records are in the dead-letter file, with the rest of "
-            f"their batches ({len(dead):,} entries)",
+            sorted(dead_ids) == sorted(want)
+            and len(dead) == summary.records_failed == len(want)
+            and all(d.get("status") == 400 for d in dead),
+            f"exactly the {len(want)} rejected records are in the dead-letter file, each with "
+            f"the server's 400 and its reason ({len(dead):,} entries; their batches were split "
+            f"to isolate them in {summary.split_requests:,} requests)",
         )
     )
     # proactive refresh at 75% of a lifetime (skew is capped at 25% of it), plus the first

@@ -31,7 +31,11 @@ def summary_rows(summary: RunSummary, *, failed: Path | None = None) -> list[tup
         ("records delivered", f"{summary.records_sent:,}"),
         ("records dead-lettered", f"{summary.records_failed:,}"),
         ("batches", f"{summary.batches:,}"),
-        ("requests", f"{summary.requests:,}"),
+        (
+            "requests",
+            f"{summary.requests:,}"
+            + (f" ({summary.split_requests:,} for split parts)" if summary.split_requests else ""),
+        ),
         ("retries", retries),
         ("token requests", f"{summary.auth_requests:,}"),
         ("duration", f"{summary.duration_s:,.2f} s"),

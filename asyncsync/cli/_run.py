@@ -241,7 +241,7 @@ def open_uploader(
     ssl: ssl_module.SSLContext | bool | None,
 ) -> Uploader:
     """The one place the CLI builds an ``Uploader``."""
-    from .._config import BodyOptions, HttpOptions, StateOptions
+    from .._config import BodyOptions, HttpOptions, RejectOptions, StateOptions
     from .._uploader import Uploader
 
     settings = plan.settings
@@ -260,6 +260,11 @@ def open_uploader(
         ),
         http=HttpOptions(timeout=settings.timeout, ssl=ssl, rate=settings.rate),
         state=StateOptions(checkpoint=plan.checkpoint, failed=plan.failed, resume=settings.resume),
+        rejects=RejectOptions(
+            on_reject=settings.on_reject,
+            max_split_requests=settings.max_split_requests,
+            results=settings.results,
+        ),
         hooks=hooks,
     )
 

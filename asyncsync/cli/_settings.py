@@ -255,6 +255,14 @@ def parse_shard(raw: object) -> tuple[int, int]:
     return k, n
 
 
+def _results_spec(raw: object) -> str:
+    from .._results import results_reader
+
+    text = _text(raw)
+    results_reader(text)  # ValueError naming what is allowed
+    return text
+
+
 def _token_store(raw: object) -> str:
     text = _text(raw)
     if text.startswith("file:") and len(text) > len("file:"):
@@ -494,6 +502,34 @@ OPTIONS: tuple[Option, ...] = (
         f"seconds a batch may be retried for (default {DEFAULT_RETRY.max_retry_time:g})",
         _FLOW,
         "SECONDS",
+    ),
+    Option(
+        "on-reject",
+        _choice("split", "batch"),
+        "split",
+        "a batch answered 400/422: split: halve it until each rejected record stands alone and "
+        "dead-letter only those (default); batch: dead-letter the whole batch",
+        _FLOW,
+        "split|batch",
+    ),
+    Option(
+        "max-split-requests",
+        _int(0),
+        None,
+        "requests the whole run may spend on parts of rejected batches; once spent, a rejected "
+        "batch is dead-lettered whole (default: no limit)",
+        _FLOW,
+        "N",
+    ),
+    Option(
+        "results",
+        _results_spec,
+        None,
+        "read a 2xx/207 answer as one result per record: elasticsearch, salesforce, or a "
+        "dotted path to the results array ('.' for a top-level array); failed items are "
+        "dead-lettered, retryable ones (408/425/429/5xx) sent again",
+        _FLOW,
+        "elasticsearch|salesforce|PATH",
     ),
     Option(
         "body",
@@ -737,6 +773,9 @@ class Settings:
     timeout: float = 60.0
     max_attempts: int = DEFAULT_RETRY.max_attempts
     max_retry_time: float = DEFAULT_RETRY.max_retry_time
+    on_reject: Literal["split", "batch"] = "split"
+    max_split_requests: int | None = None
+    results: str | None = None
     body: Literal["json", "ndjson"] = "json"
     wrap: str | None = None
     gzip: bool = False

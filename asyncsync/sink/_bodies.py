@@ -16,6 +16,7 @@ __all__ = [
     "BadBody",
     "decode",
     "forbidden_record",
+    "item_results",
     "parse",
     "read_json_object",
     "rejection",
@@ -126,6 +127,46 @@ def rejection(index: int, field: str) -> dict[str, Any]:
         "field": field,
         "index": index,
     }
+
+
+def item_results(shape: str, statuses: list[int], field: str | None) -> Any:
+    """The per-record answer to a batch whose items got ``statuses`` (201, 400 or 429), in
+    the shape of Elasticsearch's bulk API or of Salesforce sObject Collections."""
+
+    def message(index: int, status: int) -> str:
+        if status == 429:
+            return f"record {index} throttled: rejected execution, try again later"
+        return f"record {index} has the forbidden field {field!r}"
+
+    if shape == "elasticsearch":
+        items: list[dict[str, Any]] = []
+        for i, status in enumerate(statuses):
+            item: dict[str, Any] = {"_index": "sink", "status": status}
+            if status == 400:
+                item["error"] = {"type": "mapper_parsing_exception", "reason": message(i, 400)}
+            elif status == 429:
+                item["error"] = {
+                    "type": "es_rejected_execution_exception",
+                    "reason": message(i, 429),
+                }
+            else:
+                item["result"] = "created"
+            items.append({"index": item})
+        return {"took": 1, "errors": any(s >= 400 for s in statuses), "items": items}
+    out: list[dict[str, Any]] = []
+    for i, status in enumerate(statuses):
+        if status < 400:
+            out.append({"id": f"a00{i:015d}", "success": True, "errors": []})
+        else:
+            code = "REQUEST_LIMIT_EXCEEDED" if status == 429 else "FIELD_INTEGRITY_EXCEPTION"
+            out.append(
+                {
+                    "id": None,
+                    "success": False,
+                    "errors": [{"statusCode": code, "message": message(i, status), "fields": []}],
+                }
+            )
+    return out
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -137,6 +137,19 @@ def build_parser(prog: str = "python -m asyncsync.sink") -> argparse.ArgumentPar
     fl.add_argument("--auth-outage", type=float, default=0.0, metavar="SECONDS")
     fl.add_argument("--auth-outage-requests", type=int, default=0, metavar="N")
     fl.add_argument("--reject-field", metavar="NAME")
+    fl.add_argument(
+        "--results",
+        choices=["none", "elasticsearch", "salesforce"],
+        default="none",
+        help="answer 200 with one result per record in this shape (default none)",
+    )
+    fl.add_argument(
+        "--item-throttle-rate",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="with --results: fraction of items answered 429 (not stored)",
+    )
     fl.add_argument("--max-body-bytes", type=int, metavar="BYTES")
     fl.add_argument("--hang", action="store_true", help="never answer ingest requests")
     fl.add_argument("--hang-rate", type=float, default=0.0, metavar="FRACTION")
@@ -179,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> SinkConfig:
         auth_outage=args.auth_outage,
         auth_outage_requests=args.auth_outage_requests,
         reject_field=args.reject_field,
+        results=args.results,
+        item_throttle_rate=args.item_throttle_rate,
         max_body_bytes=args.max_body_bytes,
         hang=args.hang,
         hang_rate=args.hang_rate,

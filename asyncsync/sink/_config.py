@@ -19,6 +19,7 @@ __all__ = [
     "FaultPhase",
     "Faults",
     "LoginExpiryStyle",
+    "ResultsShape",
     "RetryAfterForm",
     "SinkConfig",
 ]
@@ -37,6 +38,11 @@ still expires after ``token_ttl``; only a 401 tells the client).
 """
 
 RetryAfterForm = Literal["seconds", "date"]
+ResultsShape = Literal["none", "elasticsearch", "salesforce"]
+"""How ``/ingest`` answers a batch: ``none`` (one status for the batch: 200, or 400 naming the
+first record holding ``reject_field``), or 200 with one result per record in the shape of
+Elasticsearch's bulk API (``{"errors": ..., "items": [{"index": {"status": ...}}]}``) or of
+Salesforce sObject Collections (``[{"success": ..., "errors": [...]}]``)."""
 FaultPhase = Literal["before", "after", "either"]
 """When an injected 5xx or reset happens: ``before`` the batch is stored (a plain failure),
 ``after`` it was stored (the retry must be deduplicated by its Idempotency-Key), or ``either``
@@ -136,7 +142,11 @@ class _FaultFields:
     auth_outage_requests: int = 0
     """Token endpoints answer 503 to the next N token requests."""
     reject_field: str | None = None
-    """A batch with a record holding this field is answered 400 with a JSON error body."""
+    """A batch with a record holding this field is answered 400 with a JSON error body (with
+    ``results``: that record's item is a 400, the others are stored)."""
+    results: ResultsShape = "none"
+    item_throttle_rate: float = 0.0
+    """With ``results``: fraction of items answered 429 (not stored; seeded RNG)."""
     max_body_bytes: int | None = None
     """Bodies larger than this (decoded, i.e. after gunzip) are answered 413."""
     hang: bool = False
@@ -174,6 +184,8 @@ class _FaultFields:
         _check_count("auth_outage_requests", self.auth_outage_requests)
         if self.reject_field is not None and not isinstance(self.reject_field, str):
             raise ValueError(f"reject_field must be a field name, got {self.reject_field!r}")
+        _check_choice("results", self.results, ResultsShape)
+        self.item_throttle_rate = _check_rate("item_throttle_rate", self.item_throttle_rate)
         if self.max_body_bytes is not None:
             _check_count("max_body_bytes", self.max_body_bytes)
         _check_flag("hang", self.hang)

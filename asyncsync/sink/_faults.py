@@ -39,7 +39,7 @@ class FaultRuntime:
     sequence another one sees under the same seed.
     """
 
-    PURPOSES = ("fault", "status", "phase", "latency", "hang")
+    PURPOSES = ("fault", "status", "phase", "latency", "hang", "item")
 
     def __init__(self) -> None:
         self.obj: Faults | None = None

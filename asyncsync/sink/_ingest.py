@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ._bodies import BadBody, decode, forbidden_record, parse, rejection
+from ._bodies import BadBody, decode, forbidden_record, item_results, parse, rejection
 from ._faults import Reset, abort, hang, injected, throttled
 from ._responses import REALM, json_response
 from ._state import STATE, SinkState
@@ -125,7 +125,7 @@ async def _answer(request: web.Request, st: SinkState, key: str | None, now: flo
             st.bodies_under_several_keys += 1
 
     field = f.reject_field
-    if field is not None:
+    if field is not None and f.results == "none":
         index = forbidden_record(records, field)
         if index is not None:
             st.rejected += 1
@@ -137,6 +137,9 @@ async def _answer(request: web.Request, st: SinkState, key: str | None, now: flo
         if rt.phase(f) == "before":
             return _inject(st, fault)
         after = fault
+
+    if f.results != "none":
+        return _per_record(st, key, records, after)
 
     n = len(records)
     duplicate = key is not None and key in st.accepted_keys
@@ -160,6 +163,49 @@ async def _answer(request: web.Request, st: SinkState, key: str | None, now: flo
     if duplicate:
         return json_response(200, {"accepted": n, "duplicate": True})
     return json_response(200, {"accepted": n})
+
+
+def _per_record(
+    st: SinkState, key: str | None, records: list[Any], after: int | str | None
+) -> web.Response:
+    """200 with one result per record: a record holding ``reject_field`` is a 400 item, a
+    fraction ``item_throttle_rate`` are 429 items; only the others are stored. A repeated key
+    gets the answer it got the first time (as an idempotent API replays its response), so a
+    client that lost the answer learns the same items failed."""
+    f = st.faults
+    if key is not None and st.config.dedupe and key in st.results_by_key:
+        st.duplicates += 1
+        st.duplicate_records += len(records)
+        body = st.results_by_key[key]
+        if after is not None:
+            return _inject(st, after)
+        return web.Response(status=200, body=body, content_type="application/json")
+    rng = st.rt.rng["item"]
+    statuses: list[int] = []
+    kept: list[Any] = []
+    for record in records:
+        if f.reject_field is not None and f.reject_field in record:
+            statuses.append(400)
+            st.rejected_items += 1
+        elif f.item_throttle_rate and rng.random() < f.item_throttle_rate:
+            statuses.append(429)
+            st.throttled_items += 1
+        else:
+            statuses.append(201)
+            kept.append(record)
+    st.batches += 1
+    st.record_count += len(kept)
+    if st.config.keep_records:
+        st.records.extend(kept)
+    if st.store is not None and kept:
+        st.store.write(b"".join(orjson.dumps(r) + b"\n" for r in kept))
+    body = orjson.dumps(item_results(f.results, statuses, f.reject_field))
+    if key is not None:
+        st.accepted_keys.add(key)
+        st.results_by_key[key] = body
+    if after is not None:
+        return _inject(st, after)
+    return web.Response(status=200, body=body, content_type="application/json")
 
 
 def _inject(st: SinkState, fault: int | str) -> web.Response:

@@ -101,6 +101,9 @@ class SinkState:
         self.resets = 0
         self.hangs = 0
         self.rejected = 0
+        self.rejected_items = 0
+        self.throttled_items = 0
+        self.results_by_key: dict[str, bytes] = {}
         self.too_large = 0
         self.malformed = 0
         self.formats: Counter[str] = Counter()
@@ -205,6 +208,8 @@ class SinkState:
             "resets": self.resets,
             "hangs": self.hangs,
             "rejected": self.rejected,
+            "rejected_items": self.rejected_items,
+            "throttled_items": self.throttled_items,
             "too_large": self.too_large,
             "malformed": self.malformed,
             "formats": dict(self.formats),

@@ -1,0 +1,354 @@
+"""The sender's rejection splits and per-record results, against a loopback server.
+
+The server is a small aiohttp app in the test: it rejects a body holding a "bad" record with a
+400 naming its index (or answers per-record results), so each test controls exactly which
+records fail and counts every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from asyncsync import ConfigError, RetryPolicy
+from asyncsync._body import BodyEncoder
+from asyncsync._config import RejectOptions
+from asyncsync._hooks import NO_HOOKS
+from asyncsync._http import AiohttpTransport
+from asyncsync._records import Batch, BatchResult
+from asyncsync._retry import PauseGate
+from asyncsync._sender import Sender
+from asyncsync._summary import Counters
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}/ingest"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def make_batch(n: int, first: int = 1, bad: set[int] = frozenset()) -> Batch:  # type: ignore[assignment]
+    records = [
+        orjson.dumps({"i": i, **({"bad": True} if i in bad else {})})
+        for i in range(first, first + n)
+    ]
+    return Batch(0, records, range(first, first + n), None, sum(map(len, records)))
+
+
+async def run(
+    url: str, batch: Batch, rejects: RejectOptions, *, attempts: int = 4
+) -> tuple[list[BatchResult], Counters, Sender]:
+    t = FakeTime()
+    counters = Counters()
+    async with AiohttpTransport(connections=4, timeout=30) as transport:
+        sender = Sender(
+            transport,
+            url,
+            tokens=None,
+            encoder=BodyEncoder("json"),
+            job_id="job",
+            retry=RetryPolicy(max_attempts=attempts, backoff_initial=0.1, backoff_max=1.0),
+            counters=counters,
+            hooks=NO_HOOKS,
+            rejects=rejects,
+            clock=t.clock,
+            sleep=t.sleep,
+            gate=PauseGate(clock=t.clock, sleep=t.sleep),
+            rng=random.Random(3),
+        )
+        results = await sender.send(batch)
+    return results, counters, sender
+
+
+class Rejecter:
+    """400 to a body holding a record with "bad", naming its index; else 200. Records every
+    request's key and the records it accepted."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.accepted: Counter[int] = Counter()
+        self.keys: dict[str, list[int]] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        records = await request.json()
+        ids = [r["i"] for r in records]
+        key = request.headers["Idempotency-Key"]
+        assert self.keys.setdefault(key, ids) == ids, "one key, two bodies"
+        for index, r in enumerate(records):
+            if "bad" in r:
+                return web.json_response(
+                    {"error": "invalid", "message": f"record {index} has a bad field"},
+                    status=400,
+                )
+        self.accepted.update(ids)
+        return web.json_response({"accepted": len(ids)})
+
+
+def settle_map(results: list[BatchResult]) -> tuple[list[int], list[int]]:
+    delivered = [p for r in results if r.delivered for p in r.batch.positions]
+    dead = [p for r in results if not r.delivered for p in r.batch.positions]
+    return delivered, dead
+
+
+async def test_split_isolates_each_rejected_record(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Two bad records among 200: only they are dead-lettered, each with its own 400 and the
+    server's message; the other 198 delivered once; within 2·k·⌈log2 n⌉ extra requests."""
+    server = Rejecter()
+    url = await serve(server.handle)
+    results, counters, _ = await run(url, make_batch(200, bad={17, 150}), RejectOptions())
+    delivered, dead = settle_map(results)
+    assert sorted(dead) == [17, 150]
+    assert sorted(delivered + dead) == list(range(1, 201))
+    assert all(n == 1 for n in server.accepted.values()) and len(server.accepted) == 198
+    for r in results:
+        if not r.delivered:
+            assert r.status == 400 and "record 0 has a bad field" in r.error
+            assert r.key == f"job-{r.batch.first}-{r.batch.first}"
+    extra = server.requests - 1
+    assert extra <= 2 * 2 * math.ceil(math.log2(200))
+    assert counters.split_requests == extra
+    assert counters.requests == counters.batches == server.requests
+
+
+async def test_parts_keep_their_keys_across_runs(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A batch splits the same way every time: a second run (a resume) sends the same parts
+    under the same keys, so no record is ever delivered under a second key."""
+    server = Rejecter()
+    url = await serve(server.handle)
+    batch = make_batch(64, bad={5, 40})
+    await run(url, batch, RejectOptions())
+    keys = dict(server.keys)
+    await run(url, batch, RejectOptions())
+    assert server.keys == keys  # the handler asserts one body per key as well
+
+
+async def test_wholly_bad_batch_costs_six_extra_requests(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Every record rejected alike: halves and quarters rejected the same way, the batch is
+    dead-lettered whole after 1 + 2 + 4 requests, saying why."""
+    server = Rejecter()
+    url = await serve(server.handle)
+    batch = make_batch(200, bad=set(range(1, 201)))
+    results, counters, _ = await run(url, batch, RejectOptions())
+    assert server.requests == 7 and counters.split_requests == 6
+    [result] = results
+    assert not result.delivered and len(result.batch) == 200 and result.status == 400
+    assert "wholly bad" in result.error and result.key == "job-1-200"
+
+
+async def test_bad_records_in_every_quarter_are_not_mistaken_below_four(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Three bad records cannot reject all four quarters: they are isolated one by one."""
+    server = Rejecter()
+    url = await serve(server.handle)
+    results, _, _ = await run(url, make_batch(200, bad={10, 60, 110}), RejectOptions())
+    _, dead = settle_map(results)
+    assert sorted(dead) == [10, 60, 110]
+
+
+async def test_split_budget_spent_dead_letters_whole(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """--max-split-requests 2: one split (two requests) is paid for; the rejected half is then
+    dead-lettered whole, the reason naming the budget."""
+    server = Rejecter()
+    url = await serve(server.handle)
+    results, counters, _ = await run(
+        url, make_batch(100, bad={7}), RejectOptions(max_split_requests=2)
+    )
+    assert server.requests == 3 and counters.split_requests == 2
+    delivered, dead = settle_map(results)
+    assert dead == list(range(1, 51)) and delivered == list(range(51, 101))
+    [failed] = [r for r in results if not r.delivered]
+    assert "--max-split-requests 2" in failed.error
+
+
+async def test_on_reject_batch_keeps_whole_batch(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """--on-reject batch: the whole batch is dead-lettered after one request."""
+    server = Rejecter()
+    url = await serve(server.handle)
+    results, counters, _ = await run(url, make_batch(50, bad={9}), RejectOptions(on_reject="batch"))
+    assert server.requests == 1 and counters.split_requests == 0
+    [result] = results
+    assert not result.delivered and len(result.batch) == 50
+
+
+def results_server(shape: str, fail: dict[int, int], *, throttle_once: bool = True) -> Any:
+    """A per-record answer in ``shape``: record ``i`` fails with ``fail[i]`` (a 429 only the
+    first time it is seen when ``throttle_once``)."""
+    seen: Counter[int] = Counter()
+    stored: Counter[int] = Counter()
+    requests: list[list[int]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        ids = [r["i"] for r in await request.json()]
+        requests.append(ids)
+        statuses = []
+        for i in ids:
+            seen[i] += 1
+            status = fail.get(i, 201)
+            if status == 429 and throttle_once and seen[i] > 1:
+                status = 201
+            statuses.append(status)
+            if status < 400:
+                stored[i] += 1
+        if shape == "elasticsearch":
+            items = [
+                {"index": {"status": s, **({"error": {"reason": f"bad {i}"}} if s >= 400 else {})}}
+                for i, s in zip(ids, statuses, strict=True)
+            ]
+            body: Any = {"errors": any(s >= 400 for s in statuses), "items": items}
+        elif shape == "salesforce":
+            body = [
+                {"success": True, "errors": []}
+                if s < 400
+                else {
+                    "success": False,
+                    "errors": [
+                        {
+                            "statusCode": "REQUEST_LIMIT_EXCEEDED" if s == 429 else "INVALID",
+                            "message": f"bad {i}",
+                        }
+                    ],
+                }
+                for i, s in zip(ids, statuses, strict=True)
+            ]
+        else:  # {"data": {"results": [...]}}
+            body = {
+                "data": {
+                    "results": [
+                        {"status": s, **({"errors": [f"bad {i}"]} if s >= 400 else {})}
+                        for i, s in zip(ids, statuses, strict=True)
+                    ]
+                }
+            }
+        return web.json_response(body, status=207 if shape == "data.results" else 200)
+
+    handler.stored = stored  # type: ignore[attr-defined]
+    handler.requests = requests  # type: ignore[attr-defined]
+    return handler
+
+
+@pytest.mark.parametrize("shape", ["elasticsearch", "salesforce", "data.results"])
+async def test_per_record_results(serve: Callable[[Handler], Awaitable[str]], shape: str) -> None:
+    """Items 400 are dead-lettered with the item's error; items 429 are sent again as a part
+    of their own (a key of their own) and delivered; every other record delivered once."""
+    handler = results_server(shape, {3: 400, 7: 429, 12: 429, 19: 400})
+    url = await serve(handler)
+    results, counters, sender = await run(url, make_batch(20), RejectOptions(results=shape))
+    delivered, dead = settle_map(results)
+    assert sorted(dead) == [3, 19]
+    assert sorted(delivered) == [p for p in range(1, 21) if p not in (3, 19)]
+    assert all(n == 1 for n in handler.stored.values())
+    assert handler.requests == [list(range(1, 21)), [7, 12]]
+    for r in results:
+        if not r.delivered:
+            assert f"bad {r.batch.first}" in r.error
+            if shape != "salesforce":
+                assert r.status == 400
+    retry_part = make_batch(20).subset([6, 11], resend=True)
+    assert not retry_part.dense and retry_part.resend == 1
+    key = sender.key_for(retry_part)
+    assert key.startswith("job-7-12-") and key.endswith("-r1")
+    again = sender.key_for(retry_part.subset([0, 1], resend=True))
+    assert again != key and again.endswith("-r2")  # a new key every round
+    assert counters.batches == 2 and counters.split_requests == 1
+
+
+async def test_retryable_items_give_up_under_the_retry_budget(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """An item throttled every time is dead-lettered once the batch's attempts are spent."""
+    handler = results_server("elasticsearch", {5: 429}, throttle_once=False)
+    url = await serve(handler)
+    results, _, _ = await run(
+        url, make_batch(8), RejectOptions(results="elasticsearch"), attempts=3
+    )
+    _, dead = settle_map(results)
+    assert dead == [5]
+    [failed] = [r for r in results if not r.delivered]
+    assert failed.status == 429 and "gave up after 3 attempts" in failed.error
+    assert len(handler.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {"errors": True, "items": [{"index": {"status": 201}}]},
+            "holds 1 results for a batch of 4",
+        ),
+        ({"took": 3}, "no 'items'"),
+        (b"<html>busy</html>", "not JSON"),
+    ],
+)
+async def test_unreadable_results_fail_the_whole_batch(
+    serve: Callable[[Handler], Awaitable[str]], body: Any, reason: str
+) -> None:
+    """An answer whose array length differs from the batch (or no array, or not JSON) is an
+    error for the whole batch, said clearly; nothing is guessed."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if isinstance(body, bytes):
+            return web.Response(body=body, content_type="text/html")
+        return web.json_response(body)
+
+    url = await serve(handler)
+    results, _, _ = await run(url, make_batch(4), RejectOptions(results="elasticsearch"))
+    [result] = results
+    assert not result.delivered and len(result.batch) == 4 and result.status == 200
+    assert reason in result.error and "per-record results" in result.error
+
+
+def test_reject_options_are_checked() -> None:
+    """Bad values raise ConfigError naming the field."""
+    with pytest.raises(ConfigError, match="on_reject"):
+        RejectOptions(on_reject="drop")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_split_requests"):
+        RejectOptions(max_split_requests=-1)
+    with pytest.raises(ConfigError, match="dotted path"):
+        RejectOptions(results="a..b")
