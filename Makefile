@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,fast]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,fast,mutants]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -29,5 +29,13 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
+# Mutation testing of the core (docs/mutation.md); slow (~20-30 min on 2 shared cores), so not
+# part of `make test`. Scope and test selection: [tool.mutmut] in pyproject.toml.
+# `make mutants MUTANTS='asyncsync._retry.*'` runs a subset (mutmut name globs).
+MUTANTS ?=
+mutants: install
+	nice -n 5 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf mutants $(VENV) .pytest_cache .mypy_cache .ruff_cache
