@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,15 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
+# Mutation testing of the core (docs/mutation.md); slow (~20-30 min on 2 shared cores), so not
+# part of `make test`. Scope and test selection: [tool.mutmut] in pyproject.toml.
+# `make mutants MUTANTS='asyncsync._retry.*'` runs a subset (mutmut name globs).
+MUTANTS ?=
+# mutmut (and its libcst/textual) is installed here only, not by `make install`.
+mutants: install
+	$(BIN)/python -m pip install -q -e '.[mutants]'
+	nice -n 5 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf mutants $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -798,3 +798,75 @@ def test_skip_reject_uses_the_resumed_position(tmp_path: Path) -> None:
     assert not ck.skip_reject(Rejected(b"x", 13, "malformed"))
     ck.rejected_through(13)
     assert ck.skip_reject(Rejected(b"x", 13, "malformed"))
+
+
+# --------------------------------------------------------------- mutation-testing additions
+
+
+def keyed(seq: int, first: int, last: int, key: Any) -> Batch:
+    """A batch of an SQL source: it ends at the resume token ``key``."""
+    positions = list(range(first, last + 1))
+    return Batch(seq, [b"{}"] * len(positions), positions, end_key=key)
+
+
+def test_sql_end_keys_follow_the_watermark_in_and_out_of_order() -> None:
+    """The watermark carries the end key of the last settled batch, through merged runs."""
+    start = Watermark(0, 0, None, ("k", 0))
+    t = WatermarkTracker(start)
+    assert t.watermark.key == ("k", 0)
+    batches = [keyed(s, 10 * s + 1, 10 * s + 10, ("k", s)) for s in range(6)]
+    for b in batches:
+        t.dispatched(b)
+    t.settled(0)
+    assert t.watermark.key == ("k", 0)
+    # 2 alone, then 4, then 3 joins both neighbours (left run extended, right run merged)
+    t.settled(2)
+    t.settled(4)
+    t.settled(3)
+    t.settled(1)  # the watermark jumps over the run 2..4 and takes its end key
+    assert t.watermark == Watermark(5, 50, None, ("k", 4))
+    t.settled(5)
+    assert t.watermark == Watermark(6, 60, None, ("k", 5))
+
+
+def test_sql_end_key_of_a_single_settled_run() -> None:
+    """A run of one batch (created, not extended) hands its own key to the watermark."""
+    t = WatermarkTracker()
+    a, b = keyed(0, 1, 5, "a"), keyed(1, 6, 9, "b")
+    t.dispatched(a)
+    t.dispatched(b)
+    t.settled(1)
+    t.settled(0)
+    assert t.watermark == Watermark(2, 9, None, "b")
+
+
+def test_a_new_tracker_has_rejected_nothing() -> None:
+    """No input reject is recorded before one is reported (the default, and 0 given)."""
+    assert WatermarkTracker().last_rejected == 0
+    assert WatermarkTracker(rejected_through=0).last_rejected == 0
+    assert WatermarkTracker(rejected_through=-3).last_rejected == 0
+
+
+@pytest.mark.parametrize("start", [Watermark(-1, 0), Watermark(0, -1)])
+def test_a_negative_watermark_is_refused(start: Watermark) -> None:
+    """Either a negative seq or a negative position is a corrupt start, named in the error."""
+    with pytest.raises(ValueError, match=r"^watermark must not be negative: Watermark\("):
+        WatermarkTracker(start)
+
+
+def test_misuse_messages_say_what_went_wrong() -> None:
+    """The whole message of each caller bug, not only a fragment of it."""
+    t = WatermarkTracker()
+    a, b = tens(2)
+    t.dispatched(b)
+    with pytest.raises(RuntimeError) as info:
+        t.dispatched(a)
+    assert str(info.value) == (
+        "batch 0 dispatched after batch 1: batches must be dispatched once each, in source order"
+    )
+    with pytest.raises(RuntimeError) as info:
+        t.snapshot(Counters(), job_id="j", fingerprint=fp(), complete=True)
+    assert str(info.value) == (
+        "a job with 1 batches in flight and 0 ranges settled beyond the watermark "
+        "cannot be complete"
+    )

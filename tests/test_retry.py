@@ -243,3 +243,66 @@ def test_rate_limiter_refuses_a_rate_that_is_not_positive(rate: float) -> None:
     with pytest.raises(ConfigError) as info:
         RateLimiter(rate)
     assert info.value.field == "rate"
+
+
+# -- mutation-testing additions (docs/mutation.md) ----------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [True, "4"])
+def test_rate_limiter_refuses_a_rate_that_is_not_a_number(rate: object) -> None:
+    """A bool is not a rate (True is not 1 request/s), nor is a string; the message says why."""
+    with pytest.raises(ConfigError, match=r"^rate must be > 0 requests/s, got ") as info:
+        RateLimiter(rate)  # type: ignore[arg-type]
+    assert info.value.field == "rate"
+
+
+async def test_rate_limiter_takes_a_fractional_rate() -> None:
+    """rate 0.5/s is valid: one slot every 2 s."""
+    t = FakeTime()
+    limiter = RateLimiter(0.5, clock=t.clock, sleep=t.sleep)
+    await limiter.acquire()
+    await limiter.acquire()
+    assert t.sleeps == [2.0]
+
+
+async def test_rate_limiter_first_slot_is_now_even_on_a_young_clock() -> None:
+    """The first request never waits, whatever the clock reads (a monotonic clock may be < 1);
+    a slot that is due now is taken without a sleep."""
+    t = FakeTime()
+    t.now = 0.0
+    limiter = RateLimiter(4, clock=t.clock, sleep=t.sleep)
+    await limiter.acquire()
+    assert t.sleeps == []
+    t.now = 0.25  # exactly the next slot
+    await limiter.acquire()
+    assert t.sleeps == []
+
+
+def test_retry_after_date_with_an_offset_is_read_in_its_own_zone() -> None:
+    """An HTTP-date with a numeric zone is that instant, not the same wall time in UTC."""
+    assert parse_retry_after("Thu, 01 Jan 2026 01:00:30 +0100", now_wall=1_767_225_600.0) == 30.0
+
+
+def test_retry_after_date_without_a_zone_is_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``-0000`` (no zone) is UTC, also on a machine whose local zone is not."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        got = parse_retry_after("Thu, 01 Jan 2026 00:00:30 -0000", now_wall=1_767_225_600.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert got == 30.0
+
+
+async def test_pause_gate_waits_out_a_pause_shorter_than_a_second() -> None:
+    """Retry-After: 0.5 holds the workers for half a second too."""
+    t = FakeTime()
+    gate = PauseGate(clock=t.clock, sleep=t.sleep)
+    gate.pause_for(0.5)
+    await gate.wait()
+    assert t.sleeps == [0.5]

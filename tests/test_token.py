@@ -918,3 +918,159 @@ def test_manager_serves_only_usable_tokens_and_spaces_requests(
         assert all(gap >= interval - 1e-9 for gap in gaps)
 
     asyncio.run(scenario())
+
+
+# -- mutation-testing additions (docs/mutation.md) -------------------------------------------
+
+
+def counting_provider(lifetime: float | None = 3600.0) -> tuple[CallableProvider, list[int]]:
+    """A provider issuing tok-1, tok-2, ... (each ``lifetime`` seconds); the list counts calls."""
+    calls: list[int] = []
+
+    async def fetch_token() -> tuple[str, float | None]:
+        calls.append(len(calls) + 1)
+        return f"tok-{len(calls)}", lifetime
+
+    return CallableProvider(fetch_token), calls
+
+
+async def test_refresh_starts_exactly_at_the_refresh_moment(clock: FakeClock) -> None:
+    """At ``expires_at - skew`` (not a tick later) get() starts the background refresh."""
+    provider, calls = counting_provider(3600.0)
+    async with TokenManager(provider, clock=clock, sleep=clock.sleep) as mgr:
+        first = await mgr.get()
+        clock.now = first.obtained_at + 3600.0 - 300.0  # exactly refresh_at
+        assert await mgr.get() is first  # still served while the refresh runs
+        await settle(mgr)
+        assert len(calls) == 2 and mgr.stats.refreshes_expiry == 1
+
+
+async def test_a_token_is_not_served_at_its_expiry(clock: FakeClock) -> None:
+    """At exactly ``expires_at`` the token is no longer usable: get() waits for a new one."""
+    provider, calls = counting_provider(3600.0)
+    async with TokenManager(provider, clock=clock, sleep=clock.sleep) as mgr:
+        first = await mgr.get()
+        assert first.expires_at is not None
+        clock.now = first.expires_at
+        assert (await mgr.get()).value == "tok-2"
+
+
+async def test_refresh_counters_count_every_refresh(clock: FakeClock) -> None:
+    """Two expiry refreshes and two 401 refreshes are counted as two each."""
+    provider, calls = counting_provider(100.0)
+    async with TokenManager(provider, skew=10.0, clock=clock, sleep=clock.sleep) as mgr:
+        for _ in range(2):
+            token = await mgr.get()
+            assert token.expires_at is not None
+            clock.now = token.expires_at
+            await mgr.get()
+        for _ in range(2):
+            clock.advance(5.0)  # past min_interval
+            assert mgr.invalidate(await mgr.get())
+            await mgr.get()
+        assert mgr.stats.refreshes_expiry == 2
+        assert mgr.stats.refreshes_401 == 2
+        assert mgr.stats.requests == 5 == len(calls)
+
+
+async def test_invalidate_logs_once_and_does_nothing_after_close(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first 401 for a token is logged (with its fingerprint), repeats are not; a closed
+    manager ignores a 401 and refuses get() with a clear RuntimeError."""
+    caplog.set_level(logging.INFO, logger="asyncsync.token")
+    provider, calls = counting_provider()
+    mgr = TokenManager(provider, clock=clock, sleep=clock.sleep)
+    token = await mgr.get()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "invalidated" in r.getMessage()]
+
+    assert mgr.invalidate(token)
+    assert lines() == [f"token {token.fingerprint} invalidated after a 401"]
+    assert mgr.invalidate(token)  # still current and stale: True, no new log line
+    assert len(lines()) == 1
+    second = await mgr.get()
+    await mgr.aclose()
+    assert not mgr.invalidate(second)
+    with pytest.raises(
+        RuntimeError, match=r"^Cannot get a token, as the TokenManager has been closed\.$"
+    ):
+        await mgr.get()
+    assert len(calls) == 2
+
+
+async def test_close_without_revoke_on_close_revokes_nothing(
+    server: TokenServer, clock: FakeClock
+) -> None:
+    """revoke_on_close is off by default: closing sends no revocation request."""
+    provider = oauth(server, revoke_url=server.url("/revoke"))
+    mgr = manager(server, clock, provider=provider)
+    await mgr.get()
+    await mgr.aclose()
+    assert server.revoked == []
+
+
+async def test_close_while_waiting_names_the_cause(server: TokenServer, clock: FakeClock) -> None:
+    """The waiter's RuntimeError says the manager was closed while it waited."""
+    server.latency = 1.0
+    mgr = manager(server, clock)
+    waiter = asyncio.create_task(mgr.get())
+    await asyncio.sleep(0.05)
+    await mgr.aclose()
+    with pytest.raises(
+        RuntimeError, match=r"^The TokenManager was closed while waiting for a token\.$"
+    ):
+        await waiter
+
+
+async def test_a_config_error_reaches_the_caller_with_message_and_field(clock: FakeClock) -> None:
+    """A setting no retry can fix (TLS verification) is re-raised as it is: same text, field."""
+
+    class TlsRefused:
+        endpoint = "https://auth.invalid/token"
+
+        async def fetch(self, transport: object, *, timeout: float) -> TokenResponse:  # noqa: ASYNC109
+            raise ConfigError("certificate verify failed for the token URL", field="ca_bundle")
+
+        async def revoke(self, transport: object, token: str) -> None:
+            return None
+
+    provider: Any = TlsRefused()
+    async with TokenManager(provider, clock=clock, sleep=clock.sleep, transport=object()) as m:  # type: ignore[arg-type]
+        with pytest.raises(ConfigError) as info:
+            await m.get()
+        assert str(info.value) == "certificate verify failed for the token URL"
+        assert info.value.field == "ca_bundle"
+
+
+async def test_failure_logs_say_fetch_for_the_first_token_and_refresh_after(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error log names what failed: the first fetch, or a refresh of an expired token."""
+    fail = True
+    calls = 0
+
+    async def fetch_token() -> tuple[str, float]:
+        nonlocal calls
+        calls += 1
+        if fail:
+            raise AuthError("refused", permanent=True)
+        return f"tok-{calls}", 100.0
+
+    async with TokenManager(
+        CallableProvider(fetch_token), clock=clock, sleep=clock.sleep, failure_cooldown=0.0
+    ) as mgr:
+        with pytest.raises(AuthError):
+            await mgr.get()
+        assert "token fetch failed: refused" in caplog.text
+        assert "token refresh failed" not in caplog.text
+        fail = False
+        clock.advance(5.0)
+        token = await mgr.get()
+        fail = True
+        assert token.expires_at is not None
+        clock.now = token.expires_at + 5.0
+        with pytest.raises(AuthError):
+            await mgr.get()
+        assert "token refresh failed: refused" in caplog.text
