@@ -235,6 +235,7 @@ class Uploader:
                 counters=counters,  # a resumed job's counters are restored into these
                 resume=options.resume,
                 keyed=src.keyed,
+                job_id=options.job_id,
             )
             job_id = ledger.job_id
             mark = ledger.resume_point()
