@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -191,7 +191,7 @@ COUNTER_FIELDS: Final = (
 
 
 def merge_summaries(
-    parts: list[Mapping[str, Any]],
+    parts: Sequence[Mapping[str, Any]],
     *,
     duration_s: float,
     interrupted: bool = False,

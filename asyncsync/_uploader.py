@@ -206,8 +206,18 @@ class Uploader:
         for pipeline in self._running:
             pipeline.abort()
 
-    async def upload(self, source: SourceLike) -> RunSummary:
+    async def upload(
+        self,
+        source: SourceLike,
+        *,
+        state: StateOptions | None = None,
+        hooks: UploadHooks | None = None,
+    ) -> RunSummary:
         """Upload every record of ``source``; returns the run summary.
+
+        ``state`` and ``hooks``, when given, replace the uploader's for this upload only: one
+        uploader (one connection pool, one token manager) serving uploads that each keep
+        their own checkpoint and dead-letter file, as a Dask worker does for its tasks.
 
         ``source`` is a path (.jsonl/.ndjson/.csv), ``"-"`` for stdin, a :class:`Source`, or
         any sync or async iterable of dicts or of raw JSON bytes. Records that cannot be
@@ -221,7 +231,8 @@ class Uploader:
             await self._open()
         assert self._transport is not None
         src = open_source(source)  # SourceError here, before any request
-        options = self._state_options
+        options = state if state is not None else self._state_options
+        hooks = hooks if hooks is not None else self._hooks
         counters = Counters()
         failed = options.failed or default_state_paths(src.state_path).failed
         dead = DeadLetterFile(failed, lines=src.has_lines)
@@ -261,7 +272,7 @@ class Uploader:
             job_id=job_id,
             retry=self._retry,
             counters=counters,
-            hooks=self._hooks,
+            hooks=hooks,
             headers=self._body.headers,
             gate=self._gate,
             rate=RateLimiter(self._http.rate) if self._http.rate else None,
@@ -280,14 +291,14 @@ class Uploader:
             queue_size=self._queue_size,
             dead_letter=dead,
             counters=counters,
-            hooks=self._hooks,
+            hooks=hooks,
             ledger=ledger,
         )
         if self._abort_requested:
             pipeline.abort()
         elif self._stop_requested:
             pipeline.stop()
-        self._hooks.on_start(counters, total_bytes=src.size)
+        hooks.on_start(counters, total_bytes=src.size)
         started = time.monotonic()
         self._running.add(pipeline)
         try:
@@ -308,7 +319,7 @@ class Uploader:
                 job_id=job_id,
                 interrupted=pipeline.stopped,
             )
-            self._hooks.on_finish(summary)
+            hooks.on_finish(summary)
         if pipeline.stopped:
             raise Interrupted(
                 f"interrupted after {summary.records_sent} records were delivered"
