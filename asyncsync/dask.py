@@ -116,11 +116,12 @@ SslFactory = Callable[[], Any]
 
 @dataclass(frozen=True, slots=True)
 class FileShards:
-    """A JSON Lines or CSV file cut into ``shards`` byte ranges, one task each. The file
-    must be at ``path`` on the client (which plans the cut) and on every worker."""
+    """A JSON Lines or CSV file cut into ``shards`` byte ranges, one task each (None: two
+    per worker thread of the cluster). The file must be at ``path`` on the client (which
+    plans the cut) and on every worker."""
 
     path: str | os.PathLike[str]
-    shards: int
+    shards: int | None = None
     delimiter: str = ","
 
 
@@ -426,7 +427,7 @@ def _cluster(
         yield local, True
 
 
-def _parts(data: DataLike, base: _Task) -> list[tuple[Any, _Task]]:
+def _parts(data: DataLike, base: _Task, threads: int) -> list[tuple[Any, _Task]]:
     """Each part's input (a delayed partition, or None) and its task."""
 
     def task(index: int, count: int, kind: Any, name: str, **extra: Any) -> _Task:
@@ -447,7 +448,8 @@ def _parts(data: DataLike, base: _Task) -> list[tuple[Any, _Task]]:
     if isinstance(data, FileShards):
         path = os.fspath(data.path)
         kind = source_kind(path)
-        shards = plan_shards(path, data.shards, kind, delimiter=data.delimiter)
+        count = data.shards if data.shards is not None else max(1, 2 * threads)
+        shards = plan_shards(path, count, kind, delimiter=data.delimiter)
         return [
             (None, task(s.index, len(shards), "file", path, path=path, shard=s))
             for s in shards
@@ -566,14 +568,16 @@ def upload_dask_sync(
         failed="",
         done="",
     )
-    parts = _parts(data, base)
-    if not resume:
-        for _, t in parts:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(t.checkpoint)
     tmpdir: str | None = None
+    parts: list[tuple[Any, _Task]] = []
     try:
         with _cluster(client, scheduler, workers) as (cl, local):
+            threads = sum(cl.nthreads().values())
+            parts = _parts(data, base, threads)
+            if not resume:
+                for _, t in parts:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(t.checkpoint)
             if _fetches_tokens(auth) and token_store is None:
                 if not local:
                     raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cli_helpers import clean_env, finish_cli, start_cli
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -178,3 +180,44 @@ async def test_killed_worker_task_reruns_elsewhere_without_a_record_under_two_ke
     # answered those as duplicates and stored nothing twice
     assert stats["duplicates"] >= 1
     assert summary.records_read == summary.records_sent == n  # from the part's checkpoint on
+
+
+async def test_cli_engine_dask_workers_2_uploads_each_record_once(tmp_path, make_jsonl) -> None:
+    """``upload --engine dask --workers 2``: each record once, one token request, one merged
+    summary JSON, part checkpoints in ``<source>.dask/``."""
+    source = make_jsonl(5000)
+    async with Sink(sink_config()) as sink:
+        proc = await start_cli(
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--no-progress",
+            "--engine", "dask", "--workers", "2",
+            "--summary-json", str(tmp_path / "summary.json"),
+            cwd=tmp_path, env=clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET),
+        )  # fmt: skip
+        run = await finish_cli(proc, limit=50)
+        stats = sink.stats()
+        ids_once(sink, 5000)
+    assert run.code == 0, run.err
+    assert stats["token_requests"] == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["records_sent"] == 5000 and summary["auth_requests"] == 1
+    assert sorted(p.name for p in (tmp_path / "export.jsonl.dask").glob("*.asyncsync")) == [
+        f"part-{k}-of-4.asyncsync" for k in range(4)
+    ]
+
+
+async def test_cli_engine_dask_scheduler_needs_a_token_store(tmp_path, make_jsonl) -> None:
+    """A running cluster without --token-store: exit 2 naming it, before any request."""
+    source = make_jsonl(10)
+    async with Sink(sink_config()) as sink:
+        proc = await start_cli(
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--no-progress",
+            "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+            cwd=tmp_path, env=clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET),
+        )  # fmt: skip
+        run = await finish_cli(proc, limit=20)
+        stats = sink.stats()
+    assert run.code == 2
+    assert "--token-store" in run.err
+    assert stats["token_requests"] == 0 and stats["records"] == 0

@@ -204,6 +204,10 @@ def run_upload(settings: Settings) -> int:
             f"{PROG}: warning: --insecure: TLS certificates are not verified; anyone on the "
             "network path can read the token and the records\n"
         )
+    if settings.engine == "dask":
+        from ._dask import run_dask
+
+        return run_dask(settings, console)  # tasks on a Dask cluster, one report
     if settings.processes > 1:
         from ._processes import run_processes
 
