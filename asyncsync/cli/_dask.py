@@ -6,8 +6,8 @@ tcp://HOST:PORT`` uses a running cluster and needs ``--token-store`` (``redis://
 workers span hosts). The source is a file (cut into byte-range shards, two per worker
 thread) or ``--db`` (key ranges, ``--processes``-style: two per worker thread).
 
-State: a directory of per-part checkpoints and dead-letter parts, ``--checkpoint DIR``, by
-default ``<source>.dask/`` beside a file source (``./asyncsync-dask/`` for ``--db``); every
+State: a directory of per-part checkpoints and dead-letter parts, ``<source>.dask/`` beside a
+file source (``./asyncsync-dask/`` for ``--db``), or ``PATH.dask/`` with ``--checkpoint PATH``; every
 worker must see it at the same path. The parts' dead letters end in the run's one file
 (``--failed``, default ``<source>.failed.jsonl``), the summary is one merged report, and
 the exit code the contract's (0, 1 when records failed; errors as for one process).
@@ -82,7 +82,8 @@ def run_dask(settings: Settings, console: Console) -> int:
         assert settings.source is not None
         data = FileShards(settings.source)
         default_dir = Path(settings.source + ".dask")
-    state_dir = settings.checkpoint or default_dir
+    # --checkpoint names a file: the parts' directory sits beside it, named after it
+    state_dir = default_dir if settings.checkpoint is None else Path(f"{settings.checkpoint}.dask")
     _, failed = state_paths(settings)
     ssl_factory = None
     if settings.ca_bundle is not None:
