@@ -6,9 +6,9 @@ tcp://HOST:PORT`` uses a running cluster and needs ``--token-store`` (``redis://
 workers span hosts). The source is a file (cut into byte-range shards, two per worker
 thread) or ``--db`` (key ranges, ``--processes``-style: two per worker thread).
 
-State: a directory of per-part checkpoints and dead-letter parts, ``<source>.dask/`` beside a
-file source (``./asyncsync-dask/`` for ``--db``), or ``PATH.dask/`` with ``--checkpoint PATH``; every
-worker must see it at the same path. The parts' dead letters end in the run's one file
+State: a directory of per-part checkpoints and dead-letter parts, ``<source>.dask/`` beside
+a file source (``./asyncsync-dask/`` for ``--db``), or ``PATH.dask/`` with ``--checkpoint
+PATH``; every worker must see it at the same path. The parts' dead letters end in the run's one file
 (``--failed``, default ``<source>.failed.jsonl``), the summary is one merged report, and
 the exit code the contract's (0, 1 when records failed; errors as for one process).
 Progress fed by the workers is not shown (the summary is).
