@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,fast,zstd,parquet,mysql,metrics,plot]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,fast,zstd,parquet,mysql,metrics,plot,dask]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -201,8 +201,9 @@ class StateOptions:
     ``checkpoint``: the checkpoint file (None: no checkpoint, no resume). ``resume``: continue
     the job it holds (False: start over, deleting it). ``failed``: the dead-letter file (None:
     beside a file source, else ``./asyncsync-failed.jsonl``, see :mod:`asyncsync._paths`).
-    ``job_id``: the Idempotency-Key prefix of a run without a checkpoint (None: a new uuid4;
-    with a checkpoint the job id is the checkpoint's).
+    ``job_id``: the Idempotency-Key prefix of a new job (None: a new uuid4); a job resumed
+    from a checkpoint keeps the checkpoint's. A fixed one makes the keys of a re-run from
+    scratch (a Dask task re-run on another worker) those of the first attempt.
     """
 
     checkpoint: Path | None = None

@@ -24,9 +24,12 @@ otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +39,7 @@ from ._exceptions import ConfigError
 from ._records import BatchResult, Rejected
 from ._redact import redact
 
-__all__ = ["DeadLetterFile"]
+__all__ = ["DeadLetterFile", "merge_dead_letters"]
 
 log = logging.getLogger("asyncsync")
 
@@ -169,3 +172,30 @@ class DeadLetterFile:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
+
+
+def merge_dead_letters(parts: Sequence[Path], target: Path) -> None:
+    """Append each part's dead-letter file (a ``--processes`` child's, a Dask task's) to
+    ``target``, in shard order, then delete it. A crash in the middle of the copy can
+    duplicate entries, never lose one; a copy that fails keeps the parts (a warning)."""
+    existing = [p for p in parts if p != target and p.exists()]
+    if not existing:
+        return
+    try:
+        with open(target, "ab") as out:
+            for part in existing:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        log.warning(
+            "could not gather the shards' dead-letter files into %s (%s); they are kept: %s",
+            target,
+            exc.strerror or exc,
+            ", ".join(str(p) for p in existing),
+        )
+        return
+    for part in existing:
+        with contextlib.suppress(OSError):
+            part.unlink()

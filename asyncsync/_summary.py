@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["Counters", "LatencySample", "RunSummary"]
+__all__ = ["COUNTER_FIELDS", "Counters", "LatencySample", "RunSummary", "merge_summaries"]
 
 
 class LatencySample:
@@ -173,3 +174,54 @@ class RunSummary:
             job_id=job_id,
             interrupted=interrupted,
         )
+
+
+#: the counters a part of a scaled-out run reports while it runs (progress snapshots)
+COUNTER_FIELDS: Final = (
+    "records_read",
+    "records_sent",
+    "records_failed",
+    "bytes_read",
+    "bytes_sent",
+    "batches",
+    "requests",
+    "retries",
+    "split_requests",
+    "auth_requests",
+    "in_flight",
+)
+
+
+def merge_summaries(
+    parts: Sequence[Mapping[str, Any]],
+    *,
+    duration_s: float,
+    interrupted: bool = False,
+) -> RunSummary:
+    """One summary from the parts of a scaled-out run (``--processes`` children, Dask tasks):
+    each part is a ``RunSummary.to_dict()`` plus ``latencies`` (its latency samples, seconds).
+    Counters summed, ``duration_s`` the whole run's wall time, records/s recomputed from it,
+    percentiles from the pooled samples, ``job_id`` the parts' joined by commas,
+    ``interrupted`` if any part was (or the caller says so)."""
+    total = Counters()
+    pooled: list[float] = []
+    jobs = []
+    for part in parts:
+        for name in COUNTER_FIELDS:
+            if name != "in_flight":
+                setattr(total, name, getattr(total, name) + int(part.get(name) or 0))
+        total.retries_by_status.update(part.get("retries_by_status") or {})
+        pooled.extend(part.get("latencies") or ())
+        interrupted = interrupted or bool(part.get("interrupted"))
+        if part.get("job_id"):
+            jobs.append(str(part["job_id"]))
+    sample = LatencySample(size=max(1, len(pooled)))
+    sample.values = pooled
+    sample.count = len(pooled)
+    total.latencies = sample
+    return RunSummary.from_counters(
+        total,
+        duration_s=duration_s,
+        job_id=",".join(jobs) or None,
+        interrupted=interrupted,
+    )

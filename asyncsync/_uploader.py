@@ -216,8 +216,20 @@ class Uploader:
         for pipeline in self._running:
             pipeline.abort()
 
-    async def upload(self, source: SourceLike) -> RunSummary:
+    async def upload(
+        self,
+        source: SourceLike,
+        *,
+        state: StateOptions | None = None,
+        hooks: UploadHooks | None = None,
+    ) -> RunSummary:
         """Upload every record of ``source``; returns the run summary.
+
+        ``state`` and ``hooks``, when given, replace the uploader's for this upload only: one
+        uploader (one connection pool, one token manager) serving uploads that each keep
+        their own checkpoint and dead-letter file, as a Dask worker does for its tasks.
+        (Token events stay with the token manager's observer: the uploader's ``hooks``, for a
+        manager it built, as that manager serves every upload.)
 
         ``source`` is a path (.jsonl/.ndjson/.csv), ``"-"`` for stdin, a :class:`Source`, or
         any sync or async iterable of dicts or of raw JSON bytes. Records that cannot be
@@ -231,7 +243,8 @@ class Uploader:
             await self._open()
         assert self._transport is not None
         src = open_source(source)  # SourceError here, before any request
-        options = self._state_options
+        options = state if state is not None else self._state_options
+        hooks = hooks if hooks is not None else self._hooks
         counters = Counters()
         failed = options.failed or default_state_paths(src.state_path).failed
         dead = DeadLetterFile(failed, lines=src.has_lines)
@@ -245,6 +258,7 @@ class Uploader:
                 counters=counters,  # a resumed job's counters are restored into these
                 resume=options.resume,
                 keyed=src.keyed,
+                job_id=options.job_id,
             )
             job_id = ledger.job_id
             mark = ledger.resume_point()
@@ -258,8 +272,8 @@ class Uploader:
                     counters.records_sent,
                 )
             await ledger.start()
-            if overrides(self._hooks, "on_checkpoint"):
-                self._hooks.on_checkpoint(CheckpointSaved(ledger.saves, final=False))
+            if overrides(hooks, "on_checkpoint"):
+                hooks.on_checkpoint(CheckpointSaved(ledger.saves, final=False))
         else:
             job_id = options.job_id or uuid.uuid4().hex
         auth_base = self._tokens.stats.requests if self._tokens is not None else 0
@@ -272,7 +286,7 @@ class Uploader:
             job_id=job_id,
             retry=self._retry,
             counters=counters,
-            hooks=self._hooks,
+            hooks=hooks,
             rejects=self._rejects,
             headers=self._body.headers,
             gate=self._gate,
@@ -292,16 +306,16 @@ class Uploader:
             queue_size=self._queue_size,
             dead_letter=dead,
             counters=counters,
-            hooks=self._hooks,
+            hooks=hooks,
             ledger=ledger,
         )
         if self._abort_requested:
             pipeline.abort()
         elif self._stop_requested:
             pipeline.stop()
-        self._hooks.on_start(counters, total_bytes=src.size)
-        if overrides(self._hooks, "on_run"):
-            self._hooks.on_run(RunStarted(job_id, self._concurrency, self._queue_size))
+        hooks.on_start(counters, total_bytes=src.size)
+        if overrides(hooks, "on_run"):
+            hooks.on_run(RunStarted(job_id, self._concurrency, self._queue_size))
         started = time.monotonic()
         self._running.add(pipeline)
         try:
@@ -316,15 +330,15 @@ class Uploader:
                 dead.close()
             else:  # the dead letters are made durable before the checkpoint covering them
                 await ledger.finish(stopped=pipeline.stopped)
-                if overrides(self._hooks, "on_checkpoint"):
-                    self._hooks.on_checkpoint(CheckpointSaved(ledger.saves, final=True))
+                if overrides(hooks, "on_checkpoint"):
+                    hooks.on_checkpoint(CheckpointSaved(ledger.saves, final=True))
             summary = RunSummary.from_counters(
                 counters,
                 duration_s=time.monotonic() - started,
                 job_id=job_id,
                 interrupted=pipeline.stopped,
             )
-            self._hooks.on_finish(summary)
+            hooks.on_finish(summary)
         if pipeline.stopped:
             raise Interrupted(
                 f"interrupted after {summary.records_sent} records were delivered"

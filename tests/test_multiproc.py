@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from cli_helpers import Run, clean_env, finish_cli, start_cli
 
+from asyncsync._summary import merge_summaries
 from asyncsync.cli._exit import merge_exit_codes
 from asyncsync.cli._main import main
-from asyncsync.cli._processes import merge_summaries
 from asyncsync.cli._run import client_identity
 from asyncsync.cli._settings import settings_from_argv
 from asyncsync.sink import Sink, SinkConfig

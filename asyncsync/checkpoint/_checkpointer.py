@@ -74,10 +74,11 @@ class Checkpointer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         before_save: Callable[[], None] | None = None,
+        job_id: str | None = None,
     ) -> Checkpointer:
         """Resume the job in ``store``, or start a new one.
 
-        * no checkpoint, or a *complete* one: a new job (new ``job_id``);
+        * no checkpoint, or a *complete* one: a new job (``job_id``, or a new uuid4 hex);
         * ``resume`` and an incomplete one: continue it, or raise :class:`CheckpointError`
           listing what changed when the fingerprint differs;
         * not ``resume``: delete the checkpoint and start a new job, so that a crash before
@@ -114,7 +115,7 @@ class Checkpointer:
         return cls(
             store,
             WatermarkTracker(),
-            job_id=uuid.uuid4().hex,
+            job_id=job_id or uuid.uuid4().hex,
             fingerprint=fingerprint,
             interval=interval,
             clock=clock,

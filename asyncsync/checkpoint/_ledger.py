@@ -76,10 +76,12 @@ class Ledger:
         resume: bool = True,
         keyed: bool = False,
         interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        job_id: str | None = None,
     ) -> Ledger:
         """Resume the job checkpointed at ``path`` (its counters restored into ``counters``),
         or start a new one. ``keyed``: the source's watermark carries a key the ack log does
         not hold, so folding the log must not move the watermark.
+        ``job_id``: a new job's (None: a new uuid4); a resumed one keeps its own.
         :class:`~asyncsync.CheckpointError` when the checkpoint is unusable or for another job."""
         store = CheckpointStore(path)
         acks = AckLog(Path(path))
@@ -90,7 +92,12 @@ class Ledger:
         if resume:
             fold_ack_log(store, acks, advance=not keyed)
         ckpt = Checkpointer.open(
-            store, fingerprint, resume=resume, interval=interval, before_save=dead_letter.sync
+            store,
+            fingerprint,
+            resume=resume,
+            interval=interval,
+            before_save=dead_letter.sync,
+            job_id=job_id,
         )
         if ckpt.previous is not None:
             ckpt.previous.restore_counters(counters)

@@ -231,6 +231,10 @@ def run_upload(settings: Settings) -> int:
             write_json_event("WARNING", "insecure", warning)
         else:
             sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    if settings.engine == "dask":
+        from ._dask import run_dask
+
+        return run_dask(settings, console)  # tasks on a Dask cluster, one report
     if settings.processes > 1:
         from ._processes import run_processes
 

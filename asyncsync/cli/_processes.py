@@ -65,19 +65,19 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
 from rich.console import Console
 
+from .._deadletter import merge_dead_letters
 from .._exceptions import AsyncSyncError
 from .._hooks import UploadHooks
 from .._paths import CHECKPOINT_SUFFIX, shard_path
-from .._summary import Counters, LatencySample, RunSummary
+from .._summary import COUNTER_FIELDS, Counters, RunSummary, merge_summaries
 from ..checkpoint._state import CheckpointStore
 from ._exit import (
     EXIT_INTERRUPTED,
@@ -101,55 +101,6 @@ log = logging.getLogger("asyncsync")
 REPORT_INTERVAL: Final = 0.2
 #: seconds children get to stop after SIGTERM when the parent itself fails, before SIGKILL
 KILL_GRACE: Final = 5.0
-_COUNTER_FIELDS: Final = (
-    "records_read",
-    "records_sent",
-    "records_failed",
-    "bytes_read",
-    "bytes_sent",
-    "batches",
-    "requests",
-    "retries",
-    "split_requests",
-    "auth_requests",
-    "in_flight",
-)
-
-
-# --------------------------------------------------------------------------------------------
-# merging
-
-
-def merge_summaries(
-    parts: list[Mapping[str, Any]],
-    *,
-    duration_s: float,
-    interrupted: bool = False,
-) -> RunSummary:
-    """One summary from the children's (their ``to_dict()`` plus ``latencies``): counters
-    summed, the whole run's wall time, records/s recomputed, percentiles from pooled samples."""
-    total = Counters()
-    pooled: list[float] = []
-    jobs = []
-    for part in parts:
-        for name in _COUNTER_FIELDS:
-            if name != "in_flight":
-                setattr(total, name, getattr(total, name) + int(part.get(name) or 0))
-        total.retries_by_status.update(part.get("retries_by_status") or {})
-        pooled.extend(part.get("latencies") or ())
-        interrupted = interrupted or bool(part.get("interrupted"))
-        if part.get("job_id"):
-            jobs.append(str(part["job_id"]))
-    sample = LatencySample(size=max(1, len(pooled)))
-    sample.values = pooled
-    sample.count = len(pooled)
-    total.latencies = sample
-    return RunSummary.from_counters(
-        total,
-        duration_s=duration_s,
-        job_id=",".join(jobs) or None,
-        interrupted=interrupted,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +169,7 @@ async def _parent(settings: Settings, console: Console, *, started: float) -> in
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    _merge_dead_letters([c.plan.failed for c in children], plan.failed)
+    merge_dead_letters([c.plan.failed for c in children], plan.failed)
     codes = [c.code if c.code is not None else EXIT_INTERRUPTED for c in children]
     if summary is not None:
         report(
@@ -353,7 +304,7 @@ async def _watch(child: _Child, children: list[_Child], total: Counters) -> None
                 continue  # not ours (the child's stdout is its report channel only)
             if message.get("t") == "p":
                 child.snapshot = message["c"]
-                for name in _COUNTER_FIELDS:
+                for name in COUNTER_FIELDS:
                     value = sum(int(c.snapshot.get(name) or 0) for c in children)
                     setattr(total, name, value)
             elif message.get("t") == "s":
@@ -414,31 +365,6 @@ async def _reap(procs: list[asyncio.subprocess.Process]) -> None:
             task.cancel()
 
 
-def _merge_dead_letters(parts: list[Path], target: Path) -> None:
-    """Append each child's dead-letter file to ``target``, in shard order, then delete it."""
-    existing = [p for p in parts if p != target and p.exists()]
-    if not existing:
-        return
-    try:
-        with open(target, "ab") as out:
-            for part in existing:
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        log.warning(
-            "could not gather the shards' dead-letter files into %s (%s); they are kept: %s",
-            target,
-            exc.strerror or exc,
-            ", ".join(str(p) for p in existing),
-        )
-        return
-    for part in existing:
-        with contextlib.suppress(OSError):
-            part.unlink()
-
-
 # --------------------------------------------------------------------------------------------
 # the child
 
@@ -463,7 +389,7 @@ class _Reporter(UploadHooks):
         c = self._counters
         if c is None:
             return
-        snapshot = {name: getattr(c, name) for name in _COUNTER_FIELDS}
+        snapshot = {name: getattr(c, name) for name in COUNTER_FIELDS}
         snapshot["auth_requests"] = max(c.auth_requests, self._token_requests())
         self._send({"t": "p", "c": snapshot})
         with contextlib.suppress(RuntimeError):  # no running loop: no more ticks

@@ -658,6 +658,25 @@ OPTIONS: tuple[Option, ...] = (
         "COLUMN",
     ),
     Option("table", _text, None, "table to read whole (--db), instead of --query", _SCALE, "NAME"),
+    Option(
+        "engine",
+        _choice("local", "dask"),
+        "local",
+        "where the upload runs: local (this machine), dask (a Dask cluster)",
+        _SCALE,
+        "ENGINE",
+    ),
+    Option(
+        "scheduler",
+        _text,
+        None,
+        "--engine dask: the scheduler of a running cluster (needs --token-store redis://...)",
+        _SCALE,
+        "tcp://HOST:PORT",
+    ),
+    Option(
+        "workers", _int(1), None, "--engine dask: start a local cluster of N workers", _SCALE, "N"
+    ),
 )
 _BY_NAME: Mapping[str, Option] = MappingProxyType({opt.name: opt for opt in OPTIONS})
 
@@ -798,6 +817,9 @@ class Settings:
     query: str | None = None
     key: str | None = None
     table: str | None = None
+    engine: Literal["local", "dask"] = "local"
+    scheduler: str | None = None
+    workers: int | None = None
     origins: Mapping[str, Origin] = field(default_factory=dict)
 
     @property
@@ -1063,6 +1085,13 @@ def resolve(
         raise ConfigError(
             f"{label('metrics')} does not work with --processes (yet); run one process, or "
             "one process per --shard K/N, each with its own --metrics port",
+            field="metrics",
+        )
+    if values["metrics"] is not None and values["engine"] == "dask":
+        # the workers' counts are not served by one endpoint (yet): refuse, as for --processes
+        raise ConfigError(
+            f"{label('metrics')} does not work with --engine dask (yet); the merged summary "
+            "(--summary-json) has the run's counts",
             field="metrics",
         )
     if values["insecure"] and values["ca_bundle"] is not None:

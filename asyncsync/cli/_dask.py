@@ -1,0 +1,133 @@
+"""``upload --engine dask``: the upload as tasks on a Dask cluster (:mod:`asyncsync.dask`).
+
+``--workers N`` starts a local cluster of N single-threaded worker processes (a file token
+store in a private temporary directory unless ``--token-store`` names one); ``--scheduler
+tcp://HOST:PORT`` uses a running cluster and needs ``--token-store`` (``redis://`` when the
+workers span hosts). The source is a file (cut into byte-range shards, two per worker
+thread) or ``--db`` (key ranges, ``--processes``-style: two per worker thread).
+
+State: a directory of per-part checkpoints and dead-letter parts, ``<source>.dask/`` beside
+a file source (``./asyncsync-dask/`` for ``--db``), or ``PATH.dask/`` with ``--checkpoint
+PATH``; every worker must see it at the same path. The parts' dead letters end in the run's one file
+(``--failed``, default ``<source>.failed.jsonl``), the summary is one merged report, and
+the exit code the contract's (0, 1 when records failed; errors as for one process).
+Progress fed by the workers is not shown (the summary is).
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .._config import BodyOptions, HttpOptions, RejectOptions
+from .._exceptions import ConfigError
+from ._exit import summary_exit_code
+from ._plan import state_paths
+from ._report import report
+from ._run import build_auth
+from ._settings import Settings
+
+__all__ = ["run_dask"]
+
+
+def _check(settings: Settings) -> None:
+    if settings.command != "upload":
+        raise ConfigError("--engine dask applies to upload only", field="engine")
+    if (settings.scheduler is None) == (settings.workers is None):
+        raise ConfigError(
+            "--engine dask needs --scheduler tcp://HOST:PORT or --workers N (one of them)",
+            field="engine",
+        )
+    if settings.processes > 1 or settings.shard is not None:
+        raise ConfigError(
+            "--engine dask excludes --processes and --shard (Dask schedules the shards)",
+            field="engine",
+        )
+    if settings.db is None and (settings.source is None or settings.source == "-"):
+        raise ConfigError(
+            "--engine dask needs a file source (.jsonl, .ndjson or .csv) or --db: "
+            "stdin cannot be split",
+            field="engine",
+        )
+    if (
+        settings.scheduler is not None
+        and settings.auth in ("oauth2", "login")
+        and settings.token_store is None
+    ):
+        raise ConfigError(
+            "--engine dask --scheduler needs --token-store redis://HOST:PORT/DB: every "
+            "worker must share the token",
+            field="token_store",
+        )
+
+
+def run_dask(settings: Settings, console: Console) -> int:
+    """Plan, run on the cluster, report once; the exit code."""
+    _check(settings)
+    from ..dask import FileShards, SqlRanges, upload_dask_sync
+
+    data: Any
+    if settings.db is not None:
+        assert settings.key is not None  # checked by resolve()
+        shards = 2 * settings.workers if settings.workers is not None else 8
+        data = SqlRanges(
+            settings.db, settings.key, shards, table=settings.table, query=settings.query
+        )
+        default_dir = Path("asyncsync-dask")
+    else:
+        assert settings.source is not None
+        data = FileShards(settings.source)
+        default_dir = Path(settings.source + ".dask")
+    # --checkpoint names a file: the parts' directory sits beside it, named after it
+    state_dir = default_dir if settings.checkpoint is None else Path(f"{settings.checkpoint}.dask")
+    _, failed = state_paths(settings)
+    ssl_factory = None
+    if settings.ca_bundle is not None:
+        settings.ssl_context()  # a bad bundle is a ConfigError here, not on a worker
+        ssl_factory = functools.partial(ssl.create_default_context, cafile=str(settings.ca_bundle))
+    summary = upload_dask_sync(
+        data,
+        settings.url,
+        auth=build_auth(settings),
+        scheduler=settings.scheduler,
+        workers=settings.workers,
+        token_store=settings.token_store,
+        state_dir=state_dir,
+        failed=failed,
+        resume=settings.resume,
+        concurrency=settings.concurrency,
+        queue_size=settings.queue_size,
+        limits=settings.limits,
+        retry=settings.retry,
+        body=BodyOptions(
+            format=settings.body,
+            wrap=settings.wrap,
+            gzip=settings.gzip,
+            headers=dict(settings.headers),
+        ),
+        http=HttpOptions(
+            timeout=settings.timeout, rate=settings.rate, ssl=False if settings.insecure else None
+        ),
+        rejects=RejectOptions(
+            on_reject=settings.on_reject,
+            max_split_requests=settings.max_split_requests,
+            results=settings.results,
+        ),
+        ssl_factory=ssl_factory,
+        token_skew=settings.token_skew,
+        auth_retry_time=settings.auth_retry_time,
+    )
+    report(
+        summary,
+        console,
+        command=settings.command,
+        failed=failed,
+        summary_json=settings.summary_json,
+        verbosity=settings.verbosity,
+        log_format=settings.log_format,
+    )
+    return summary_exit_code(summary)

@@ -1,0 +1,633 @@
+"""Uploads on a Dask cluster: :func:`upload_dask` and :func:`upload_dask_sync` (the ``dask`` extra).
+
+::
+
+    from asyncsync.dask import FileShards, upload_dask_sync
+
+    summary = upload_dask_sync(
+        FileShards("export.jsonl", 8),        # or a dask.bag / dask.dataframe of records
+        "https://api.example.com/ingest",
+        auth=OAuth2ClientCredentials(token_url, client_id, secret),
+        workers=4,                            # a local cluster; or client=..., scheduler=...
+        state_dir="export.dask",
+    )
+
+What runs where:
+
+* **the data** is cut into parts, one Dask task each: the partitions of a ``dask.bag`` (dicts,
+  or raw JSON bytes/str) or of a ``dask.dataframe`` (each row a JSON object, dates in ISO
+  8601); the byte-range shards of a JSON Lines/CSV file (:class:`FileShards`, planned once
+  by the client with :func:`~asyncsync.sources._shards.plan_shards`); or the key ranges of a
+  SQL query (:class:`SqlRanges`, planned once with ``plan_key_ranges``).
+* **one Uploader per worker**: an :class:`UploaderPlugin` (a Dask ``WorkerPlugin``) opens,
+  in its ``setup``, an event loop thread, the HTTP transport, and the token manager with the
+  shared token store, and closes them in ``teardown`` (when the run unregisters it). Every
+  task the worker runs uploads through that one connection pool and token manager.
+* **one token for the cluster**: the token managers of all workers share it through the
+  token store: a ``redis://`` store for a cluster that spans hosts (required when the caller
+  brings the cluster), a ``file:`` store (a private temporary one by default) when
+  :func:`upload_dask` starts a local cluster itself. One token request per token lifetime.
+* **state**: each part has its own checkpoint ``part-K-of-N.asyncsync`` and dead-letter
+  part ``part-K-of-N.failed.jsonl`` in ``state_dir``, which every worker and the client must
+  see at the same path (the machine's disk for a local cluster; a shared file system for a
+  multi-host one). At the end the client appends the parts to the run's one dead-letter file
+  (``failed``) and merges the tasks' summaries into one :class:`~asyncsync.RunSummary`.
+
+**Exactly once under task retries.** Dask re-runs a task whose worker died (and one whose
+result was lost with its worker). Every attempt of part K uses the job id ``<job_id>-K`` and
+cuts the same batches (parts are read without linger: batches by count and bytes only), so
+an Idempotency-Key ``<job_id>-K-<first>-<last>`` names the same records on every attempt:
+a batch re-sent by the second attempt is a duplicate the API drops, never a second copy.
+The checkpoint (saved before the first request) makes the second attempt resume after what
+the first had acknowledged; a part already finished in this run (its marker
+``part-K-of-N.done.json`` holds this run's id) returns its summary without sending again.
+A re-run of the whole job with the same ``state_dir`` resumes unfinished parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+from distributed import Client, LocalCluster, get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ._atomic import atomic_write
+from ._config import (
+    DEFAULT_BODY,
+    DEFAULT_HTTP,
+    DEFAULT_LIMITS,
+    DEFAULT_REJECTS,
+    DEFAULT_RETRY,
+    BatchLimits,
+    BodyOptions,
+    HttpOptions,
+    RejectOptions,
+    RetryPolicy,
+    StateOptions,
+)
+from ._deadletter import merge_dead_letters
+from ._exceptions import ConfigError
+from ._hooks import UploadHooks
+from ._http import Transport, open_transport
+from ._summary import Counters, RunSummary, merge_summaries
+from ._uploader import Uploader
+from .auth._manager import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_MAX_FETCH_TIME,
+    DEFAULT_SKEW,
+    TokenManager,
+    TokenStore,
+)
+from .auth._providers import AuthProvider, StaticToken
+from .sources._iterable import IterableSource
+from .sources._protocol import Source
+from .sources._shards import Shard, open_shard, plan_shards, source_kind
+
+__all__ = [
+    "FileShards",
+    "SqlRanges",
+    "UploaderPlugin",
+    "upload_dask",
+    "upload_dask_sync",
+]
+
+log = logging.getLogger("asyncsync")
+T = TypeVar("T")
+
+#: what ``token_store`` may be: a spec (``file:PATH``, ``redis://HOST:PORT/DB``), or a
+#: picklable factory run on each worker
+TokenStoreLike = str | Callable[[], TokenStore | None]
+#: a picklable factory of the TLS setting, run on each worker (an SSLContext does not pickle)
+SslFactory = Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FileShards:
+    """A JSON Lines or CSV file cut into ``shards`` byte ranges, one task each (None: two
+    per worker thread of the cluster). The file must be at ``path`` on the client (which
+    plans the cut) and on every worker."""
+
+    path: str | os.PathLike[str]
+    shards: int | None = None
+    delimiter: str = ","
+
+
+@dataclass(frozen=True, slots=True)
+class SqlRanges:
+    """A SQL table or query cut into ``shards`` ranges of ``key``, one task each (fewer when
+    the table is small). ``db`` must be reachable from the client and every worker."""
+
+    db: str
+    key: str
+    shards: int
+    table: str | None = None
+    query: str | None = None
+
+
+DataLike = FileShards | SqlRanges | Any  # Any: a dask Bag or DataFrame
+
+
+# --------------------------------------------------------------------------------------------
+# what travels to the workers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _WorkerSpec:
+    """How every worker builds its Uploader (pickled once, with the plugin)."""
+
+    url: str
+    auth: AuthProvider | None
+    token_store: TokenStoreLike | None
+    concurrency: int
+    queue_size: int | None
+    limits: BatchLimits
+    retry: RetryPolicy
+    body: BodyOptions
+    http: HttpOptions
+    rejects: RejectOptions
+    ssl_factory: SslFactory | None
+    token_skew: float
+    auth_retry_time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Task:
+    """One part: what to read, and its state files."""
+
+    plugin: str
+    run_id: str
+    job_id: str
+    index: int
+    count: int
+    kind: Literal["records", "frame", "file", "sql"]
+    name: str
+    checkpoint: str
+    failed: str
+    done: str
+    path: str | None = None
+    shard: Shard | None = None
+    sql: SqlRanges | None = None
+    key_range: tuple[Any, Any] | None = None
+
+
+class _PartSource(IterableSource):
+    """A partition's records. No linger: batches are cut by count and bytes only, so every
+    attempt of the task forms the same batches, under the same Idempotency-Keys."""
+
+    linger = False
+
+
+class _Collect(UploadHooks):
+    """Keeps the counters of one upload (for its latency samples and bytes read)."""
+
+    def __init__(self) -> None:
+        self.counters: Counters | None = None
+
+    def on_start(self, counters: Counters, *, total_bytes: int | None) -> None:
+        self.counters = counters
+
+
+class UploaderPlugin(WorkerPlugin):
+    """One :class:`~asyncsync.Uploader` per Dask worker, on an event loop thread of its own
+    (the worker's own loop keeps serving the scheduler). ``setup`` opens the transport and the
+    token manager (with the shared token store); ``teardown`` closes them."""
+
+    def __init__(self, name: str, spec: _WorkerSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._uploader: Uploader | None = None
+        self._tokens: TokenManager | None = None
+        self._token_transport: Transport | None = None
+        self._store: TokenStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["spec"])  # type: ignore[misc]
+
+    # -- lifecycle (called by the worker)
+
+    def setup(self, worker: Any) -> None:
+        self._loop = _new_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="asyncsync-uploader", daemon=True
+        )
+        self._thread.start()
+        self.call(self._open())
+
+    def teardown(self, worker: Any) -> None:
+        if self._loop is None:
+            return
+        try:
+            self.call(self._close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._loop.close()
+            self._loop = None
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the plugin's loop from a task's thread; its result."""
+        assert self._loop is not None, "the plugin is not set up"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _open(self) -> None:
+        spec = self.spec
+        ssl = spec.ssl_factory() if spec.ssl_factory is not None else spec.http.ssl
+        http = dataclasses.replace(spec.http, ssl=ssl)
+        if spec.auth is not None:
+            store = spec.token_store
+            if isinstance(store, str):
+                self._store = _open_store(store, spec)
+            elif store is not None:
+                self._store = store()
+            self._token_transport = open_transport(connections=2, timeout=http.timeout, ssl=ssl)
+            self._tokens = TokenManager(
+                spec.auth,
+                skew=spec.token_skew,
+                store=self._store,
+                transport=self._token_transport,
+                fetch_timeout=min(http.timeout, DEFAULT_FETCH_TIMEOUT),
+                max_fetch_time=spec.auth_retry_time,
+            )
+        self._uploader = Uploader(
+            spec.url,
+            auth=self._tokens,
+            concurrency=spec.concurrency,
+            queue_size=spec.queue_size,
+            limits=spec.limits,
+            retry=spec.retry,
+            body=spec.body,
+            http=http,
+            rejects=spec.rejects,
+        )
+        await self._uploader.__aenter__()
+
+    async def _close(self) -> None:
+        try:
+            if self._uploader is not None:
+                await self._uploader.aclose()
+        finally:
+            try:
+                if self._tokens is not None:
+                    await self._tokens.aclose()
+            finally:
+                if self._token_transport is not None:
+                    await self._token_transport.aclose()
+                aclose = getattr(self._store, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+    # -- one task
+
+    async def upload_part(self, data: Any, task: _Task) -> dict[str, Any]:
+        """Upload one part with its own checkpoint and dead-letter part; its summary (a dict,
+        with ``latencies`` and ``bytes_read`` for the merge)."""
+        done = _read_done(Path(task.done), task.run_id)
+        if done is not None:  # finished in this run already; Dask re-ran it (result lost)
+            log.info("part %d/%d: finished already in this run", task.index, task.count)
+            return done
+        assert self._uploader is not None
+        source = _open_part(data, task)
+        collect = _Collect()
+        state = StateOptions(checkpoint=task.checkpoint, failed=task.failed, job_id=task.job_id)
+        summary = await self._uploader.upload(source, state=state, hooks=collect)
+        result = summary.to_dict()
+        counters = collect.counters
+        result["bytes_read"] = counters.bytes_read if counters is not None else 0
+        result["latencies"] = [round(v, 6) for v in counters.latencies.values] if counters else []
+        result["part"] = task.index
+        atomic_write(task.done, orjson.dumps({"run_id": task.run_id, "summary": result}))
+        return result
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def _open_store(spec: str, worker: _WorkerSpec) -> TokenStore:
+    """A ``--token-store`` spec, keyed by the provider's token URL and client id."""
+    from .auth._stores import open_token_store
+
+    auth = worker.auth
+    endpoint = getattr(auth, "token_url", None) or getattr(auth, "url", None)
+    if not isinstance(endpoint, str):
+        raise ConfigError(
+            "token_store: a spec needs a provider with a token URL; pass a factory instead",
+            field="token_store",
+        )
+    return open_token_store(
+        spec,
+        endpoint=endpoint,
+        client_id=getattr(auth, "client_id", None),
+        scope=getattr(auth, "scope", None),
+        fetch_timeout=min(worker.http.timeout, DEFAULT_FETCH_TIMEOUT),
+        auth_retry_time=worker.auth_retry_time,
+    )
+
+
+def _read_done(path: Path, run_id: str) -> dict[str, Any] | None:
+    try:
+        entry = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("run_id") != run_id:
+        return None  # another run's: this run starts or resumes the part
+    summary = entry.get("summary")
+    return summary if isinstance(summary, dict) else None
+
+
+def _open_part(data: Any, task: _Task) -> Source:
+    if task.kind == "records":
+        return _PartSource(list(data), name=task.name)
+    if task.kind == "frame":
+        text = data.to_json(orient="records", lines=True, date_format="iso")
+        lines = [line for line in text.encode().split(b"\n") if line]
+        return _PartSource(lines, name=task.name)
+    if task.kind == "file":
+        assert task.path is not None and task.shard is not None
+        return open_shard(task.path, task.shard)
+    assert task.sql is not None
+    from .sources.sql import open_sql_source
+
+    sql = task.sql
+    source = open_sql_source(sql.db, query=sql.query, table=sql.table, key=sql.key)
+    if task.key_range is None:
+        return _PartSource([], name=task.name)
+    return source.with_range(*task.key_range)
+
+
+def _run_task(data: Any, *, task: _Task) -> dict[str, Any]:
+    """The Dask task: one part, through this worker's plugin."""
+    plugin = get_worker().plugins.get(task.plugin)
+    if not isinstance(plugin, UploaderPlugin) or plugin._uploader is None:
+        raise RuntimeError(f"worker plugin {task.plugin} is not set up on this worker")
+    return plugin.call(plugin.upload_part(data, task))
+
+
+# --------------------------------------------------------------------------------------------
+# the client
+
+
+def _fetches_tokens(auth: AuthProvider | None) -> bool:
+    return auth is not None and not isinstance(auth, StaticToken)
+
+
+@contextlib.contextmanager
+def _cluster(
+    client: Client | None, scheduler: str | None, workers: int | None
+) -> Iterator[tuple[Client, bool]]:
+    """The client to run on, and whether this call started the (local) cluster."""
+    given = sum(x is not None for x in (client, scheduler, workers))
+    if given != 1:
+        raise ConfigError(
+            "give exactly one of client, scheduler (tcp://HOST:PORT) or workers (N)",
+            field="scheduler",
+        )
+    if client is not None:
+        yield client, False
+        return
+    if scheduler is not None:
+        with Client(scheduler) as remote:
+            yield remote, False
+        return
+    assert workers is not None
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers!r}", field="workers")
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as local,
+    ):
+        yield local, True
+
+
+def _parts(data: DataLike, base: _Task, threads: int) -> list[tuple[Any, _Task]]:
+    """Each part's input (a delayed partition, or None) and its task."""
+
+    def task(index: int, count: int, kind: Any, name: str, **extra: Any) -> _Task:
+        stem = os.path.join(os.path.dirname(base.checkpoint), f"part-{index}-of-{count}")
+        return dataclasses.replace(
+            base,
+            job_id=f"{base.job_id}-{index}",
+            index=index,
+            count=count,
+            kind=kind,
+            name=name,
+            checkpoint=stem + ".asyncsync",
+            failed=stem + ".failed.jsonl",
+            done=stem + ".done.json",
+            **extra,
+        )
+
+    if isinstance(data, FileShards):
+        path = os.fspath(data.path)
+        kind = source_kind(path)
+        count = data.shards if data.shards is not None else max(1, 2 * threads)
+        shards = plan_shards(path, count, kind, delimiter=data.delimiter)
+        return [
+            (None, task(s.index, len(shards), "file", path, path=path, shard=s))
+            for s in shards
+            if s.size > 0
+        ]
+    if isinstance(data, SqlRanges):
+        from .sources.sql import open_sql_source
+
+        sql = open_sql_source(data.db, query=data.query, table=data.table, key=data.key)
+
+        async def plan() -> list[tuple[Any, Any]]:
+            await sql.check()
+            return list(await sql.plan_key_ranges(data.shards))
+
+        ranges = asyncio.run(plan())
+        return [
+            (None, task(k, len(ranges), "sql", f"sql part {k}", sql=data, key_range=r))
+            for k, r in enumerate(ranges)
+        ]
+    kind = _collection_kind(data)
+    parts = data.to_delayed()
+    name = str(getattr(data, "name", None) or getattr(data, "_name", "dask"))
+    return [
+        (part, task(k, len(parts), kind, f"dask {name} partition {k}/{len(parts)}"))
+        for k, part in enumerate(parts)
+    ]
+
+
+def _collection_kind(data: Any) -> Literal["records", "frame"]:
+    import dask.bag
+    import dask.dataframe
+
+    if isinstance(data, dask.bag.Bag):
+        return "records"
+    if isinstance(data, dask.dataframe.DataFrame):
+        return "frame"
+    raise ConfigError(
+        "data must be a dask.bag.Bag, a dask.dataframe.DataFrame, FileShards or SqlRanges, "
+        f"not {type(data).__name__}",
+        field="data",
+    )
+
+
+def upload_dask_sync(
+    data: DataLike,
+    url: str,
+    *,
+    auth: AuthProvider | None = None,
+    client: Client | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    token_store: TokenStoreLike | None = None,
+    state_dir: str | os.PathLike[str] = "asyncsync-dask",
+    failed: str | os.PathLike[str] | None = None,
+    job_id: str | None = None,
+    resume: bool = True,
+    concurrency: int = 16,
+    queue_size: int | None = None,
+    limits: BatchLimits = DEFAULT_LIMITS,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    body: BodyOptions = DEFAULT_BODY,
+    http: HttpOptions = DEFAULT_HTTP,
+    rejects: RejectOptions = DEFAULT_REJECTS,
+    ssl_factory: SslFactory | None = None,
+    token_skew: float = DEFAULT_SKEW,
+    auth_retry_time: float = DEFAULT_MAX_FETCH_TIME,
+) -> RunSummary:
+    """Upload ``data`` on a Dask cluster; the merged summary (see the module docstring).
+
+    The cluster: a ``client`` (a synchronous ``distributed.Client``), a ``scheduler`` address
+    (``tcp://HOST:PORT``), or ``workers`` N for a local cluster of N single-threaded worker
+    processes started (and stopped) here. ``token_store`` (a ``file:``/``redis://`` spec or a
+    picklable factory) is required with a provider that fetches tokens, except on a local
+    cluster started here (a private temporary file store then). ``state_dir`` holds each
+    part's checkpoint and dead-letter part (shared by every worker and the client);
+    ``failed`` is the run's dead-letter file (default ``state_dir/failed.jsonl``); ``resume``
+    False starts every part over. ``rejects`` applies to every part; its
+    ``max_split_requests`` budget is per part (each task's upload has its own). An
+    SSLContext does not pickle: pass ``ssl_factory``.
+    Raises what a task raised (:class:`~asyncsync.AuthError` ...) after cancelling the rest.
+    """
+    started = time.monotonic()
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"url must start with http:// or https://, got {url!r}", field="url")
+    if http.ssl is not None and not isinstance(http.ssl, bool):
+        raise ConfigError(
+            "http.ssl: an SSLContext cannot travel to Dask workers; pass ssl_factory, a "
+            "picklable function that builds it on each worker",
+            field="ssl",
+        )
+    spec = _WorkerSpec(
+        url=url,
+        auth=auth,
+        token_store=token_store,
+        concurrency=concurrency,
+        queue_size=queue_size,
+        limits=limits,
+        retry=retry,
+        body=body,
+        http=http,
+        rejects=rejects,
+        ssl_factory=ssl_factory,
+        token_skew=token_skew,
+        auth_retry_time=auth_retry_time,
+    )
+    Uploader(url, concurrency=concurrency, queue_size=queue_size)  # validates, opens nothing
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    target = Path(failed) if failed is not None else state / "failed.jsonl"
+    run_id = uuid.uuid4().hex
+    base = _Task(
+        plugin=f"asyncsync-{run_id}",
+        run_id=run_id,
+        job_id=job_id or run_id,
+        index=0,
+        count=1,
+        kind="records",
+        name="",
+        checkpoint=str(state / "part"),
+        failed="",
+        done="",
+    )
+    tmpdir: str | None = None
+    parts: list[tuple[Any, _Task]] = []
+    try:
+        with _cluster(client, scheduler, workers) as (cl, local):
+            threads = sum(cl.nthreads().values())
+            parts = _parts(data, base, threads)
+            if not resume:
+                for _, t in parts:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(t.checkpoint)
+            if _fetches_tokens(auth) and token_store is None:
+                if not local:
+                    raise ConfigError(
+                        "token_store is required on a cluster this call did not start (every "
+                        "worker must share the token): redis://HOST:PORT/DB",
+                        field="token_store",
+                    )
+                tmpdir = tempfile.mkdtemp(prefix="asyncsync-tokens-")  # 0700
+                spec = dataclasses.replace(
+                    spec, token_store=f"file:{os.path.join(tmpdir, 'token.json')}"
+                )
+            results = _run_on(cl, UploaderPlugin(base.plugin, spec), parts)
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    merge_dead_letters([Path(t.failed) for _, t in parts], target)
+    return merge_summaries(results, duration_s=time.monotonic() - started)
+
+
+def _run_on(
+    client: Client, plugin: UploaderPlugin, parts: Sequence[tuple[Any, _Task]]
+) -> list[dict[str, Any]]:
+    from dask.delayed import delayed
+
+    client.register_plugin(plugin, name=plugin.name)
+    futures: list[Any] = []
+    try:
+        # the task rides in a partial: dask does not look inside it for collections
+        jobs = [delayed(functools.partial(_run_task, task=t), pure=False)(d) for d, t in parts]
+        futures = client.compute(jobs)
+        results: list[dict[str, Any]] = client.gather(futures)
+        return results
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            client.unregister_worker_plugin(plugin.name)
+
+
+async def upload_dask(data: DataLike, url: str, **options: Any) -> RunSummary:
+    """:func:`upload_dask_sync` in a worker thread: the caller's event loop keeps running
+    (the Dask client calls block)."""
+    return await asyncio.to_thread(upload_dask_sync, data, url, **options)

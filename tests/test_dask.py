@@ -1,0 +1,275 @@
+"""``asyncsync.dask``: uploads on a local Dask cluster of worker processes, against the
+reference sink served by this test's event loop (the Dask client runs in a thread).
+
+What the sink sees is the judge: every record once, one token request for the whole cluster,
+no record under two Idempotency-Keys when a worker process is killed mid-task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cli_helpers import clean_env, finish_cli, start_cli
+
+pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+import dask.bag as db
+from distributed import Client, LocalCluster
+
+from asyncsync import BatchLimits, OAuth2ClientCredentials
+from asyncsync.dask import FileShards, upload_dask
+from asyncsync.sink import Sink, SinkConfig
+
+SECRET = "dask-secret-for-tests"
+
+pytestmark = pytest.mark.slow
+
+
+def sink_config(**options: Any) -> SinkConfig:
+    return SinkConfig(
+        client_id=f"dask-{uuid.uuid4().hex[:8]}", client_secret=SECRET, seed=1, **options
+    )
+
+
+def oauth(sink: Sink) -> OAuth2ClientCredentials:
+    return OAuth2ClientCredentials(sink.token_url, sink.config.client_id, SECRET)
+
+
+def record(i: int) -> dict[str, Any]:
+    return {"id": i, "name": f"user-{i}", "score": i % 97}
+
+
+@contextlib.contextmanager
+def local_cluster(n: int = 2) -> Iterator[Client]:
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def ids_once(sink: Sink, n: int) -> Counter[int]:
+    seen = Counter(int(r["id"]) for r in sink.records())
+    assert sorted(seen) == list(range(1, n + 1)), "a record is missing"
+    assert max(seen.values()) == 1, "a record was stored twice"
+    return seen
+
+
+async def test_local_cluster_of_2_uploads_200k_records_once_with_one_token(tmp_path) -> None:
+    """A bag of 200 k records on 2 worker processes: each record once, one token request for
+    the cluster (the workers share a file store), the merged summary equal to the sink's."""
+    n = 200_000
+    bag = db.from_sequence(range(1, n + 1), npartitions=8).map(record)
+    async with Sink(sink_config()) as sink:
+        summary = await upload_dask(
+            bag,
+            sink.ingest_url,
+            auth=oauth(sink),
+            workers=2,
+            state_dir=tmp_path / "state",
+            limits=BatchLimits(max_records=500),
+        )
+        stats = sink.stats()
+        ids_once(sink, n)
+    assert stats["token_requests"] == 1
+    assert summary.records_read == summary.records_sent == n
+    assert summary.records_failed == 0 and summary.ok
+    assert summary.batches == stats["batches"] == n // 500
+    assert summary.requests == summary.batches + summary.retries
+    assert summary.auth_requests == 1
+    assert len(summary.job_id.split(",")) == 8
+    assert not (tmp_path / "state" / "failed.jsonl").exists()
+    parts = sorted(p.name for p in (tmp_path / "state").glob("part-*.asyncsync"))
+    assert parts == [f"part-{k}-of-8.asyncsync" for k in range(8)]
+
+
+async def test_file_shards_keep_global_lines_and_merge_dead_letters(tmp_path, make_jsonl) -> None:
+    """A JSONL file cut into 4 shards: the malformed line is in the run's one dead-letter
+    file under its global line number; every other record once."""
+    source = make_jsonl(4000)
+    rows = source.read_text().splitlines()
+    rows[2999] = "{not json"
+    source.write_text("\n".join(rows) + "\n")
+    async with Sink(sink_config()) as sink:
+        summary = await upload_dask(
+            FileShards(source, 4),
+            sink.ingest_url,
+            auth=oauth(sink),
+            workers=2,
+            state_dir=tmp_path / "state",
+            failed=tmp_path / "failed.jsonl",
+        )
+        seen = Counter(int(r["id"]) for r in sink.records())
+        stats = sink.stats()
+    assert sorted(seen) == [i for i in range(1, 4001) if i != 3000]
+    assert max(seen.values()) == 1
+    assert stats["token_requests"] == 1
+    assert summary.records_read == 4000 and summary.records_failed == 1
+    [entry] = [line for line in (tmp_path / "failed.jsonl").read_text().splitlines() if line]
+    assert '"line":3000' in entry
+    assert not list((tmp_path / "state").glob("part-*.failed.jsonl"))  # gathered, deleted
+
+
+def _processing_worker_pid(client: Client, deadline: float) -> int:
+    """The pid of a worker that is running a task now."""
+    pids = client.run(os.getpid)
+    while time.monotonic() < deadline:
+        busy = [addr for addr, keys in client.processing().items() if keys]
+        if busy:
+            return int(pids[busy[0]])
+        time.sleep(0.05)
+    raise AssertionError("no worker ran a task")
+
+
+async def test_killed_worker_task_reruns_elsewhere_without_a_record_under_two_keys(
+    tmp_path,
+) -> None:
+    """SIGKILL a worker process mid-task: Dask re-runs its task (on the other worker, or on
+    the one its nanny restarts); the re-run resumes from the part's checkpoint and re-sends
+    the batches in flight under the same Idempotency-Keys: every record is delivered, none
+    is stored twice, no body travels under two keys, one token request in all."""
+    n = 40_000
+    bag = db.from_sequence(range(1, n + 1), npartitions=4).map(record)
+    store = f"file:{tmp_path / 'token.json'}"
+    async with Sink(sink_config(latency=0.02)) as sink:
+        with local_cluster(2) as client:
+            run = asyncio.ensure_future(
+                upload_dask(
+                    bag,
+                    sink.ingest_url,
+                    auth=oauth(sink),
+                    client=client,
+                    token_store=store,
+                    state_dir=tmp_path / "state",
+                    concurrency=2,
+                    limits=BatchLimits(max_records=100),
+                )
+            )
+            deadline = time.monotonic() + 30
+            while sink.stats()["records"] < 3000:
+                assert not run.done(), run
+                assert time.monotonic() < deadline, "the upload did not start"
+                await asyncio.sleep(0.02)
+            pid = await asyncio.to_thread(_processing_worker_pid, client, deadline)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = sink.stats()["records"]
+            summary = await asyncio.wait_for(run, 50)
+        stats = sink.stats()
+        ids_once(sink, n)
+    assert 0 < killed_at < n, "the kill came after the upload"
+    assert stats["bodies_under_several_keys"] == 0
+    assert stats["token_requests"] == 1
+    # the re-run re-sent what was in flight at the kill, under the same keys: the sink
+    # answered those as duplicates and stored nothing twice
+    assert stats["duplicates"] >= 1
+    assert summary.records_read == summary.records_sent == n  # from the part's checkpoint on
+
+
+async def test_cli_engine_dask_workers_2_uploads_each_record_once(tmp_path, make_jsonl) -> None:
+    """``upload --engine dask --workers 2``: each record once, one token request, one merged
+    summary JSON, part checkpoints in ``<source>.dask/``."""
+    source = make_jsonl(5000)
+    async with Sink(sink_config()) as sink:
+        proc = await start_cli(
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--no-progress",
+            "--engine", "dask", "--workers", "2",
+            "--summary-json", str(tmp_path / "summary.json"),
+            cwd=tmp_path, env=clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET),
+        )  # fmt: skip
+        run = await finish_cli(proc, limit=50)
+        stats = sink.stats()
+        ids_once(sink, 5000)
+    assert run.code == 0, run.err
+    assert stats["token_requests"] == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["records_sent"] == 5000 and summary["auth_requests"] == 1
+    assert sorted(p.name for p in (tmp_path / "export.jsonl.dask").glob("*.asyncsync")) == [
+        f"part-{k}-of-4.asyncsync" for k in range(4)
+    ]
+
+
+async def test_cli_engine_dask_scheduler_needs_a_token_store(tmp_path, make_jsonl) -> None:
+    """A running cluster without --token-store: exit 2 naming it, before any request."""
+    source = make_jsonl(10)
+    async with Sink(sink_config()) as sink:
+        proc = await start_cli(
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--no-progress",
+            "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+            cwd=tmp_path, env=clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET),
+        )  # fmt: skip
+        run = await finish_cli(proc, limit=20)
+        stats = sink.stats()
+    assert run.code == 2
+    assert "--token-store" in run.err
+    assert stats["token_requests"] == 0 and stats["records"] == 0
+
+
+@pytest.mark.parametrize("on_reject", ["split", "batch"])
+async def test_cli_engine_dask_on_reject(tmp_path, on_reject: str) -> None:
+    """--on-reject (issue 14) reaches the workers: with ``split`` only the records the sink
+    rejects are in the run's dead-letter file, with ``batch`` their whole batches; every
+    other record is stored once, exit 1."""
+    poison = {7, 777, 1500}
+    source = tmp_path / "export.jsonl"
+    source.write_bytes(
+        b"".join(
+            json.dumps({"id": i, **({"poison": True} if i in poison else {})}).encode() + b"\n"
+            for i in range(1, 2001)
+        )
+    )
+    failed = tmp_path / "failed.jsonl"
+    async with Sink(sink_config(reject_field="poison")) as sink:
+        proc = await start_cli(
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--no-progress", "--batch-size", "100",
+            "--engine", "dask", "--workers", "2", "--failed", str(failed),
+            "--on-reject", on_reject, "--summary-json", str(tmp_path / "summary.json"),
+            cwd=tmp_path, env=clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET),
+        )  # fmt: skip
+        run = await finish_cli(proc, limit=50)
+        stored = Counter(int(r["id"]) for r in sink.records())
+    assert run.code == 1, run.err
+    dead = Counter(int(json.loads(line)["line"]) for line in failed.read_text().splitlines())
+    assert set(dead.values()) == {1} and set(stored.values()) == {1}
+    assert set(stored) | set(dead) == set(range(1, 2001)) and not set(stored) & set(dead)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["requests"] == summary["batches"] + summary["retries"]
+    assert summary["records_failed"] == len(dead)
+    if on_reject == "split":
+        assert set(dead) == poison and summary["split_requests"] > 0
+    else:  # whole batches of up to 100 records, each holding a poison record
+        assert poison < set(dead) and len(dead) <= 100 * len(poison)
+        assert summary["split_requests"] == 0
+
+
+def test_metrics_with_engine_dask_is_a_usage_error() -> None:
+    """Not one worker's numbers served as the run's: --metrics with --engine dask is refused."""
+    from asyncsync._exceptions import ConfigError
+    from asyncsync.cli._settings import settings_from_argv
+
+    with pytest.raises(ConfigError, match="--engine dask") as info:
+        settings_from_argv(
+            ["x.jsonl", "--url", "http://127.0.0.1:9/ingest", "--engine", "dask",
+             "--workers", "2", "--metrics", "127.0.0.1:9464"],
+            {},
+        )  # fmt: skip
+    assert info.value.field == "metrics"
