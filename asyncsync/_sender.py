@@ -143,6 +143,7 @@ class Sender:
         self._budget = Budget(attempts=retry.max_attempts, seconds=retry.max_retry_time)
         #: the policy table for every status, looked up once per response
         self._actions = {status: retry.action_for(status) for status in range(100, 600)}
+        self._accepted: Token | None = None  # the last token the API took (told once)
         self._split = rejects.on_reject == "split"
         self._split_budget = rejects.max_split_requests
         self._split_left = rejects.max_split_requests  # run-wide: every worker draws on it
@@ -363,6 +364,11 @@ class Sender:
                 status = resp.status
                 action = actions.get(status) or policy.action_for(status)
                 if action is Action.ACK:
+                    if token is not None and token is not self._accepted:
+                        # the API takes this token: our credentials work (once per token)
+                        self._accepted = token
+                        assert self._tokens is not None
+                        self._tokens.accepted(token)
                     latency = self._clock() - sent_at
                     counters.latencies.add(latency)
                     counters.bytes_sent += len(body)
@@ -390,12 +396,13 @@ class Sender:
                     reason = "401 Unauthorized (no authentication configured)"
                 else:
                     now = self._clock()
-                    # a token that had run out by the time the answer came was not refused
-                    expired = token.expires_at is not None and now >= token.expires_at
                     if first_unauthorized is None:
                         first_unauthorized = now
                     elif reauths >= MAX_REAUTH or (
-                        token.obtained_at >= first_unauthorized and not expired
+                        token.obtained_at >= first_unauthorized
+                        # a token that ran out (in flight, or during this batch's retries)
+                        # was not refused: the manager tells expiry from refusal
+                        and not self._tokens.refused_by_expiry(token)
                     ):
                         # a token fetched after the first 401 was refused too: the API will
                         # not take our credentials; looping would only hammer the token endpoint

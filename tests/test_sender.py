@@ -553,3 +553,113 @@ async def test_401_for_a_token_that_expired_in_flight_is_not_a_refusal(
         [result] = await sender.send(make_batch())
     await tokens.aclose()
     assert result.delivered and calls == 3 and fetches == 3
+
+
+def numbered_tokens() -> tuple[list[str], Callable[[], Awaitable[TokenResponse]]]:
+    """A provider of token-1, token-2 ... with no lifetime (no expires_in: only a 401 tells)."""
+    issued: list[str] = []
+
+    async def fetch() -> TokenResponse:
+        issued.append(f"token-{len(issued) + 1}")
+        return TokenResponse(access_token=issued[-1], expires_in=None)
+
+    return issued, fetch
+
+
+async def test_401_for_a_token_without_lifetime_that_ran_out_during_retries(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """No expires_in. token-1 worked and was refused at age 10 s: the manager learns ~10 s.
+    A batch's 401 brings token-2 (fetched after that 401); token-2 gets a 503, then, 10 s
+    later, a 401: it ran out during the batch's retries, it was not refused. The batch is
+    re-sent with token-3, not ended as "401 to a freshly obtained token"."""
+    from asyncsync.auth._providers import CallableProvider
+
+    t = FakeTime()
+    issued, fetch = numbered_tokens()
+    answers = {"Bearer token-1": [200, 401], "Bearer token-2": [503, 401]}
+
+    async def handler(request: web.Request) -> web.Response:
+        queue = answers.get(request.headers["Authorization"], [])
+        status = queue.pop(0) if queue else 200
+        if request.headers["Authorization"] == "Bearer token-2" and status == 401:
+            t.now += 10.0  # token-2's requests took long: it ran out
+        return web.Response(status=status)
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    sender, counters, session = await make_sender(url, tokens=tokens, time_=t)
+    async with session:
+        [first] = await sender.send(make_batch())
+        t.now += 10.0  # token-1 in use for 10 s
+        [second] = await sender.send(make_batch(first=100))
+    await tokens.aclose()
+    assert first.delivered and second.delivered
+    assert issued == ["token-1", "token-2", "token-3"]
+    assert counters.retries_by_status == {"401": 2, "503": 1}
+
+
+async def test_401_for_a_token_another_request_had_used_is_expiry(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """No expires_in, two batches in flight. After token-1's 401s both get token-2; one is
+    delivered with it, the other's request with token-2 is then answered 401 (it ran out in
+    flight). The API took token-2, so our credentials work: refresh, not AuthError."""
+    from asyncsync.auth._providers import CallableProvider
+
+    t = FakeTime()
+    issued, fetch = numbered_tokens()
+    delivered_with_2 = asyncio.Event()
+
+    class Watch(UploadHooks):
+        def on_request(self, event: object) -> None:
+            if getattr(event, "status", None) == 200:
+                delivered_with_2.set()
+
+    async def handler(request: web.Request) -> web.Response:
+        auth = request.headers["Authorization"]
+        if auth == "Bearer token-1":
+            return web.Response(status=401)
+        if auth == "Bearer token-2" and request.headers["Idempotency-Key"] == "job-1-4":
+            await asyncio.wait_for(delivered_with_2.wait(), 5)  # the other batch's 200 first
+            return web.Response(status=401)
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    sender, _, session = await make_sender(url, tokens=tokens, time_=t, hooks=Watch())
+    async with session:
+        results = await asyncio.gather(
+            sender.send(make_batch()), sender.send(make_batch(first=100))
+        )
+    await tokens.aclose()
+    assert all(r.delivered for [r] in results)
+    assert issued == ["token-1", "token-2", "token-3"]
+
+
+async def test_401_for_a_new_token_after_a_working_one_is_still_a_refusal(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Credentials revoked mid-run: token-1 worked for 100 s, then everything is 401. The
+    new token-2, refused at once (younger than the learned lifetime, never taken), is a
+    refusal: AuthError after 2 token fetches, no refresh loop."""
+    from asyncsync.auth._providers import CallableProvider
+
+    t = FakeTime()
+    issued, fetch = numbered_tokens()
+    revoked = False
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=401 if revoked else 200)
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    sender, _, session = await make_sender(url, tokens=tokens, time_=t)
+    async with session:
+        [first] = await sender.send(make_batch())
+        t.now += 100.0
+        revoked = True
+        with pytest.raises(AuthError, match="freshly obtained"):
+            await sender.send(make_batch(first=100))
+    await tokens.aclose()
+    assert first.delivered and issued == ["token-1", "token-2"]

@@ -274,6 +274,7 @@ class TokenManager:
     """
 
     __slots__ = (
+        "_accepted_since",
         "_backoff",
         "_budget",
         "_clock",
@@ -288,6 +289,7 @@ class TokenManager:
         "_fetch_timeout",
         "_hard_at",
         "_last_request_at",
+        "_learned_lifetime",
         "_min_interval",
         "_next_proactive_at",
         "_observer",
@@ -379,6 +381,10 @@ class TokenManager:
         self._refresh_at = _NEG_INF
         self._hard_at = _NEG_INF
         self._stale = False
+        # the newest ``obtained_at`` of a token the API has taken (a 2xx): our credentials work
+        self._accepted_since = _NEG_INF
+        # without expires_in: the shortest age at which a token the API had taken was refused
+        self._learned_lifetime: float | None = None
         self._task: asyncio.Task[Token | AuthError | ConfigError] | None = None
         self._last_request_at = _NEG_INF
         self._next_proactive_at = _NEG_INF
@@ -447,6 +453,31 @@ class TokenManager:
             return token
         return await self._get_slow()
 
+    def accepted(self, token: Token) -> None:
+        """The API took ``token`` (a 2xx): our credentials work, at least up to its
+        ``obtained_at`` (see :meth:`refused_by_expiry`). Cheap: senders call it on success."""
+        if token.obtained_at > self._accepted_since:
+            self._accepted_since = token.obtained_at
+
+    def refused_by_expiry(self, token: Token) -> bool:
+        """Whether a 401 for ``token`` is most likely its expiry (refresh and resend), rather
+        than the API refusing our credentials (end the run).
+
+        Expiry when the token's known lifetime has run out; when the API has taken this
+        token or a newer one (it worked, so it ran out, or was revoked: a new one is the
+        answer); or, when the server gives no lifetime, when the token is at least 90 % of
+        the age at which an earlier token the API had taken was first refused (a token that
+        expired while its request was in flight, or during its batch's retries). A token
+        refused before it was ever taken, younger than that, is a refusal.
+        """
+        now = self._clock()
+        if token.expires_at is not None:
+            return now >= token.expires_at
+        if self._accepted_since >= token.obtained_at:
+            return True
+        life = self._learned_lifetime
+        return life is not None and now - token.obtained_at >= 0.9 * life
+
     def invalidate(self, token: Token) -> bool:
         """The API refused ``token`` (401): stale it if it is still current; True if it was.
 
@@ -456,6 +487,11 @@ class TokenManager:
         current = self._token
         if current is None or self._closed or current.value != token.value:
             return False
+        if current.expires_at is None and self._accepted_since >= current.obtained_at:
+            # a token that had worked, refused at this age: the server's lifetime, learned
+            age = self._clock() - current.obtained_at
+            if self._learned_lifetime is None or age < self._learned_lifetime:
+                self._learned_lifetime = age
         if not self._stale:
             logger.info(
                 "token %s invalidated after a 401",
