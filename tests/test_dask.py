@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster
 
 from asyncsync import BatchLimits, OAuth2ClientCredentials
 from asyncsync.dask import FileShards, upload_dask
-from asyncsync.sink import Sink, SinkConfig
+from asyncsync.sink import STATE, Sink, SinkConfig
 
 SECRET = "dask-secret-for-tests"
 
@@ -127,6 +127,11 @@ async def test_file_shards_keep_global_lines_and_merge_dead_letters(tmp_path, ma
     assert not list((tmp_path / "state").glob("part-*.failed.jsonl"))  # gathered, deleted
 
 
+def parts_sending(sink: Sink) -> set[str]:
+    """The parts whose batches reached the sink (keys are ``RUN-K-FIRST-LAST``)."""
+    return {key.split("-")[1] for key in list(sink.app[STATE].key_digest)}
+
+
 def _processing_worker_pid(client: Client, deadline: float) -> int:
     """The pid of a worker that is running a task now."""
     pids = client.run(os.getpid)
@@ -163,7 +168,9 @@ async def test_killed_worker_task_reruns_elsewhere_without_a_record_under_two_ke
                 )
             )
             deadline = time.monotonic() + 30
-            while sink.stats()["records"] < 3000:
+            # both workers sending (two parts' keys seen), so the one killed has requests in
+            # flight: under load a worker may still be starting its task when 3000 are stored
+            while sink.stats()["records"] < 3000 or len(parts_sending(sink)) < 2:
                 assert not run.done(), run
                 assert time.monotonic() < deadline, "the upload did not start"
                 await asyncio.sleep(0.02)
