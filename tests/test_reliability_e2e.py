@@ -20,7 +20,7 @@ from cli_helpers import clean_env, run_cli
 
 from asyncsync import StateOptions, TokenManager, Uploader
 from asyncsync.auth._manager import DEFAULT_BACKOFF_MAX
-from asyncsync.auth._providers import OAuth2ClientCredentials
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials
 from asyncsync.cli._processes import merge_summaries
 from asyncsync.sink import Sink, SinkConfig
 

@@ -23,7 +23,8 @@ from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
 from asyncsync.auth._manager import TokenManager
-from asyncsync.auth._providers import StaticToken, TokenResponse
+from asyncsync.auth._protocol import TokenResponse
+from asyncsync.auth._simple import StaticToken
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -275,7 +276,7 @@ async def test_401_resend_and_transport_error_are_counted_retries(
         ok = request.headers["Authorization"] == "Bearer token-1"
         return web.Response(status=200 if ok else 401)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch))
@@ -346,7 +347,7 @@ async def test_stale_401_resends_without_spending_attempts(
         ok = request.headers["Authorization"] == "Bearer token-1"
         return web.Response(status=200 if ok else 401)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch))
@@ -372,7 +373,7 @@ async def test_401_on_fresh_token_is_auth_error(
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=401)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     t = FakeTime()
@@ -540,7 +541,7 @@ async def test_401_for_a_token_that_expired_in_flight_is_not_a_refusal(
             return web.Response(status=401)
         return web.Response(status=200)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
