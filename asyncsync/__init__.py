@@ -40,17 +40,13 @@ from ._hooks import (
 from ._records import BatchResult
 from ._summary import RunSummary
 from ._uploader import Uploader, upload
+from .auth._file_store import FileTokenStore
+from .auth._login import JsonLogin
 from .auth._manager import MemoryTokenStore, Token, TokenManager, TokenStore
-from .auth._providers import (
-    AuthProvider,
-    CallableProvider,
-    JsonLogin,
-    OAuth2ClientCredentials,
-    StaticToken,
-    TokenResponse,
-    TransientAuthError,
-)
-from .auth._stores import FileTokenStore, RedisTokenStore
+from .auth._oauth2 import OAuth2ClientCredentials
+from .auth._protocol import AuthProvider, TokenResponse, TransientAuthError
+from .auth._redis_store import RedisTokenStore
+from .auth._simple import CallableProvider, StaticToken
 from .sources._csv import CsvSource
 from .sources._jsonl import JsonlSource
 from .sources._protocol import Source

@@ -54,7 +54,7 @@ from ._retry import PauseGate, RateLimiter
 from ._sender import Sender
 from ._summary import Counters, RunSummary
 from .auth._manager import TokenManager
-from .auth._providers import AuthProvider
+from .auth._protocol import AuthProvider
 from .checkpoint._ledger import Ledger
 from .sources._open import open_source
 from .sources._protocol import Source

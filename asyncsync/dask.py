@@ -93,7 +93,8 @@ from .auth._manager import (
     TokenManager,
     TokenStore,
 )
-from .auth._providers import AuthProvider, StaticToken
+from .auth._protocol import AuthProvider
+from .auth._simple import StaticToken
 from .sources._iterable import IterableSource
 from .sources._protocol import Source
 from .sources._shards import Shard, open_shard, plan_shards, source_kind

@@ -27,9 +27,10 @@ import time
 
 import orjson
 
+from asyncsync.auth._file_store import FileTokenStore
 from asyncsync.auth._manager import TokenManager, TokenStore
-from asyncsync.auth._providers import OAuth2ClientCredentials
-from asyncsync.auth._stores import FileTokenStore, RedisTokenStore
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials
+from asyncsync.auth._redis_store import RedisTokenStore
 
 
 def build_store(args: argparse.Namespace) -> TokenStore:

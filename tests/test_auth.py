@@ -13,23 +13,18 @@ import orjson
 import pytest
 
 from asyncsync import AuthError, ConfigError
-from asyncsync._http import AiohttpTransport
+from asyncsync._http import AiohttpTransport, display_url
 from asyncsync._retry import parse_retry_after
-from asyncsync.auth._providers import (
+from asyncsync.auth._login import JsonLogin, expand_template
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials, basic_credentials
+from asyncsync.auth._protocol import TokenResponse, TransientAuthError
+from asyncsync.auth._response import (
     MAX_LIFETIME,
-    CallableProvider,
-    JsonLogin,
-    OAuth2ClientCredentials,
-    StaticToken,
-    TokenResponse,
-    TransientAuthError,
-    basic_credentials,
-    display_url,
-    expand_template,
     expiry_to_lifetime,
     parse_token_response,
     redacted_excerpt,
 )
+from asyncsync.auth._simple import CallableProvider, StaticToken
 
 try:
     from tests.token_server import MISSING, TokenServer, json_response

@@ -28,13 +28,8 @@ from asyncsync._redact import RedactingFilter, redact, register_secret
 from asyncsync._retry import parse_retry_after
 from asyncsync._sender import Sender
 from asyncsync.auth._manager import Token
-from asyncsync.auth._providers import (
-    MAX_LIFETIME,
-    TokenResponse,
-    TransientAuthError,
-    parse_token_response,
-    token_value_problem,
-)
+from asyncsync.auth._protocol import TokenResponse, TransientAuthError
+from asyncsync.auth._response import MAX_LIFETIME, parse_token_response, token_value_problem
 
 FUZZ = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None

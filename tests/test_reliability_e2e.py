@@ -21,7 +21,7 @@ from cli_helpers import clean_env, run_cli
 from asyncsync import StateOptions, TokenManager, Uploader
 from asyncsync._summary import merge_summaries
 from asyncsync.auth._manager import DEFAULT_BACKOFF_MAX
-from asyncsync.auth._providers import OAuth2ClientCredentials
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials
 from asyncsync.sink import Sink, SinkConfig
 
 CLIENT_ID = "asyncsync-demo"

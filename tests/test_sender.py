@@ -24,7 +24,8 @@ from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
 from asyncsync.auth._manager import TokenManager
-from asyncsync.auth._providers import StaticToken, TokenResponse
+from asyncsync.auth._protocol import TokenResponse
+from asyncsync.auth._simple import StaticToken
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -279,7 +280,7 @@ async def test_401_resend_and_transport_error_are_counted_retries(
         ok = request.headers["Authorization"] == "Bearer token-1"
         return web.Response(status=200 if ok else 401)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch))
@@ -350,7 +351,7 @@ async def test_stale_401_resends_without_spending_attempts(
         ok = request.headers["Authorization"] == "Bearer token-1"
         return web.Response(status=200 if ok else 401)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch))
@@ -376,7 +377,7 @@ async def test_401_on_fresh_token_is_auth_error(
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=401)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     t = FakeTime()
@@ -544,7 +545,7 @@ async def test_401_for_a_token_that_expired_in_flight_is_not_a_refusal(
             return web.Response(status=401)
         return web.Response(status=200)
 
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     url = await serve(handler)
     tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
@@ -573,7 +574,7 @@ async def test_401_for_a_token_without_lifetime_that_ran_out_during_retries(
     A batch's 401 brings token-2 (fetched after that 401); token-2 gets a 503, then, 10 s
     later, a 401: it ran out during the batch's retries, it was not refused. The batch is
     re-sent with token-3, not ended as "401 to a freshly obtained token"."""
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     t = FakeTime()
     issued, fetch = numbered_tokens()
@@ -605,7 +606,7 @@ async def test_401_for_a_token_another_request_had_used_is_expiry(
     """No expires_in, two batches in flight. After token-1's 401s both get token-2; one is
     delivered with it, the other's request with token-2 is then answered 401 (it ran out in
     flight). The API took token-2, so our credentials work: refresh, not AuthError."""
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     t = FakeTime()
     issued, fetch = numbered_tokens()
@@ -643,7 +644,7 @@ async def test_401_for_a_new_token_after_a_working_one_is_still_a_refusal(
     """Credentials revoked mid-run: token-1 worked for 100 s, then everything is 401. The
     new token-2, refused at once (younger than the learned lifetime, never taken), is a
     refusal: AuthError after 2 token fetches, no refresh loop."""
-    from asyncsync.auth._providers import CallableProvider
+    from asyncsync.auth._simple import CallableProvider
 
     t = FakeTime()
     issued, fetch = numbered_tokens()

@@ -12,8 +12,9 @@ import pytest
 
 from asyncsync._config import DEFAULT_LIMITS, DEFAULT_RETRY
 from asyncsync._exceptions import ConfigError
+from asyncsync.auth._file_store import FileTokenStore
 from asyncsync.auth._manager import DEFAULT_MAX_FETCH_TIME
-from asyncsync.auth._stores import FileTokenStore, RedisTokenStore
+from asyncsync.auth._redis_store import RedisTokenStore
 from asyncsync.cli._main import build_parser, main
 from asyncsync.cli._run import open_run_token_store, open_tokens, token_fetch_timeout
 from asyncsync.cli._settings import (

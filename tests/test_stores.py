@@ -24,18 +24,17 @@ import pytest
 from redis.asyncio import Redis
 
 from asyncsync import ConfigError
+from asyncsync.auth._file_store import FileTokenStore
 from asyncsync.auth._manager import TokenManager, TokenStore, fingerprint
-from asyncsync.auth._providers import OAuth2ClientCredentials
-from asyncsync.auth._stores import (
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials
+from asyncsync.auth._redis_store import DEFAULT_PREFIX, RedisTokenStore
+from asyncsync.auth._store_common import (
     DEFAULT_FILE_WAIT,
-    DEFAULT_PREFIX,
-    FileTokenStore,
-    RedisTokenStore,
     TokenStoreLockTimeout,
     TokenStoreUnavailable,
-    open_token_store,
     store_key,
 )
+from asyncsync.auth._stores import open_token_store
 from asyncsync.sink import Sink, SinkConfig
 
 WORKER = Path(__file__).with_name("store_worker.py")

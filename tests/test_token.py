@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from asyncsync import AuthError, ConfigError
 from asyncsync._http import AiohttpTransport
+from asyncsync.auth._login import JsonLogin
 from asyncsync.auth._manager import (
     DEFAULT_BACKOFF_MAX,
     DEFAULT_MAX_FETCH_TIME,
@@ -34,16 +35,10 @@ from asyncsync.auth._manager import (
     refresh_at,
     usable_until,
 )
-from asyncsync.auth._providers import (
-    MAX_LIFETIME,
-    CallableProvider,
-    JsonLogin,
-    OAuth2ClientCredentials,
-    StaticToken,
-    TokenResponse,
-    absolute_to_lifetime,
-    expiry_to_lifetime,
-)
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials
+from asyncsync.auth._protocol import TokenResponse
+from asyncsync.auth._response import MAX_LIFETIME, absolute_to_lifetime, expiry_to_lifetime
+from asyncsync.auth._simple import CallableProvider, StaticToken
 
 try:
     from tests.token_server import MISSING, TokenServer, json_response

@@ -26,7 +26,7 @@ from asyncsync import (
     Uploader,
     upload,
 )
-from asyncsync.auth._providers import OAuth2ClientCredentials
+from asyncsync.auth._oauth2 import OAuth2ClientCredentials
 from asyncsync.sink import Sink, SinkConfig
 
 FAST_RETRY = RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.05)

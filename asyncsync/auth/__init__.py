@@ -8,17 +8,14 @@ flight); an :class:`AuthProvider` knows how to ask one endpoint for a token; a
 from __future__ import annotations
 
 from ._events import TokenEvent, TokenObserver, TokenRefreshStarted, TokenRequested
+from ._file_store import FileTokenStore
+from ._login import JsonLogin
 from ._manager import MemoryTokenStore, Token, TokenManager, TokenStats, TokenStore
-from ._providers import (
-    AuthProvider,
-    CallableProvider,
-    JsonLogin,
-    OAuth2ClientCredentials,
-    StaticToken,
-    TokenResponse,
-    TransientAuthError,
-)
-from ._stores import FileTokenStore, RedisTokenStore, open_token_store
+from ._oauth2 import OAuth2ClientCredentials
+from ._protocol import AuthProvider, TokenResponse, TransientAuthError
+from ._redis_store import RedisTokenStore
+from ._simple import CallableProvider, StaticToken
+from ._stores import open_token_store
 
 __all__ = [
     "AuthProvider",

@@ -55,13 +55,9 @@ from ._events import (
     TokenRefreshStarted,
     TokenRequested,
 )
-from ._providers import (
-    AuthProvider,
-    StaticToken,
-    TransientAuthError,
-    clamp_lifetime,
-    token_value_problem,
-)
+from ._protocol import AuthProvider, TransientAuthError
+from ._response import clamp_lifetime, token_value_problem
+from ._simple import StaticToken
 
 __all__ = [
     "DEFAULT_SKEW",

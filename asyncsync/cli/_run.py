@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .._uploader import Uploader
     from ..auth._events import TokenObserver
     from ..auth._manager import TokenManager, TokenStore
-    from ..auth._providers import AuthProvider
+    from ..auth._protocol import AuthProvider
     from ..sources._protocol import Source
 
 __all__ = [
@@ -71,7 +71,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 def build_auth(settings: Settings) -> AuthProvider | None:
     """The auth provider ``settings.auth`` names, with the secrets revealed only here."""
-    from ..auth._providers import JsonLogin, OAuth2ClientCredentials, StaticToken
+    from ..auth._login import JsonLogin
+    from ..auth._oauth2 import OAuth2ClientCredentials
+    from ..auth._simple import StaticToken
 
     if settings.auth == "none":
         return None
