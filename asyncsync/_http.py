@@ -48,13 +48,10 @@ __all__ = [
     "TransportError",
     "display_url",
     "map_aiohttp_exception",
-    "open_transport",
 ]
 
 #: Bytes of a response body read unless the caller asks for another bound.
 DEFAULT_MAX_BODY: Final = 64 * 1024
-#: Transports ``open_transport`` knows.
-TRANSPORTS: Final = ("aiohttp",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,20 +351,3 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def open_transport(
-    kind: str = "aiohttp",
-    *,
-    connections: int,
-    timeout: float | None,
-    ssl: ssl_module.SSLContext | bool | None = None,
-) -> Transport:
-    """A new transport of ``kind``; call it inside a running event loop, close it with
-    ``aclose()``. ``ssl``: a context (``--ca-bundle``), False (``--insecure``) or None
-    (the system's trust store)."""
-    if kind == "aiohttp":
-        return AiohttpTransport(connections=connections, timeout=timeout, ssl=ssl)
-    raise ConfigError(
-        f"transport must be one of {', '.join(TRANSPORTS)}, got {kind!r}", field="transport"
-    )

@@ -37,8 +37,8 @@ from asyncsync._http import (
     TransportError,
     display_url,
     map_aiohttp_exception,
-    open_transport,
 )
+from asyncsync._transports import open_transport
 
 URL_ = "http://api.example/ingest"
 

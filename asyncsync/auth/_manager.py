@@ -46,8 +46,9 @@ from types import TracebackType
 from typing import Final, Literal, Protocol
 
 from .._exceptions import AuthError, ConfigError
-from .._http import Transport, TransportError, map_aiohttp_exception, open_transport
+from .._http import Transport, TransportError
 from .._retry import Backoff, Budget
+from .._transports import map_transport_exception, open_transport
 from ._providers import (
     AuthProvider,
     StaticToken,
@@ -745,7 +746,7 @@ class TokenManager:
             ) from exc
         except Exception as exc:
             # a provider of the user's own may let its client's errors through
-            mapped = exc if isinstance(exc, TransportError) else map_aiohttp_exception(exc)
+            mapped = exc if isinstance(exc, TransportError) else map_transport_exception(exc)
             if mapped is None:
                 raise
             if not mapped.retryable:
