@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Final, Literal, Protocol
 
 from .._exceptions import AuthError, ConfigError
-from .._http import Transport, TransportError
+from .._http import TLSError, Transport, TransportError
 from .._retry import Backoff, Budget
 from .._transports import map_transport_exception, open_transport
 from ._providers import (
@@ -508,6 +508,8 @@ class TokenManager:
             raise
         if isinstance(result, AuthError):
             raise _copy_error(result) from result
+        if isinstance(result, TLSError):  # keeps its kind: the CLI exits 3 for it
+            raise TLSError(str(result), url=result.url) from result
         if isinstance(result, ConfigError):
             raise ConfigError(str(result), field=result.field) from result
         return result

@@ -222,6 +222,8 @@ async def _upload(settings: Settings, console: Console) -> int:
     summary, error = await run_plan(plan, observe=observe)
     # an interrupted or failed run still has a summary worth showing and writing
     if summary is not None:
+        from .._transports import resolve_transport
+
         report(
             summary,
             console,
@@ -229,6 +231,7 @@ async def _upload(settings: Settings, console: Console) -> int:
             failed=plan.failed,
             summary_json=settings.summary_json,
             verbosity=settings.verbosity,
+            extra={"transport": resolve_transport(settings.transport)},
         )
     if error is not None:
         raise error
