@@ -1,8 +1,12 @@
-"""The sender: response classification, retries, Retry-After gate, 401 handling, 413 splits."""
+"""The sender: response classification, retries, Retry-After gate, 401 handling, 413 splits.
+
+Every test that talks to a server runs once per transport (the ``transport_kind`` fixture of
+tests/conftest.py, through ``serve``): the sender's contract does not depend on the client."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,11 +18,12 @@ from aiohttp import web
 from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._hooks import NO_HOOKS, RetryDetails, UploadHooks
-from asyncsync._http import AiohttpTransport
+from asyncsync._http import Transport
 from asyncsync._records import Batch
 from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
+from asyncsync._transports import open_transport
 from asyncsync.auth._manager import TokenManager
 from asyncsync.auth._providers import StaticToken, TokenResponse
 
@@ -49,8 +54,13 @@ class Recorder(UploadHooks):
         self.retries.append(details)
 
 
+#: the transport make_sender opens, set by ``serve`` from the parametrized fixture
+_KIND = ["aiohttp"]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+async def serve(transport_kind: str) -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    _KIND[0] = transport_kind
     runners: list[web.AppRunner] = []
 
     async def start(handler: Handler) -> str:
@@ -81,15 +91,16 @@ async def make_sender(
     policy: RetryPolicy | None = None,
     time_: FakeTime | None = None,
     hooks: UploadHooks | None = None,
-) -> tuple[Sender, Counters, AiohttpTransport]:
-    transport = AiohttpTransport(connections=4, timeout=60)
+    encoder: BodyEncoder | None = None,
+) -> tuple[Sender, Counters, Transport]:
+    transport = open_transport(_KIND[0], connections=4, timeout=60)
     counters = Counters()
     t = time_ or FakeTime()
     sender = Sender(
         transport,
         url,
         tokens=tokens,
-        encoder=BodyEncoder("json"),
+        encoder=encoder or BodyEncoder("json"),
         job_id="job",
         retry=policy or RetryPolicy(max_attempts=4, backoff_initial=0.5, backoff_max=4.0),
         counters=counters,
@@ -402,3 +413,51 @@ async def test_401_for_a_token_that_expired_in_flight_is_not_a_refusal(
         [result] = await sender.send(make_batch())
     await tokens.aclose()
     assert result.delivered and calls == 3 and fetches == 3
+
+
+async def test_gzip_request_body_arrives_compressed(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """--gzip: the body goes out gzip-compressed with Content-Encoding: gzip, and the server
+    gets back exactly the JSON array (no transport re-encodes or decodes it)."""
+    seen: list[tuple[str | None, int, bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        # aiohttp's server inflates the body for us; Content-Length is what was on the wire
+        length = int(request.headers["Content-Length"])
+        seen.append((request.headers.get("Content-Encoding"), length, await request.read()))
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url, encoder=BodyEncoder("json", gzip=True))
+    async with session:
+        [result] = await sender.send(make_batch(3, first=1))
+    assert result.delivered
+    [(encoding, length, body)] = seen
+    plain = b'[{"i":1},{"i":2},{"i":3}]'
+    assert encoding == "gzip" and body == plain
+    assert counters.bytes_sent == length == len(gzip.compress(plain, 5, mtime=0))
+
+
+async def test_keep_alive_reuses_connections(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """30 batches, at most 4 in flight: the server sees at most 4 connections (keep-alive),
+    not one per request."""
+    peers: set[object] = set()
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+
+        async def send(first: int) -> None:
+            [result] = await sender.send(make_batch(2, first=first))
+            assert result.delivered
+
+        for round_ in range(10):
+            await asyncio.gather(*(send(100 * round_ + 10 * i) for i in range(3)))
+    assert counters.requests == 30
+    assert 1 <= len(peers) <= 4, peers

@@ -48,7 +48,7 @@ from typing import Final, Literal, Protocol
 from .._exceptions import AuthError, ConfigError
 from .._http import TLSError, Transport, TransportError
 from .._retry import Backoff, Budget
-from .._transports import map_transport_exception, open_transport
+from .._transports import map_transport_exception, open_transport, resolve_transport
 from ._providers import (
     AuthProvider,
     StaticToken,
@@ -249,8 +249,9 @@ class TokenManager:
     bounded by ``fetch_timeout``.
 
     ``transport``: the :class:`~asyncsync._http.Transport` token and revocation requests go
-    through (the uploader passes its own); None: the manager opens one when it first needs
-    it and closes it in :meth:`aclose`. ``store``: a :class:`TokenStore` shared with other
+    through (the uploader passes its own), or the name of the kind the manager opens itself
+    (``"auto"``, ``"aiohttp"``, ``"reqwest"``; None is ``"auto"``) when it first needs it
+    and closes in :meth:`aclose`. ``store``: a :class:`TokenStore` shared with other
     processes. ``revoke_on_close``: revoke the current token in :meth:`aclose`.
     """
 
@@ -288,6 +289,7 @@ class TokenManager:
         "_task",
         "_token",
         "_transport",
+        "_transport_kind",
         "_wall_clock",
     )
 
@@ -298,7 +300,7 @@ class TokenManager:
         skew: float = DEFAULT_SKEW,
         store: TokenStore | None = None,
         revoke_on_close: bool = False,
-        transport: Transport | None = None,
+        transport: Transport | str | None = None,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
@@ -329,8 +331,13 @@ class TokenManager:
                 f"max_attempts must be an int >= 1, got {max_attempts!r}", field="max_attempts"
             )
         self._provider = provider
-        self._transport = transport
-        self._owns_transport = transport is None
+        if transport is None or isinstance(transport, str):
+            self._transport_kind = resolve_transport(transport or "auto")  # ConfigError early
+            self._transport: Transport | None = None
+        else:
+            self._transport_kind = "given"
+            self._transport = transport
+        self._owns_transport = self._transport is None
         self._skew = float(skew)
         self._fetch_timeout = float(fetch_timeout)
         self._min_interval = float(min_interval)
@@ -695,7 +702,7 @@ class TokenManager:
         if transport is None:
             # created here, not in __init__: a transport needs the running event loop
             transport = self._transport = open_transport(
-                connections=4, timeout=self._fetch_timeout, ssl=None
+                self._transport_kind, connections=4, timeout=self._fetch_timeout, ssl=None
             )
             self._owns_transport = True
         return transport
