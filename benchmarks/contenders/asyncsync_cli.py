@@ -53,6 +53,8 @@ def upload(args: argparse.Namespace, cli: str, workdir: Path) -> Result:
         str(summary_path),
         "--no-progress",
     ]
+    if args.transport is not None:
+        cmd += ["--transport", args.transport]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -75,6 +77,7 @@ def upload(args: argparse.Namespace, cli: str, workdir: Path) -> Result:
             "exit_code": proc.returncode,
             "process_wall_s": wall,
             "peak_rss_kb": after.ru_maxrss,
+            "transport": summary.get("transport"),
         },
     )
 
