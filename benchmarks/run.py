@@ -747,13 +747,13 @@ def draw_peer_chart(runs: list[Run], path: Path, *, title: str) -> str | None:
         for bar, row in zip(bars, rows, strict=True):
             rate = row[1]  # at batch 1, records/s are requests/s
             ax.text(
-                bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                row[3] / ref, bar.get_y() + bar.get_height() / 2,  # right of the range bar
                 f"  {row[1] / ref:.2f}x  ({fmt_int(rate)} {unit})", va="center", fontsize=8,
             )  # fmt: skip
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xlabel("records/s, ratio to the plain aiohttp loop (median; bars: range)")
         ax.set_title(f"({scenario.key}) {scenario.title}", fontsize=10)
-        ax.set_xlim(0, max(r + h for r, h in zip(ratios, highs, strict=True)) * 1.45)
+        ax.set_xlim(0, max(r + h for r, h in zip(ratios, highs, strict=True)) * 1.6)
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -770,7 +770,21 @@ def uvloop_available() -> bool:
     return True
 
 
+def chart_from_files(paths: Sequence[Path], out: Path) -> int:
+    """Draw the peer chart from saved result files (``--chart A.json B.json --out X.png``):
+    scenarios a and b run separately still make one picture."""
+    runs = [Run(**r) for p in paths for r in json.loads(p.read_text())["runs"]]
+    why_not = draw_peer_chart(runs, out, title="asyncsync peers")
+    log(f"saved {out}" if why_not is None else f"no chart: {why_not}")
+    return 0 if why_not is None else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--chart"]:
+        files = [Path(a) for a in argv[1:] if a.endswith(".json")]
+        outs = [Path(a) for a in argv[1:] if a.endswith(".png")]
+        return chart_from_files(files, outs[0] if outs else RESULTS_DIR / "peers.png")
     args = parse_args(argv)
     started = time.perf_counter()
     uvloop_used = args.uvloop and uvloop_available()
