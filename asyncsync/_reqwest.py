@@ -205,9 +205,16 @@ class ReqwestTransport:
             # read (leaving the block drops the connection instead of reusing it)
             request = builder.streamed_read_buffer_limit(max(max_body, 1)).build_streamed()
             async with request as resp:
-                data = await _read_bounded(resp.body_reader, max_body)
+                headers = resp.headers
+                declared = headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) <= max_body:
+                    # the common case (a short answer of declared length): one read, which
+                    # hyper bounds by the declared length
+                    data = bytes(await resp.bytes())
+                else:
+                    data = await _read_bounded(resp.body_reader, max_body)
                 status = resp.status
-                return Response(status, resp.headers, data, _REASONS.get(status, ""))
+                return Response(status, headers, data, _REASONS.get(status, ""))
         except _LOWER as exc:
             mapped = map_reqwest_exception(
                 exc, url=url, timeout=self._timeout if timeout is None else timeout
