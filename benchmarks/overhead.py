@@ -51,7 +51,9 @@ class InstantTransport:
         self.closed = True
 
 
-async def measure(path: Path, batch: int, workers: int, state: Path) -> tuple[float, float, int, int]:
+async def measure(
+    path: Path, batch: int, workers: int, state: Path
+) -> tuple[float, float, int, int]:
     async with asyncsync.Uploader(
         "http://127.0.0.1:9/ingest",
         auth=asyncsync.StaticToken("overhead-token"),

@@ -102,8 +102,9 @@ def test_ack_log_ignores_torn_and_foreign_entries_and_rotates_safely(tmp_path: P
 
 
 async def test_ledger_logs_acknowledged_batches_and_folds_them_on_resume(tmp_path: Path) -> None:
-    """A delivered batch is in the ack log by the end of the event loop's turn; a crash before the next save (simulated:
-    the ledger is dropped without finish) loses nothing, the next Ledger.open folds it."""
+    """A delivered batch is in the ack log by the end of the event loop's turn; a crash
+    before the next save (simulated: the ledger is dropped without finish) loses nothing, the
+    next Ledger.open folds it."""
     ckpt = tmp_path / "job.ckpt"
     fp = Fingerprint.of_stream("<stdin>", {})
     counters = Counters()
