@@ -180,14 +180,20 @@ class HttpOptions:
     """How requests are made: ``timeout`` (seconds, a whole request, token requests included
     up to 30 s), ``ssl`` (an ``SSLContext``, False to skip verification, None for the
     default), ``rate`` (requests per second at most, None for no limit) and the
-    ``transport`` by name."""
+    ``transport`` by name: ``"reqwest"`` (pyreqwest, the ``fast`` extra), ``"aiohttp"``, or
+    ``"auto"`` (reqwest when pyreqwest is installed, else aiohttp)."""
 
     timeout: float = 60.0
     ssl: ssl_module.SSLContext | bool | None = None
     rate: float | None = None
-    transport: str = "aiohttp"
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.transport not in ("auto", "aiohttp", "reqwest"):
+            raise ConfigError(
+                f"transport must be one of auto, aiohttp, reqwest, got {self.transport!r}",
+                field="transport",
+            )
         if not self.timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {self.timeout!r}", field="timeout")
         if self.rate is not None and not self.rate > 0:

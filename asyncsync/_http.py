@@ -17,22 +17,27 @@ original)::
     └── InvalidURL            the URL cannot be requested (ConfigError)   no
 
 Messages are short and hold no secret: no query string, no userinfo, no body.
+
+aiohttp (~0.12 s to import) is imported when an :class:`AiohttpTransport` is made, not with
+this module: a run on the reqwest transport never loads it.
 """
 
 from __future__ import annotations
 
 import ssl as ssl_module
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
-from yarl import URL
 
 from ._exceptions import AsyncSyncError, ConfigError
 from ._redact import redact
+
+if TYPE_CHECKING:
+    import aiohttp
+    from yarl import URL
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -48,13 +53,10 @@ __all__ = [
     "TransportError",
     "display_url",
     "map_aiohttp_exception",
-    "open_transport",
 ]
 
 #: Bytes of a response body read unless the caller asks for another bound.
 DEFAULT_MAX_BODY: Final = 64 * 1024
-#: Transports ``open_transport`` knows.
-TRANSPORTS: Final = ("aiohttp",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,13 +132,6 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-_TLS_ERRORS: Final = (
-    aiohttp.ClientSSLError,
-    aiohttp.ServerFingerprintMismatch,
-    ssl_module.SSLError,
-)
-
-
 def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
@@ -148,6 +143,16 @@ def map_aiohttp_exception(
     ``exc`` is not one. The one place lower-layer errors are classified; order matters:
     aiohttp's classes inherit from each other and from ``OSError``/``TimeoutError``."""
     where = display_url(url) if url is not None else "the server"
+    if "aiohttp" not in sys.modules:  # never imported (reqwest): ``exc`` is none of its errors
+        if isinstance(exc, ssl_module.SSLError):
+            return _tls_error(exc, where, url)
+        if isinstance(exc, TimeoutError):
+            return RequestTimeout("timeout", url=url, timeout=timeout)
+        if isinstance(exc, OSError):
+            return ConnectionReset(f"connection error: {_strerror(exc)}", url=url)
+        return None
+    import aiohttp
+
     # TLS first: ClientConnectorCertificateError is also a ClientConnectorError (and an
     # OSError); a certificate is never fixed by retrying.
     if isinstance(
@@ -156,12 +161,7 @@ def map_aiohttp_exception(
         isinstance(exc, aiohttp.ClientConnectorError)
         and isinstance(exc.os_error, ssl_module.SSLError)
     ):
-        detail = getattr(exc, "os_error", None) or exc
-        return TLSError(
-            f"TLS verification failed for {where}: {redact(str(detail))[:300]} "
-            "(use --ca-bundle PATH for a private CA)",
-            url=url,
-        )
+        return _tls_error(getattr(exc, "os_error", None) or exc, where, url)
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return InvalidURL(f"invalid URL {where!r}", url=url)
     # before ClientConnectorError and OSError: ConnectionTimeoutError is both a
@@ -184,6 +184,14 @@ def map_aiohttp_exception(
     if isinstance(exc, aiohttp.ClientError):
         return ProtocolError(redact(f"{type(exc).__name__}: {exc}")[:200], url=url)
     return None
+
+
+def _tls_error(detail: BaseException, where: str, url: str | None) -> TLSError:
+    return TLSError(
+        f"TLS verification failed for {where}: {redact(str(detail))[:300]} "
+        "(use --ca-bundle PATH for a private CA)",
+        url=url,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,8 +232,6 @@ class Transport(Protocol):
         ...
 
 
-#: Lower-layer exceptions a request may raise; anything else is a bug and propagates.
-_LOWER: Final = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 #: URLs parsed once: a run posts to one or three URLs, thousands of times
 _URL_CACHE_SIZE: Final = 32
 
@@ -234,7 +240,7 @@ class AiohttpTransport:
     """A :class:`Transport` on one ``aiohttp.ClientSession`` (``connections`` keep-alive
     connections at most, ``timeout`` seconds per exchange by default)."""
 
-    __slots__ = ("_session", "_timeout", "_timeouts", "_urls")
+    __slots__ = ("_lower", "_session", "_timeout", "_timeouts", "_urls")
 
     def __init__(
         self,
@@ -249,6 +255,15 @@ class AiohttpTransport:
             )
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
+        import aiohttp  # here, not at module level: see the module's docstring
+
+        #: lower-layer exceptions a request may raise; anything else is a bug and propagates
+        self._lower: tuple[type[BaseException], ...] = (
+            aiohttp.ClientError,
+            OSError,
+            TimeoutError,
+            ValueError,
+        )
         connector = aiohttp.TCPConnector(
             limit=connections,
             ssl=ssl if ssl is not None else True,
@@ -302,15 +317,17 @@ class AiohttpTransport:
                 else:
                     data = await _read_bounded(resp, max_body)
                 return Response(resp.status, resp.headers, data, resp.reason or "")
-        except _LOWER as exc:
+        except self._lower as exc:
             mapped = map_aiohttp_exception(
                 exc, url=url, timeout=self._timeout if timeout is None else timeout
             )
-            if mapped is None:  # pragma: no cover - every member of _LOWER maps
+            if mapped is None:  # pragma: no cover - every member of _lower maps
                 raise
             raise mapped from exc
 
     def _parse(self, url: str) -> URL:
+        from yarl import URL  # once per URL: the result is cached
+
         try:
             target = URL(url)
         except (ValueError, TypeError) as exc:
@@ -322,6 +339,8 @@ class AiohttpTransport:
     def _client_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(seconds)
         if timeout is None:
+            import aiohttp
+
             timeout = aiohttp.ClientTimeout(total=seconds)
             if len(self._timeouts) < _URL_CACHE_SIZE:
                 self._timeouts[seconds] = timeout
@@ -354,20 +373,3 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def open_transport(
-    kind: str = "aiohttp",
-    *,
-    connections: int,
-    timeout: float | None,
-    ssl: ssl_module.SSLContext | bool | None = None,
-) -> Transport:
-    """A new transport of ``kind``; call it inside a running event loop, close it with
-    ``aclose()``. ``ssl``: a context (``--ca-bundle``), False (``--insecure``) or None
-    (the system's trust store)."""
-    if kind == "aiohttp":
-        return AiohttpTransport(connections=connections, timeout=timeout, ssl=ssl)
-    raise ConfigError(
-        f"transport must be one of {', '.join(TRANSPORTS)}, got {kind!r}", field="transport"
-    )

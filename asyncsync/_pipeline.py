@@ -2,7 +2,7 @@
 
 Data flows one way::
 
-    source.blocks() ─> batcher ─> reader ─> [bounded stream] ─> workers ─> sender
+    source.blocks() ─> batcher ─> reader ─> [bounded handoff] ─> workers ─> sender
                                     │                              │
                                     └─> dead-letter (rejects)      ├─> dead-letter (failures)
                                                                    └─> ledger.settled (ack)
@@ -10,7 +10,7 @@ Data flows one way::
 
 Invariants:
 
-* Memory is bounded by the queue: the reader blocks on a full stream (backpressure), so a
+* Memory is bounded by the queue: the reader blocks on a full handoff (backpressure), so a
   10 M-record file needs the memory of ``queue_size + concurrency`` batches.
 * Every record read is settled exactly once: acknowledged, or written to the dead-letter
   file. The ledger (checkpoint) only ever hears of settled batches.
@@ -30,9 +30,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._deadletter import DeadLetterFile
+from ._handoff import EndOfHandoff, Handoff, HandoffBroken
 from ._hooks import CheckpointSaved, QueueDepth, UploadHooks, overrides
 from ._records import Batch, BatchResult, Rejected
 from ._sender import Sender
@@ -150,24 +150,23 @@ class Pipeline:
             self._scope.cancel()
 
     async def run(self) -> None:
-        send, receive = anyio.create_memory_object_stream[Batch](self._queue_size)
+        queue = Handoff[Batch](self._queue_size, consumers=self._concurrency)
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
-                tg.start_soon(self._read, send)
+                tg.start_soon(self._read, queue)
                 for _ in range(self._concurrency):
-                    tg.start_soon(self._work, receive.clone())
-                receive.close()
+                    tg.start_soon(self._work, queue)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         finally:
             self._scope = None
 
-    async def _read(self, send: MemoryObjectSendStream[Batch]) -> None:
+    async def _read(self, queue: Handoff[Batch]) -> None:
         counters = self._counters
         ledger = self._ledger
         on_queue = self._on_queue
-        async with send:
+        try:
             async for item in self._batches:
                 if self._stopping:
                     break
@@ -183,25 +182,24 @@ class Pipeline:
                 if ledger.skip(item):
                     continue
                 ledger.dispatched(item)
-                # fast path: anyio's send() yields to the loop even when there is room
                 try:
-                    try:
-                        send.send_nowait(item)
-                    except anyio.WouldBlock:
-                        await send.send(item)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    if not queue.put_nowait(item):
+                        await queue.put(item)
+                except HandoffBroken:
                     if self.stopped:  # the workers stopped taking batches: so do we
                         break
                     raise
                 if on_queue is not None:
                     self._queued += 1
                     on_queue(QueueDepth(self._queued))
+        finally:
+            queue.close()
         # the batcher may hold an open file: close it now, not at garbage collection
         aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:
             await aclose()
 
-    async def _work(self, receive: MemoryObjectReceiveStream[Batch]) -> None:
+    async def _work(self, queue: Handoff[Batch]) -> None:
         counters = self._counters
         # a hook that does not override on_batch_done costs nothing per batch
         on_done: Callable[[BatchResult], None] | None = None
@@ -209,17 +207,13 @@ class Pipeline:
             on_done = self._hooks.on_batch_done
         on_queue = self._on_queue
         ledger = self._ledger
-        async with receive:
+        try:
             while not self._stopping:
-                # fast path: anyio's receive() yields to the loop even when a batch is ready
                 try:
-                    batch = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        batch = await receive.receive()
-                    except anyio.EndOfStream:
-                        break
-                except anyio.EndOfStream:
+                    batch = queue.get_nowait()
+                    if batch is None:
+                        batch = await queue.get()
+                except EndOfHandoff:
                     break
                 if on_queue is not None:
                     # the reader counts after its send: it may not have yet; never below 0
@@ -246,6 +240,8 @@ class Pipeline:
                     await ledger.tick(counters)
                     if self._on_checkpoint is not None and ledger.saves > saves:
                         self._on_checkpoint(CheckpointSaved(ledger.saves, final=False))
+        finally:
+            queue.leave()
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -83,8 +83,9 @@ from ._config import (
 from ._deadletter import merge_dead_letters
 from ._exceptions import ConfigError
 from ._hooks import UploadHooks
-from ._http import Transport, open_transport
+from ._http import Transport
 from ._summary import Counters, RunSummary, merge_summaries
+from ._transports import open_transport
 from ._uploader import Uploader
 from .auth._manager import (
     DEFAULT_FETCH_TIMEOUT,
@@ -261,7 +262,9 @@ class UploaderPlugin(WorkerPlugin):
                 self._store = _open_store(store, spec)
             elif store is not None:
                 self._store = store()
-            self._token_transport = open_transport(connections=2, timeout=http.timeout, ssl=ssl)
+            self._token_transport = open_transport(
+                http.transport, connections=2, timeout=http.timeout, ssl=ssl
+            )
             self._tokens = TokenManager(
                 spec.auth,
                 skew=spec.token_skew,

@@ -1,54 +1,67 @@
 """asyncsync's own CPU per record and per request, with HTTP taken out.
 
-Replaces the HTTP exchange with an instant 200 and uploads a generated export through the
-real pipeline (source, batcher, queue, workers, sender, counters), so what remains is our
-overhead alone. Usage::
+Replaces the transport with one that answers 200 at once (no socket) and uploads a generated
+export through the real pipeline (source, batcher, queue, workers, sender, counters,
+checkpoint with its ack log, dead-letter file), so what remains is our overhead alone: the
+part of the per-request cost that the transport does not explain. Usage::
 
     python -m benchmarks.overhead --records 1000000 --batch 200
     python -m benchmarks.overhead --records 50000 --batch 1
+    python -m benchmarks.overhead --records 50000 --batch 1 --profile 40   # cProfile, top 40
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import asyncsync
-from asyncsync import _sender
+from asyncsync import _uploader
+from asyncsync._http import Response
 
 from .datagen import data_file
 
-
-class _Instant200:
-    status = 200
-    content_length = 2
-    headers: dict[str, str] = {}  # noqa: RUF012
-    reason = "OK"
-
-    async def read(self) -> bytes:
-        return b"{}"
-
-    async def __aenter__(self) -> _Instant200:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+_OK = Response(200, {}, b"{}", "OK")
 
 
-def _instant_post(self: Any, body: bytes, headers: dict[str, str]) -> _Instant200:
-    return _Instant200()
+class InstantTransport:
+    """A Transport that answers every POST with 200 at once."""
+
+    closed = False
+
+    async def post(
+        self,
+        url: str,
+        *,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout: float | None = None,  # noqa: ASYNC109
+        max_body: int = 0,
+    ) -> Response:
+        return _OK
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
-async def measure(path: Path, batch: int, workers: int) -> tuple[float, float, int, int]:
+async def measure(
+    path: Path, batch: int, workers: int, state: Path
+) -> tuple[float, float, int, int]:
     async with asyncsync.Uploader(
         "http://127.0.0.1:9/ingest",
         auth=asyncsync.StaticToken("overhead-token"),
         concurrency=workers,
         limits=asyncsync.BatchLimits(max_records=batch),
-        failed=path.with_suffix(".failed.jsonl"),
+        state=asyncsync.StateOptions(
+            checkpoint=state / "checkpoint.json", failed=state / "failed.jsonl", resume=False
+        ),
     ) as up:
         wall, cpu = time.perf_counter(), time.process_time()
         summary = await up.upload(path)
@@ -66,8 +79,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--profile", type=int, metavar="N", help="cProfile one run, print top N")
     args = parser.parse_args()
-    _sender.Sender._post = _instant_post  # type: ignore[method-assign,assignment]
+    _uploader.open_transport = lambda *a, **k: InstantTransport()  # type: ignore[assignment]
     path = data_file(args.records)
     try:
         import uvloop
@@ -75,13 +89,24 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    for _ in range(args.reps):
-        wall, cpu, records, requests = runner(measure(path, args.batch, args.workers))
-        print(
-            f"batch {args.batch}: {records:,} records, {requests:,} requests: "
-            f"{cpu / records * 1e6:.3f} us CPU/record, {cpu / requests * 1e6:.1f} us CPU/request, "
-            f"{records / wall:,.0f} records/s without HTTP"
-        )
+    with tempfile.TemporaryDirectory(prefix="asyncsync-overhead-") as tmp:
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            runner(measure(path, args.batch, args.workers, Path(tmp)))
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
+            return
+        for _ in range(args.reps):
+            wall, cpu, records, requests = runner(
+                measure(path, args.batch, args.workers, Path(tmp))
+            )
+            print(
+                f"batch {args.batch}: {records:,} records, {requests:,} requests: "
+                f"{cpu / records * 1e6:.3f} us CPU/record, "
+                f"{cpu / requests * 1e6:.1f} us CPU/request, "
+                f"{records / wall:,.0f} records/s without HTTP"
+            )
 
 
 if __name__ == "__main__":

@@ -96,3 +96,22 @@ def mysql_url() -> str:
 def redis_url() -> str:
     require_service("Redis", 6379)
     return os.environ.get("ASYNCSYNC_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+#: the transports every contract test runs on (issue 13)
+TRANSPORT_KINDS = ("aiohttp", "reqwest")
+
+
+@pytest.fixture(params=TRANSPORT_KINDS)
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    """Each HTTP transport by name; reqwest needs pyreqwest (``make install`` puts it in)."""
+    kind: str = request.param
+    if kind == "reqwest":
+        from asyncsync._transports import reqwest_available
+
+        if not reqwest_available():
+            message = "pyreqwest is not installed (pip install 'asyncsync[fast]')"
+            if REQUIRE_SERVICES:
+                pytest.fail(f"{message} and ASYNCSYNC_REQUIRE_SERVICES=1")
+            pytest.skip(message)
+    return kind

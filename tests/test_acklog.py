@@ -3,9 +3,15 @@ saves, folded into the checkpoint by a resumed run; and the Ledger that writes i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
+import pytest
+
 from asyncsync._deadletter import DeadLetterFile
+from asyncsync._exceptions import CheckpointError
 from asyncsync._records import Batch
 from asyncsync._summary import Counters
 from asyncsync.checkpoint._acklog import AckLog, _folded
@@ -96,8 +102,9 @@ def test_ack_log_ignores_torn_and_foreign_entries_and_rotates_safely(tmp_path: P
 
 
 async def test_ledger_logs_acknowledged_batches_and_folds_them_on_resume(tmp_path: Path) -> None:
-    """A delivered batch is in the ack log at once; a crash before the next save (simulated:
-    the ledger is dropped without finish) loses nothing, the next Ledger.open folds it."""
+    """A delivered batch is in the ack log by the end of the event loop's turn; a crash
+    before the next save (simulated: the ledger is dropped without finish) loses nothing, the
+    next Ledger.open folds it."""
     ckpt = tmp_path / "job.ckpt"
     fp = Fingerprint.of_stream("<stdin>", {})
     counters = Counters()
@@ -112,6 +119,9 @@ async def test_ledger_logs_acknowledged_batches_and_folds_them_on_resume(tmp_pat
         counters.records_read += 10
         counters.records_sent += 10
         ledger.settled(seq, delivered=True)
+    # written in one write() at the end of this turn of the event loop
+    assert AckLog(ckpt).read(ledger.job_id) == []
+    await anyio.lowlevel.checkpoint()
     assert len(AckLog(ckpt).read(ledger.job_id)) == 3
     state = CheckpointStore(ckpt).load()
     assert state is not None and state.watermark.position == 0  # no save since the start
@@ -154,7 +164,32 @@ async def test_ledger_keyed_source_does_not_move_the_watermark(tmp_path: Path) -
     batch = Batch(0, [b"{}"] * 5, [1, 2, 3, 4, 5], end_key=5)
     ledger.dispatched(batch)
     ledger.settled(0, delivered=True)
+    await anyio.lowlevel.checkpoint()  # the ack log's write at the end of the turn
     resumed = Ledger.open(ckpt, fp, dead_letter=dead, counters=Counters(), keyed=True)
     mark = resumed.resume_point()
     assert mark is not None and mark.position == 0
     assert resumed.skip(batch)
+
+
+async def test_ack_log_coalesces_a_turn_into_one_write_and_reports_a_failed_write(
+    tmp_path: Path,
+) -> None:
+    """Entries acknowledged in one turn of the event loop land together at its end; a write
+    that failed in the background is raised by the next append, naming the file."""
+    log = AckLog(tmp_path / "c")
+    c = Counters()
+    log.start("job1")
+    for seq in range(5):
+        log.append(ack(seq, 10 * seq + 1, 10 * seq + 10), c)
+    assert log.read("job1") == []
+    await anyio.lowlevel.checkpoint()
+    assert [e[0] for e in log.read("job1")] == [0, 1, 2, 3, 4]
+    # the log's descriptor becomes unwritable (as on a full or vanished disk)
+    assert log._fd is not None
+    os.close(log._fd)
+    log._fd = os.open(log.paths[0], os.O_RDONLY)
+    log.append(ack(5, 51, 60), c)
+    await anyio.lowlevel.checkpoint()
+    with pytest.raises(CheckpointError, match=r"c\.acks0"):
+        log.append(ack(6, 61, 70), c)
+    log.close(delete=True)

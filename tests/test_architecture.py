@@ -10,7 +10,8 @@ rules from issue 12:
 * ``asyncsync/sink`` imports nothing from the rest of ``asyncsync`` (the reference server shares
   no code with the client it tests);
 * only ``asyncsync/_http.py`` (and the sink, which is a server) imports aiohttp: every HTTP
-  exchange goes through the one transport seam.
+  exchange goes through the one transport seam; and it does so only when an aiohttp transport
+  is made, so the CLI on the reqwest transport never loads aiohttp (checked in a subprocess).
 
 Run alone: ``python -m pytest -q tests/test_architecture.py``.
 """
@@ -18,6 +19,8 @@ Run alone: ``python -m pytest -q tests/test_architecture.py``.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -210,3 +213,27 @@ def test_only_the_transport_imports_aiohttp() -> None:
         if target == "aiohttp" or target.startswith("aiohttp.")
     ]
     assert not offenders, "\n".join(offenders)
+
+
+_WITHOUT_AIOHTTP = """
+import ssl, sys
+import asyncsync, asyncsync.cli._main, asyncsync._transports
+from asyncsync._http import ConnectionReset, RequestTimeout, TLSError, map_aiohttp_exception
+assert "aiohttp" not in sys.modules, "aiohttp imported at start-up"
+url = "https://user:secret@example.test/ingest?token=x"
+tls = map_aiohttp_exception(ssl.SSLError(1, "certificate verify failed"), url=url)
+assert isinstance(tls, TLSError) and "--ca-bundle" in str(tls) and "secret" not in str(tls)
+assert isinstance(map_aiohttp_exception(TimeoutError(), url=url, timeout=3.0), RequestTimeout)
+assert isinstance(map_aiohttp_exception(ConnectionRefusedError(111, "refused")), ConnectionReset)
+assert map_aiohttp_exception(KeyError("not a transport error")) is None
+assert "aiohttp" not in sys.modules, "aiohttp imported by the error mapping"
+"""
+
+
+def test_start_up_does_not_import_aiohttp() -> None:
+    """The package and the CLI load without aiohttp (~0.12 s of start-up); until an aiohttp
+    transport exists, the error mapping still classifies the socket- and TLS-level errors."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_AIOHTTP], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr

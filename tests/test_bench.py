@@ -31,7 +31,8 @@ from asyncsync._bench import (
 from asyncsync._body import BodyEncoder
 from asyncsync._config import RetryPolicy
 from asyncsync._exceptions import ConfigError
-from asyncsync._http import Transport, open_transport
+from asyncsync._http import Transport
+from asyncsync._transports import open_transport
 from asyncsync.auth import OAuth2ClientCredentials, TokenManager
 from asyncsync.cli._bench import parse_grid
 from asyncsync.cli._bench_report import write_outputs

@@ -39,7 +39,7 @@ def test_quick_run_produces_table(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=240,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -70,3 +70,24 @@ def test_quick_run_produces_table(tmp_path: Path) -> None:
         assert run["sink"]["unauthorized"] == 0
     for label in ("asyncsync library", "asyncsync CLI"):
         assert f"| {label}" in report
+
+    # asyncsync and the plain loops it is measured against must run, on both transports
+    # (issue 13: the smoke test fails when the library or the CLI contender errors)
+    for key in ("lib", "cli", "cli_aiohttp", "plain_reqwest", "plain_msgspec"):
+        run = runs[key]
+        assert run["status"] == "ok", (key, run["reason"])
+        assert run["records"] == RECORDS and run["errors"] == 0
+        assert run["records_per_s"] > 0
+        assert run["sink"]["requests"] == run["requests"]
+    assert runs["cli"]["extra"]["transport"] == "reqwest"
+    assert runs["cli_aiohttp"]["extra"]["transport"] == "aiohttp"
+    # Node + undici runs when node and undici are installed, else says why not
+    node = runs["node"]
+    assert node["status"] in ("ok", "skipped"), node["reason"]
+    if node["status"] == "ok":
+        assert node["records"] == RECORDS
+    else:
+        assert "node" in node["reason"] or "undici" in node["reason"]
+    # the peer chart is drawn next to the markdown
+    [png] = out.glob("*-a-quick.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -370,9 +370,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 @pytest.mark.slow
 async def test_tls_default_verification_fails_fast_naming_ca_bundle(
-    tmp_path: Path, tls: Tls
+    tmp_path: Path, tls: Tls, transport_kind: str
 ) -> None:
-    """Certificates of a private CA, no --ca-bundle: exit 2, one clear line naming
+    """Certificates of a private CA, no --ca-bundle: exit 3 (issue 13), one clear line naming
     --ca-bundle, after one token request (a certificate is not a transient error)."""
     source = write_records(tmp_path / "export.jsonl", 10)
     handshakes: list[str | None] = []  # one per TLS ClientHello the sink received
@@ -385,15 +385,15 @@ async def test_tls_default_verification_fails_fast_naming_ca_bundle(
         async with Sink(sink_config(), ssl_context=tls.server) as sink:
             result = await run_cli(
                 "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
-                cwd=tmp_path, env=secret_env(),
+                "--transport", transport_kind, cwd=tmp_path, env=secret_env(),
             )  # fmt: skip
             stats = sink.stats()
     finally:
         tls.server.sni_callback = None
-    assert result.code == 2, result.err
+    assert result.code == 3, result.err
     assert len(handshakes) == 1  # not retried: a certificate is not a transient error
     error = result.err.strip().splitlines()[-1]
-    assert error.startswith("asyncsync: error: ConfigError: TLS verification failed")
+    assert error.startswith("asyncsync: error: TLSError: TLS verification failed")
     assert "--ca-bundle" in error
     assert stats["records"] == 0
     # Exit at once: start-up plus one handshake, ~1 s. A hang would last the 30 s token
@@ -403,27 +403,32 @@ async def test_tls_default_verification_fails_fast_naming_ca_bundle(
 
 @pytest.mark.slow
 async def test_tls_default_verification_fails_for_the_ingest_url_too(
-    tmp_path: Path, tls: Tls
+    tmp_path: Path, tls: Tls, transport_kind: str
 ) -> None:
-    """With a static token no token endpoint is involved: the first POST fails, exit 2."""
+    """With a static token no token endpoint is involved: the first POST fails, exit 3."""
     source = write_records(tmp_path / "export.jsonl", 10)
     async with Sink(sink_config(), ssl_context=tls.server) as sink:
         result = await run_cli(
             "upload", str(source), "--url", sink.ingest_url, "--auth", "bearer",
-            cwd=tmp_path, env=clean_env(ASYNCSYNC_TOKEN=sink.issue_token(None)),
+            cwd=tmp_path, env=clean_env(
+                ASYNCSYNC_TOKEN=sink.issue_token(None), ASYNCSYNC_TRANSPORT=transport_kind
+            ),
         )  # fmt: skip
-    assert result.code == 2, result.err
+    assert result.code == 3, result.err
     assert "--ca-bundle" in result.err
 
 
 @pytest.mark.slow
-async def test_tls_ca_bundle_verifies_and_delivers(tmp_path: Path, tls: Tls) -> None:
+async def test_tls_ca_bundle_verifies_and_delivers(
+    tmp_path: Path, tls: Tls, transport_kind: str
+) -> None:
     """--ca-bundle CA.pem: token and ingest over HTTPS, exit 0, every record delivered."""
     source = write_records(tmp_path / "export.jsonl", 50)
     async with Sink(sink_config(), ssl_context=tls.server) as sink:
         result = await run_cli(
             "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
-            "--ca-bundle", str(tls.ca_pem), cwd=tmp_path, env=secret_env(),
+            "--ca-bundle", str(tls.ca_pem), "--transport", transport_kind,
+            cwd=tmp_path, env=secret_env(),
         )  # fmt: skip
         stats = sink.stats()
     assert result.code == 0, result.err
@@ -432,28 +437,35 @@ async def test_tls_ca_bundle_verifies_and_delivers(tmp_path: Path, tls: Tls) -> 
 
 
 @pytest.mark.slow
-async def test_tls_insecure_works_and_warns_on_every_run(tmp_path: Path, tls: Tls) -> None:
+async def test_tls_insecure_works_and_warns_on_every_run(
+    tmp_path: Path, tls: Tls, transport_kind: str
+) -> None:
     """--insecure skips verification, and says so on stderr on every run, even with -q."""
     source = write_records(tmp_path / "export.jsonl", 20)
     async with Sink(sink_config(), ssl_context=tls.server) as sink:
         for extra in ([], ["-q"]):
             result = await run_cli(
                 "upload", str(source), *oauth_args(sink.token_url, sink.ingest_url),
-                "--insecure", "--no-resume", *extra, cwd=tmp_path, env=secret_env(),
+                "--insecure", "--no-resume", "--transport", transport_kind, *extra,
+                cwd=tmp_path, env=secret_env(),
             )  # fmt: skip
             assert result.code == 0, result.err
             assert "warning: --insecure: TLS certificates are not verified" in result.err
         assert sink.stats()["records"] == 40
 
 
-async def test_tls_library_uploader_with_an_ssl_context(tmp_path: Path, tls: Tls) -> None:
+async def test_tls_library_uploader_with_an_ssl_context(
+    tmp_path: Path, tls: Tls, transport_kind: str
+) -> None:
     """Uploader(ssl=ctx): token endpoint and ingest over HTTPS. Without it: ConfigError."""
     async with Sink(sink_config(), ssl_context=tls.server) as sink:
         provider = OAuth2ClientCredentials(sink.token_url, CLIENT_ID, CLIENT_SECRET)
-        async with Uploader(sink.ingest_url, auth=provider, http=HttpOptions(ssl=tls.client)) as up:
+        http = HttpOptions(ssl=tls.client, transport=transport_kind)
+        async with Uploader(sink.ingest_url, auth=provider, http=http) as up:
             summary = await up.upload([{"id": i} for i in range(10)])
         assert summary.records_sent == 10
-        async with Uploader(sink.ingest_url, auth=provider) as up:
+        plain = HttpOptions(transport=transport_kind)
+        async with Uploader(sink.ingest_url, auth=provider, http=plain) as up:
             with pytest.raises(ConfigError, match="--ca-bundle"):
                 await up.upload([{"id": 1}])
         stats = sink.stats()

@@ -9,6 +9,7 @@ a timeout, a redirect, an oversized body, a certificate from an unknown CA).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import ssl
@@ -37,8 +38,8 @@ from asyncsync._http import (
     TransportError,
     display_url,
     map_aiohttp_exception,
-    open_transport,
 )
+from asyncsync._transports import open_transport
 
 URL_ = "http://api.example/ingest"
 
@@ -251,16 +252,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_loopback_refused_port_is_a_connect_error() -> None:
+@contextlib.asynccontextmanager
+async def kind_transport(
+    kind: str,
+    *,
+    timeout: float,  # noqa: ASYNC109 - the transport's setting
+    ssl: Any = None,
+) -> AsyncIterator[Any]:
+    """A transport of ``kind`` (the parametrized fixture's), closed afterwards."""
+    transport = open_transport(kind, connections=2, timeout=timeout, ssl=ssl)
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
+
+
+async def test_loopback_refused_port_is_a_connect_error(transport_kind: str) -> None:
     """Nothing listening: ConnectError, retryable, naming why."""
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
+    async with kind_transport(transport_kind, timeout=5) as transport:
         with pytest.raises(ConnectError, match="cannot connect") as info:
             await transport.post(f"http://127.0.0.1:{_free_port()}/x", body=b"", headers={})
     assert info.value.retryable
-    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
+    assert info.value.__cause__ is not None  # the library's own error, chained
 
 
-async def test_loopback_reset_mid_body_is_a_protocol_error(raw: Any) -> None:
+async def test_loopback_reset_mid_body_is_a_protocol_error(raw: Any, transport_kind: str) -> None:
     """Headers promise 1000 bytes, 10 arrive, the connection drops: not a response."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -270,13 +286,15 @@ async def test_loopback_reset_mid_body_is_a_protocol_error(raw: Any) -> None:
         writer.transport.abort()
 
     url = await raw(handler)
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
+    async with kind_transport(transport_kind, timeout=5) as transport:
         with pytest.raises((ProtocolError, ConnectionReset)) as info:
             await transport.post(url, body=b"[]", headers={})
     assert info.value.retryable
 
 
-async def test_loopback_close_before_answer_is_a_connection_reset(raw: Any) -> None:
+async def test_loopback_close_before_answer_is_a_connection_reset(
+    raw: Any, transport_kind: str
+) -> None:
     """The server reads the request and hangs up: ConnectionReset (server disconnected)."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -284,12 +302,12 @@ async def test_loopback_close_before_answer_is_a_connection_reset(raw: Any) -> N
         writer.close()
 
     url = await raw(handler)
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
+    async with kind_transport(transport_kind, timeout=5) as transport:
         with pytest.raises(ConnectionReset, match="server disconnected"):
             await transport.post(url, body=b"[]", headers={})
 
 
-async def test_loopback_garbage_response_is_a_protocol_error(raw: Any) -> None:
+async def test_loopback_garbage_response_is_a_protocol_error(raw: Any, transport_kind: str) -> None:
     """Not HTTP at all: ProtocolError, retryable."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -299,13 +317,13 @@ async def test_loopback_garbage_response_is_a_protocol_error(raw: Any) -> None:
         writer.close()
 
     url = await raw(handler)
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
+    async with kind_transport(transport_kind, timeout=5) as transport:
         with pytest.raises(TransportError) as info:
             await transport.post(url, body=b"[]", headers={})
     assert isinstance(info.value, ProtocolError | ConnectionReset) and info.value.retryable
 
 
-async def test_loopback_timeout_per_request_and_default(raw: Any) -> None:
+async def test_loopback_timeout_per_request_and_default(raw: Any, transport_kind: str) -> None:
     """A server that never answers: RequestTimeout after the per-request or the default bound."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -313,7 +331,7 @@ async def test_loopback_timeout_per_request_and_default(raw: Any) -> None:
         await asyncio.sleep(30)
 
     url = await raw(handler)
-    async with AiohttpTransport(connections=2, timeout=0.2) as transport:
+    async with kind_transport(transport_kind, timeout=0.2) as transport:
         with pytest.raises(RequestTimeout) as info:
             await transport.post(url, body=b"[]", headers={})
         assert info.value.timeout == 0.2
@@ -322,8 +340,12 @@ async def test_loopback_timeout_per_request_and_default(raw: Any) -> None:
         assert info.value.timeout == 0.1 and info.value.retryable
 
 
-async def test_loopback_redirect_is_not_followed(serve: Any) -> None:
-    """A 307 comes back as a response; the target is never requested."""
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_loopback_redirect_is_not_followed(
+    serve: Any, transport_kind: str, status: int
+) -> None:
+    """A redirect comes back as a response; the target (which would get the credentials) is
+    never requested, whatever the status."""
     hits = 0
 
     async def other(request: web.Request) -> web.Response:
@@ -334,17 +356,21 @@ async def test_loopback_redirect_is_not_followed(serve: Any) -> None:
     other_url = await serve(other)
 
     async def handler(request: web.Request) -> web.Response:
-        raise web.HTTPTemporaryRedirect(other_url)
+        return web.Response(status=status, headers={"Location": other_url})
 
     url = await serve(handler)
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
-        response = await transport.post(url, body=b"[]", headers={})
-    assert response.status == 307 and response.headers["location"] == other_url
+    async with kind_transport(transport_kind, timeout=5) as transport:
+        response = await transport.post(
+            url, body=b"[]", headers={"Authorization": "Bearer do-not-forward"}
+        )
+    assert response.status == status and response.headers["location"] == other_url
     assert hits == 0
 
 
 @pytest.mark.parametrize("declare", [True, False], ids=["content-length", "chunked"])
-async def test_loopback_body_read_is_bounded(serve: Any, declare: bool) -> None:
+async def test_loopback_body_read_is_bounded(
+    serve: Any, declare: bool, transport_kind: str
+) -> None:
     """A 4 MiB answer: max_body bytes are read, no more, whether or not a length is declared."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -357,14 +383,14 @@ async def test_loopback_body_read_is_bounded(serve: Any, declare: bool) -> None:
         return resp
 
     url = await serve(handler)
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
+    async with kind_transport(transport_kind, timeout=5) as transport:
         response = await transport.post(url, body=b"[]", headers={}, max_body=1000)
         assert response.body == b"x" * 1000
         small = await transport.post(url, body=b"[]", headers={}, max_body=8 << 20)
         assert len(small.body) == 4 << 20
 
 
-async def test_loopback_request_carries_body_and_headers(serve: Any) -> None:
+async def test_loopback_request_carries_body_and_headers(serve: Any, transport_kind: str) -> None:
     """Bytes in, headers as given; status, reason, case-insensitive headers, whole body out."""
     seen: list[tuple[bytes, str]] = []
 
@@ -373,7 +399,7 @@ async def test_loopback_request_carries_body_and_headers(serve: Any) -> None:
         return web.json_response({"ok": True}, status=429, headers={"Retry-After": "7"})
 
     url = await serve(handler)
-    transport = open_transport(connections=2, timeout=5)
+    transport = open_transport(transport_kind, connections=2, timeout=5)
     try:
         response = await transport.post(url, body=b'[{"a":1}]', headers={"Idempotency-Key": "k"})
     finally:
@@ -385,7 +411,7 @@ async def test_loopback_request_carries_body_and_headers(serve: Any) -> None:
     assert response.headers["retry-after"] == "7" and response.headers.get("RETRY-AFTER") == "7"
 
 
-async def test_loopback_unknown_ca_is_a_tls_error(tmp_path: Any) -> None:
+async def test_loopback_unknown_ca_is_a_tls_error(tmp_path: Any, transport_kind: str) -> None:
     """A certificate from a private CA without --ca-bundle: TLSError, a ConfigError, no retry;
     with the CA trusted the same request succeeds."""
     ca = trustme.CA()
@@ -403,34 +429,81 @@ async def test_loopback_unknown_ca_is_a_tls_error(tmp_path: Any) -> None:
     await site.start()
     url = f"https://127.0.0.1:{runner.addresses[0][1]}/ingest"
     try:
-        async with AiohttpTransport(connections=2, timeout=5) as transport:
+        async with kind_transport(transport_kind, timeout=5) as transport:
             with pytest.raises(TLSError, match="--ca-bundle") as info:
                 await transport.post(url, body=b"", headers={})
         assert isinstance(info.value, ConfigError) and not info.value.retryable
         client_ctx = ssl.create_default_context()
         ca.configure_trust(client_ctx)
-        async with AiohttpTransport(connections=2, timeout=5, ssl=client_ctx) as transport:
+        async with kind_transport(transport_kind, timeout=5, ssl=client_ctx) as transport:
+            assert (await transport.post(url, body=b"", headers={})).body == b"ok"
+        # --ca-bundle PATH: the context the CLI builds from a PEM file
+        pem = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(pem))
+        bundle = ssl.create_default_context(cafile=str(pem))
+        async with kind_transport(transport_kind, timeout=5, ssl=bundle) as transport:
+            assert (await transport.post(url, body=b"", headers={})).body == b"ok"
+        # --insecure: no verification at all
+        async with kind_transport(transport_kind, timeout=5, ssl=False) as transport:
             assert (await transport.post(url, body=b"", headers={})).body == b"ok"
     finally:
         await runner.cleanup()
 
 
-async def test_invalid_url_is_refused_before_any_request() -> None:
+async def test_invalid_url_is_refused_before_any_request(transport_kind: str) -> None:
     """A URL that cannot be requested: InvalidURL, a ConfigError naming the field."""
-    async with AiohttpTransport(connections=2, timeout=5) as transport:
+    async with kind_transport(transport_kind, timeout=5) as transport:
         for url in ("http://", "not a url", "ftp://example.org/x"):
             with pytest.raises(InvalidURL) as info:
                 await transport.post(url, body=b"", headers={})
             assert info.value.field == "url"
 
 
+async def test_loopback_connect_timeout(transport_kind: str) -> None:
+    """A listener whose accept queue is full: the SYN goes unanswered, the connect hangs and
+    ends as RequestTimeout (retryable) within the request's timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(4):  # fill the (backlog + 1) queue; never accepted
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        async with kind_transport(transport_kind, timeout=0.3) as transport:
+            with pytest.raises(RequestTimeout) as info:
+                await transport.post(f"http://127.0.0.1:{port}/x", body=b"[]", headers={})
+        assert info.value.retryable and info.value.timeout == 0.3
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 async def test_open_transport_kinds_and_settings() -> None:
-    """open_transport knows "aiohttp"; another kind or a bad setting is a ConfigError."""
+    """open_transport knows auto, aiohttp and reqwest; another kind or a bad setting is a
+    ConfigError."""
+    from asyncsync._reqwest import ReqwestTransport
+    from asyncsync._transports import resolve_transport
+
     transport = open_transport("aiohttp", connections=3, timeout=10)
     assert isinstance(transport, AiohttpTransport) and not transport.closed
     await transport.aclose()
     await transport.aclose()  # idempotent
     assert transport.closed
+    for kind in ("reqwest", "auto"):  # pyreqwest is installed here: auto picks it
+        transport = open_transport(kind, connections=3, timeout=10)
+        assert isinstance(transport, ReqwestTransport) and not transport.closed
+        await transport.aclose()
+        await transport.aclose()
+        assert transport.closed
+        with pytest.raises(RuntimeError, match="closed"):
+            await transport.post("http://127.0.0.1:1/x", body=b"", headers={})
+    assert resolve_transport("auto") == "reqwest"
     with pytest.raises(ConfigError, match="transport must be one of") as info:
         open_transport("carrier-pigeon", connections=1, timeout=1)
     assert info.value.field == "transport"
@@ -447,3 +520,71 @@ def test_display_url_drops_credentials_query_and_fragment() -> None:
     assert display_url("https://u:p@h.example:8443/a/b?token=x#f") == "https://h.example:8443/a/b"
     assert display_url("http://[::1]:80/x") == "http://[::1]:80/x"
     assert display_url("http://h:bad/x") == "http://h/x"
+
+
+# -- the pyreqwest mapping, class by class ------------------------------------------------------
+
+
+def _rq(cls_name: str, *causes: str) -> BaseException:
+    from pyreqwest import exceptions as rq
+
+    cls = getattr(rq, cls_name)
+    return cls("message", {"causes": [{"message": c} for c in causes]})
+
+
+RQ_CASES: list[tuple[str, Callable[[], BaseException], type[TransportError], str]] = [
+    ("refused", lambda: _rq("ConnectError", "error sending request", "client error (Connect)",
+     "tcp connect error", "Connection refused (os error 111)"),
+     ConnectError, "cannot connect: Connection refused"),
+    ("dns", lambda: _rq("ConnectError", "client error (Connect)", "dns error",
+     "failed to lookup address information"), ConnectError, "cannot connect"),
+    ("unknown issuer", lambda: _rq("ConnectError", "client error (Connect)",
+     "invalid peer certificate: UnknownIssuer"), TLSError, "--ca-bundle"),
+    ("handshake", lambda: _rq("ConnectError", "client error (Connect)",
+     "received fatal alert: HandshakeFailure"), TLSError, "--ca-bundle"),
+    ("closed before answer", lambda: _rq("ConnectError", "client error (SendRequest)",
+     "connection closed before message completed"), ConnectionReset, "server disconnected"),
+    ("read error", lambda: _rq("ReadError", "connection reset by peer"),
+     ConnectionReset, "connection error: connection reset by peer"),
+    ("write error", lambda: _rq("WriteError", "broken pipe"), ConnectionReset, "broken pipe"),
+    ("network error", lambda: _rq("NetworkError"), ConnectionReset, "connection error"),
+    ("connect timeout", lambda: _rq("ConnectTimeoutError", "operation timed out"),
+     RequestTimeout, "timeout"),
+    ("read timeout", lambda: _rq("ReadTimeoutError"), RequestTimeout, "timeout"),
+    ("write timeout", lambda: _rq("WriteTimeoutError"), RequestTimeout, "timeout"),
+    ("pool timeout", lambda: _rq("PoolTimeoutError"), RequestTimeout, "timeout"),
+    ("request timeout", lambda: _rq("RequestTimeoutError"), RequestTimeout, "timeout"),
+    ("truncated body", lambda: _rq("BodyDecodeError", "end of file before message length reached"),
+     ProtocolError, "response payload error"),
+    ("not http", lambda: _rq("DecodeError", "invalid HTTP version parsed"),
+     ProtocolError, "invalid response: invalid HTTP version parsed"),
+    ("redirect", lambda: _rq("RedirectError"), ProtocolError, "invalid response"),
+    ("transport", lambda: _rq("TransportError", "something"), ProtocolError, "something"),
+    ("builder", lambda: _rq("BuilderError", "URL scheme is not allowed"),
+     InvalidURL, "invalid URL"),
+    ("url value", lambda: ValueError("empty host"), InvalidURL, "invalid URL"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make", "expected", "fragment"), [c[1:] for c in RQ_CASES], ids=[c[0] for c in RQ_CASES]
+)
+def test_reqwest_mapping_of_each_exception(
+    make: Callable[[], BaseException], expected: type[TransportError], fragment: str
+) -> None:
+    """pyreqwest's errors become the same asyncsync errors as aiohttp's."""
+    from asyncsync._reqwest import map_reqwest_exception
+
+    error = map_reqwest_exception(make(), url=URL_ + "?key=hush", timeout=5)
+    assert type(error) is expected
+    assert fragment in str(error) and "hush" not in str(error)
+    assert error.retryable is (expected not in (TLSError, InvalidURL))
+
+
+def test_reqwest_mapping_leaves_other_exceptions_alone() -> None:
+    """A bug, a closed client or a panic is not a transport error: None."""
+    from asyncsync._reqwest import map_reqwest_exception
+
+    assert map_reqwest_exception(KeyError("x")) is None
+    assert map_reqwest_exception(_rq("ClientClosedError")) is None
+    assert map_reqwest_exception(_rq("RequestPanicError")) is None

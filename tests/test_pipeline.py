@@ -1,4 +1,4 @@
-"""The pipeline (asyncsync._pipeline): reader, bounded stream, workers, ledger; with a fake
+"""The pipeline (asyncsync._pipeline): reader, bounded handoff, workers, ledger; with a fake
 sender (a tiny object, no HTTP), so each invariant is checked on its own."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from asyncsync._deadletter import DeadLetterFile
+from asyncsync._handoff import EndOfHandoff, Handoff, HandoffBroken
 from asyncsync._hooks import NO_HOOKS, UploadHooks
 from asyncsync._pipeline import Pipeline
 from asyncsync._records import Batch, BatchResult, Rejected
@@ -183,3 +184,62 @@ async def test_on_batch_done_receives_batch_results(tmp_path: Path) -> None:
     assert sorted((r.batch.seq, r.delivered) for r in results) == [
         (0, True), (1, True), (2, False), (3, True), (4, True)
     ]  # fmt: skip
+
+
+# the bounded handoff between the reader and the workers (asyncsync._handoff)
+
+
+async def test_handoff_is_bounded_and_fifo() -> None:
+    """A full handoff refuses put_nowait and makes put() wait until a consumer takes one."""
+    q = Handoff[int](2, consumers=1)
+    assert q.put_nowait(1) and q.put_nowait(2)
+    assert not q.put_nowait(3)
+    waiting = asyncio.create_task(q.put(3))
+    await asyncio.sleep(0)
+    assert not waiting.done() and len(q) == 2
+    assert q.get_nowait() == 1
+    await waiting
+    assert [q.get_nowait(), q.get_nowait(), q.get_nowait()] == [2, 3, None]
+
+
+async def test_handoff_close_drains_then_ends_every_consumer() -> None:
+    """After close(), queued items are still taken; then every waiting consumer ends."""
+    q = Handoff[int](4, consumers=3)
+    q.put_nowait(7)
+    q.close()
+    assert await q.get() == 7
+    with pytest.raises(EndOfHandoff):
+        await q.get()
+    q2 = Handoff[int](4, consumers=2)
+    getters = [asyncio.create_task(q2.get()) for _ in range(2)]
+    await asyncio.sleep(0)
+    q2.close()
+    for task in getters:
+        with pytest.raises(EndOfHandoff):
+            await task
+
+
+async def test_handoff_breaks_a_waiting_producer_when_every_consumer_leaves() -> None:
+    q = Handoff[int](1, consumers=2)
+    q.put_nowait(1)
+    waiting = asyncio.create_task(q.put(2))
+    await asyncio.sleep(0)
+    q.leave()
+    await asyncio.sleep(0)
+    assert not waiting.done()  # one consumer is still there
+    q.leave()
+    with pytest.raises(HandoffBroken):
+        await waiting
+
+
+async def test_handoff_a_cancelled_consumer_loses_no_item() -> None:
+    """A consumer woken for an item and cancelled before it runs passes the item on."""
+    q = Handoff[int](4, consumers=2)
+    first = asyncio.create_task(q.get())
+    second = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait(5)  # wakes `first`
+    first.cancel()
+    assert await second == 5
+    with pytest.raises(asyncio.CancelledError):
+        await first

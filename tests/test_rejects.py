@@ -22,11 +22,11 @@ from asyncsync import ConfigError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._config import RejectOptions
 from asyncsync._hooks import NO_HOOKS
-from asyncsync._http import AiohttpTransport
 from asyncsync._records import Batch, BatchResult
 from asyncsync._retry import PauseGate
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
+from asyncsync._transports import open_transport
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,11 +71,11 @@ def make_batch(n: int, first: int = 1, bad: set[int] = frozenset()) -> Batch:  #
 
 
 async def run(
-    url: str, batch: Batch, rejects: RejectOptions, *, attempts: int = 4
+    url: str, batch: Batch, rejects: RejectOptions, *, attempts: int = 4, kind: str = "aiohttp"
 ) -> tuple[list[BatchResult], Counters, Sender]:
     t = FakeTime()
     counters = Counters()
-    async with AiohttpTransport(connections=4, timeout=30) as transport:
+    async with open_transport(kind, connections=4, timeout=30) as transport:
         sender = Sender(
             transport,
             url,
@@ -271,6 +271,34 @@ def results_server(shape: str, fail: dict[int, int], *, throttle_once: bool = Tr
     handler.stored = stored  # type: ignore[attr-defined]
     handler.requests = requests  # type: ignore[attr-defined]
     return handler
+
+
+async def test_per_record_results_past_64_kib_on_each_transport(
+    serve: Callable[[Handler], Awaitable[str]], transport_kind: str
+) -> None:
+    """A results answer of ~2 MB (far past the 64 KiB read when only the status matters) is
+    read whole on either transport: the one rejected item, the last, is found and dead-lettered,
+    every other record delivered."""
+    n = 4000
+    pad = "x" * 400
+
+    async def handler(request: web.Request) -> web.Response:
+        ids = [r["i"] for r in await request.json()]
+        items = [
+            {"index": {"status": 400, "error": {"reason": f"bad {i}"}}}
+            if i == n
+            else {"index": {"status": 201, "note": pad}}
+            for i in ids
+        ]
+        return web.json_response({"errors": True, "items": items})
+
+    url = await serve(handler)
+    results, _, _ = await run(
+        url, make_batch(n), RejectOptions(results="elasticsearch"), kind=transport_kind
+    )
+    delivered, dead = settle_map(results)
+    assert dead == [n]
+    assert sorted(delivered) == list(range(1, n))
 
 
 @pytest.mark.parametrize("shape", ["elasticsearch", "salesforce", "data.results"])

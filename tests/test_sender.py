@@ -1,8 +1,12 @@
-"""The sender: response classification, retries, Retry-After gate, 401 handling, 413 splits."""
+"""The sender: response classification, retries, Retry-After gate, 401 handling, 413 splits.
+
+Every test that talks to a server runs once per transport (the ``transport_kind`` fixture of
+tests/conftest.py, through ``serve``): the sender's contract does not depend on the client."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import math
 import random
 import time
@@ -18,11 +22,12 @@ from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._config import RejectOptions
 from asyncsync._hooks import NO_HOOKS, RetryDetails, UploadHooks
-from asyncsync._http import AiohttpTransport
+from asyncsync._http import Transport
 from asyncsync._records import Batch, BatchResult
 from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
 from asyncsync._sender import Sender
 from asyncsync._summary import Counters
+from asyncsync._transports import open_transport
 from asyncsync.auth._manager import TokenManager
 from asyncsync.auth._protocol import TokenResponse
 from asyncsync.auth._simple import StaticToken
@@ -54,8 +59,13 @@ class Recorder(UploadHooks):
         self.retries.append(details)
 
 
+#: the transport make_sender opens, set by ``serve`` from the parametrized fixture
+_KIND = ["aiohttp"]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+async def serve(transport_kind: str) -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    _KIND[0] = transport_kind
     runners: list[web.AppRunner] = []
 
     async def start(handler: Handler) -> str:
@@ -87,15 +97,16 @@ async def make_sender(
     time_: FakeTime | None = None,
     hooks: UploadHooks | None = None,
     rejects: RejectOptions | None = None,
-) -> tuple[Sender, Counters, AiohttpTransport]:
-    transport = AiohttpTransport(connections=4, timeout=60)
+    encoder: BodyEncoder | None = None,
+) -> tuple[Sender, Counters, Transport]:
+    transport = open_transport(_KIND[0], connections=4, timeout=60)
     counters = Counters()
     t = time_ or FakeTime()
     sender = Sender(
         transport,
         url,
         tokens=tokens,
-        encoder=BodyEncoder("json"),
+        encoder=encoder or BodyEncoder("json"),
         job_id="job",
         retry=policy or RetryPolicy(max_attempts=4, backoff_initial=0.5, backoff_max=4.0),
         counters=counters,
@@ -475,7 +486,7 @@ async def test_retry_after_holds_back_another_sender_on_the_real_clock(
     gate = PauseGate()  # the real clock and sleep
     policy = RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
     started = time.monotonic()
-    async with AiohttpTransport(connections=4, timeout=60) as transport:
+    async with open_transport(_KIND[0], connections=4, timeout=60) as transport:
 
         def sender() -> Sender:
             return Sender(
@@ -664,3 +675,51 @@ async def test_401_for_a_new_token_after_a_working_one_is_still_a_refusal(
             await sender.send(make_batch(first=100))
     await tokens.aclose()
     assert first.delivered and issued == ["token-1", "token-2"]
+
+
+async def test_gzip_request_body_arrives_compressed(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """--gzip: the body goes out gzip-compressed with Content-Encoding: gzip, and the server
+    gets back exactly the JSON array (no transport re-encodes or decodes it)."""
+    seen: list[tuple[str | None, int, bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        # aiohttp's server inflates the body for us; Content-Length is what was on the wire
+        length = int(request.headers["Content-Length"])
+        seen.append((request.headers.get("Content-Encoding"), length, await request.read()))
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url, encoder=BodyEncoder("json", gzip=True))
+    async with session:
+        [result] = await sender.send(make_batch(3, first=1))
+    assert result.delivered
+    [(encoding, length, body)] = seen
+    plain = b'[{"i":1},{"i":2},{"i":3}]'
+    assert encoding == "gzip" and body == plain
+    assert counters.bytes_sent == length == len(gzip.compress(plain, 5, mtime=0))
+
+
+async def test_keep_alive_reuses_connections(serve: Callable[[Handler], Awaitable[str]]) -> None:
+    """30 batches, at most 4 in flight: the server sees at most 4 connections (keep-alive),
+    not one per request."""
+    peers: set[object] = set()
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+
+        async def send(first: int) -> None:
+            [result] = await sender.send(make_batch(2, first=first))
+            assert result.delivered
+
+        for round_ in range(10):
+            await asyncio.gather(*(send(100 * round_ + 10 * i) for i in range(3)))
+    assert counters.requests == 30
+    assert 1 <= len(peers) <= 4, peers

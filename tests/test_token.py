@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from asyncsync import AuthError, ConfigError
 from asyncsync._http import AiohttpTransport
+from asyncsync._reqwest import ReqwestTransport
+from asyncsync._transports import open_transport
 from asyncsync.auth._login import JsonLogin
 from asyncsync.auth._manager import (
     DEFAULT_BACKOFF_MAX,
@@ -71,8 +73,14 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
+#: the transport kind managers open (token and revocation requests), set by ``server``
+_KIND = ["auto"]
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[TokenServer]:
+async def server(transport_kind: str) -> AsyncIterator[TokenServer]:
+    """The token server; every test using it runs once per transport."""
+    _KIND[0] = transport_kind
     async with TokenServer(client_secret=SECRET) as srv:
         yield srv
 
@@ -89,6 +97,7 @@ def oauth(server: TokenServer, **kwargs: Any) -> OAuth2ClientCredentials:
 
 def manager(server: TokenServer, clock: FakeClock, **kwargs: Any) -> TokenManager:
     provider = kwargs.pop("provider", None) or oauth(server)
+    kwargs.setdefault("transport", _KIND[0])
     return TokenManager(provider, clock=clock, sleep=clock.sleep, **kwargs)
 
 
@@ -556,17 +565,23 @@ async def test_revocation_errors_are_logged_not_raised(
 
 
 async def test_given_transport_is_not_closed(server: TokenServer, clock: FakeClock) -> None:
-    """A caller's transport stays open; the manager closes only the one it created."""
-    async with AiohttpTransport(connections=2, timeout=30) as transport:
-        async with manager(server, clock, transport=transport) as mgr:
-            await mgr.get()
-        assert not transport.closed
+    """A caller's transport stays open; the manager closes only the one it created, of the
+    kind it was asked for."""
+    transport = open_transport(_KIND[0], connections=2, timeout=30)
+    async with manager(server, clock, transport=transport) as mgr:
+        await mgr.get()
+    assert not transport.closed  # type: ignore[attr-defined]
+    await transport.aclose()
     owned = manager(server, clock)
     await owned.get()
     created = owned._transport
     await owned.aclose()
-    assert isinstance(created, AiohttpTransport)
+    expected = AiohttpTransport if _KIND[0] == "aiohttp" else ReqwestTransport
+    assert isinstance(created, expected)
     assert created.closed
+    with pytest.raises(ConfigError) as info:
+        TokenManager(oauth(server), transport="carrier-pigeon")
+    assert info.value.field == "transport"
 
 
 def test_config_errors_name_the_field() -> None:

@@ -46,8 +46,9 @@ from types import TracebackType
 from typing import Final, Protocol
 
 from .._exceptions import AuthError, ConfigError
-from .._http import Transport, TransportError, map_aiohttp_exception, open_transport
+from .._http import TLSError, Transport, TransportError
 from .._retry import Backoff, Budget
+from .._transports import map_transport_exception, open_transport, resolve_transport
 from ._events import (
     FetchReason,
     TokenEvent,
@@ -262,8 +263,9 @@ class TokenManager:
     ``invalid_client`` / ``invalid_grant``, 401, 403...) are never retried.
 
     ``transport``: the :class:`~asyncsync._http.Transport` token and revocation requests go
-    through (the uploader passes its own); None: the manager opens one when it first needs
-    it and closes it in :meth:`aclose`. ``store``: a :class:`TokenStore` shared with other
+    through (the uploader passes its own), or the name of the kind the manager opens itself
+    (``"auto"``, ``"aiohttp"``, ``"reqwest"``; None is ``"auto"``) when it first needs it
+    and closes in :meth:`aclose`. ``store``: a :class:`TokenStore` shared with other
     processes. ``revoke_on_close``: revoke the current token in :meth:`aclose`.
     ``observer``: a callable told of each token request and each refresh, with its reason
     (:mod:`asyncsync.auth._events`; for metrics); it runs on the loop and must be quick.
@@ -307,6 +309,7 @@ class TokenManager:
         "_task",
         "_token",
         "_transport",
+        "_transport_kind",
         "_wall_clock",
     )
 
@@ -317,7 +320,7 @@ class TokenManager:
         skew: float = DEFAULT_SKEW,
         store: TokenStore | None = None,
         revoke_on_close: bool = False,
-        transport: Transport | None = None,
+        transport: Transport | str | None = None,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
@@ -352,8 +355,13 @@ class TokenManager:
                 field="max_attempts",
             )
         self._provider = provider
-        self._transport = transport
-        self._owns_transport = transport is None
+        if transport is None or isinstance(transport, str):
+            self._transport_kind = resolve_transport(transport or "auto")  # ConfigError early
+            self._transport: Transport | None = None
+        else:
+            self._transport_kind = "given"
+            self._transport = transport
+        self._owns_transport = self._transport is None
         self._skew = float(skew)
         self._fetch_timeout = float(fetch_timeout)
         self._min_interval = float(min_interval)
@@ -582,6 +590,8 @@ class TokenManager:
             raise
         if isinstance(result, AuthError):
             raise _copy_error(result) from result
+        if isinstance(result, TLSError):  # keeps its kind: the CLI exits 3 for it
+            raise TLSError(str(result), url=result.url) from result
         if isinstance(result, ConfigError):
             raise ConfigError(str(result), field=result.field) from result
         return result
@@ -777,7 +787,7 @@ class TokenManager:
         if transport is None:
             # created here, not in __init__: a transport needs the running event loop
             transport = self._transport = open_transport(
-                connections=4, timeout=self._fetch_timeout, ssl=None
+                self._transport_kind, connections=4, timeout=self._fetch_timeout, ssl=None
             )
             self._owns_transport = True
         return transport
@@ -844,7 +854,7 @@ class TokenManager:
             ) from exc
         except Exception as exc:
             # a provider of the user's own may let its client's errors through
-            mapped = exc if isinstance(exc, TransportError) else map_aiohttp_exception(exc)
+            mapped = exc if isinstance(exc, TransportError) else map_transport_exception(exc)
             if mapped is None:
                 raise
             if not mapped.retryable:

@@ -5,8 +5,10 @@ The checkpoint (:mod:`._state`) is saved durably about once a second; at 5 000 b
 a SIGKILL between two saves would re-send thousands of acknowledged batches (measured before
 this log: 95-169 re-sent batches per kill against a bound of 24 in flight). Saving more often
 costs ~12% of throughput and still misses. So every acknowledged batch is also appended here
-at once (76 bytes, one ``write``, no fsync, ~2-3 µs): the page cache outlives the process. A
-resumed run folds the log into the checkpoint before opening it.
+at the end of the event loop's turn that acknowledged it (76 bytes, no fsync; one ``write``
+for all the batches acknowledged in that turn): the page cache outlives the process. A SIGKILL
+can only lose the entries of the turn it interrupts, batches that were in flight a moment
+before. A resumed run folds the log into the checkpoint before opening it.
 
 Data flow: the :class:`~._ledger.Ledger` passes every call to the
 :class:`~._checkpointer.Checkpointer` and, for delivered batches, appends to the log.
@@ -14,6 +16,7 @@ Data flow: the :class:`~._ledger.Ledger` passes every call to the
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import os
@@ -38,8 +41,9 @@ class AckLog:
     that were in flight.
 
     The checkpoint is saved durably (fsync, rename) once per interval; between saves every
-    acknowledged batch is appended here at once, without fsync (76 bytes, ~1-2 µs): the page
-    cache outlives the process (SIGKILL, OOM kill, a crash) though not the machine, and after
+    acknowledged batch is appended here, without fsync (76 bytes), in one ``write`` per turn of
+    the event loop for all the batches acknowledged in it: the page cache outlives the process
+    (SIGKILL, OOM kill, a crash) though not the machine, and after
     a power loss the last saved checkpoint is consistent too (it re-sends more). A resumed run
     folds these entries into the checkpoint before opening it (:func:`fold_ack_log`).
 
@@ -56,6 +60,11 @@ class AckLog:
         self._fd: int | None = None
         self._active = 0
         self._saves_at_switch = -1
+        # entries acknowledged in this turn of the event loop, written in one write() at its
+        # end (call_soon); without a running loop every append writes at once
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: CheckpointError | None = None
 
     def read(self, job_id: str) -> list[tuple[int, ...]]:
         """This job's entries in both files; a torn or damaged entry is left out."""
@@ -83,26 +92,56 @@ class AckLog:
         self._discard(self.paths[1])
         self._fd = self._create(self.paths[0])
         self._active = 0
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def append(self, batch: tuple[int, int, int, int, int], c: Counters) -> None:
+        """Log one acknowledged batch: written at the end of this turn of the event loop,
+        together with the others acknowledged in it (one ``write`` for all), or at once
+        without a running loop. A write error is raised here, by the next call."""
+        if self._error is not None:
+            raise self._error
         body = _ACK.pack(*batch, c.batches, c.requests, c.retries, c.bytes_sent)
-        assert self._fd is not None
+        pending = self._pending
+        pending.append(body + zlib.crc32(body).to_bytes(4, "little"))
+        if len(pending) == 1:
+            if self._loop is not None:
+                self._loop.call_soon(self.flush)
+            else:
+                self.flush()
+                if self._error is not None:
+                    raise self._error
+
+    def flush(self) -> None:
+        """Write the pending entries (one ``write``; no fsync, see the class docstring)."""
+        pending = self._pending
+        if not pending or self._fd is None:
+            pending.clear()
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         try:
-            os.write(self._fd, body + zlib.crc32(body).to_bytes(4, "little"))
+            os.write(self._fd, data)
         except OSError as exc:
-            raise CheckpointError(
+            self._error = CheckpointError(
                 f"cannot write {self.paths[self._active]}: {exc.strerror}"
-            ) from exc
+            )
 
     def switch(self, saves: int) -> None:
         """Called with no save running, before one starts; ``saves`` completed so far."""
         if saves <= self._saves_at_switch or self._fd is None:
             return  # the other file may hold entries no completed save covers yet
+        self.flush()  # the pending entries go to the file they were logged for
+        if self._error is not None:
+            raise self._error
         fd = self._create(self.paths[1 - self._active])
         os.close(self._fd)
         self._fd, self._active, self._saves_at_switch = fd, 1 - self._active, saves
 
     def close(self, *, delete: bool) -> None:
+        self.flush()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

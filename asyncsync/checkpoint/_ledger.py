@@ -64,6 +64,9 @@ class Ledger:
         self.skip_reject = checkpointer.skip_reject
         self.rejected_through = checkpointer.rejected_through
         self.due = checkpointer.due
+        # the checkpointer's dispatched/settled only delegate to its tracker: call it directly
+        self._track_dispatched = checkpointer.tracker.dispatched
+        self._track_settled = checkpointer.tracker.settled
 
     @classmethod
     def open(
@@ -126,16 +129,17 @@ class Ledger:
     # -- the pipeline's ledger (per batch)
 
     def dispatched(self, batch: Batch) -> None:
-        self._ckpt.dispatched(batch)
+        self._track_dispatched(batch)
         end = batch.end_offset
-        self._open[batch.seq] = (
-            batch.seq, batch.positions[0], batch.positions[-1], -1 if end is None else end,
-            len(batch),
+        positions = batch.positions
+        seq = batch.seq
+        self._open[seq] = (
+            seq, positions[0], positions[-1], -1 if end is None else end, len(batch.records),
         )  # fmt: skip
 
     def settled(self, seq: int, *, delivered: bool) -> None:
         batch = self._open.pop(seq)
-        self._ckpt.settled(seq, delivered)
+        self._track_settled(seq, delivered)
         if delivered:
             self._acks.append(batch, self._counters)
 

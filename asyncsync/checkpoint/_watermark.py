@@ -134,7 +134,8 @@ class WatermarkTracker:
             ) from None
         if index == self._next:
             # the batch at the watermark: advance over it and any run right behind it
-            run = self._run_start.pop(index + 1, None)
+            runs = self._run_start
+            run = runs.pop(index + 1, None) if runs else None
             if run is None:
                 self._next = index + 1
                 self._position = last

@@ -268,7 +268,8 @@ async def _bench(
 ) -> int:
     from .._bench import BenchLimits, CellSpec, RecordPool, run_cell, run_sweep
     from .._body import BodyEncoder
-    from .._http import display_url, open_transport
+    from .._http import display_url
+    from .._transports import open_transport
     from ._bench_report import CellProgress, print_table, write_outputs
     from ._run import open_tokens
 
@@ -291,7 +292,9 @@ async def _bench(
         if tokens is not None:
             await tokens.get()  # bad credentials: AuthError (exit 3) before any record
         connections = 1 if ns.dry_run else max(concurrency)
-        transport = open_transport(connections=connections, timeout=settings.timeout, ssl=ssl)
+        transport = open_transport(
+            settings.transport, connections=connections, timeout=settings.timeout, ssl=ssl
+        )
         try:
             if ns.dry_run:
                 from .._bench import RequestBudget

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from .._config import BodyOptions, HttpOptions, RejectOptions
 from .._exceptions import ConfigError
+from .._transports import resolve_transport
 from ._exit import summary_exit_code
 from ._plan import state_paths
 from ._report import report
@@ -110,7 +111,10 @@ def run_dask(settings: Settings, console: Console) -> int:
             headers=dict(settings.headers),
         ),
         http=HttpOptions(
-            timeout=settings.timeout, rate=settings.rate, ssl=False if settings.insecure else None
+            timeout=settings.timeout,
+            rate=settings.rate,
+            ssl=False if settings.insecure else None,
+            transport=settings.transport,
         ),
         rejects=RejectOptions(
             on_reject=settings.on_reject,
@@ -129,5 +133,6 @@ def run_dask(settings: Settings, console: Console) -> int:
         summary_json=settings.summary_json,
         verbosity=settings.verbosity,
         log_format=settings.log_format,
+        extra={"transport": resolve_transport(settings.transport)},
     )
     return summary_exit_code(summary)

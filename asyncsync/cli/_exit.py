@@ -5,7 +5,8 @@ From the contract in DESIGN.md::
     0  every record delivered
     1  the run finished, some records were dead-lettered
     2  usage, configuration or unreadable input (ConfigError, SourceError, CheckpointError)
-    3  authentication failed (AuthError)
+    3  authentication failed (AuthError), or the server's TLS certificate was refused
+       (TLSError: a ConfigError too, but checked first; the message names --ca-bundle)
     4  interrupted or aborted; resumable from the checkpoint (Interrupted, a crash)
 
 Errors are one line on stderr, ``asyncsync: error: <TypeName>: <message>``, redacted.
@@ -63,6 +64,11 @@ _EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
 
 def exit_code(exc: BaseException) -> int:
     """The contract's exit code for an error that ended a run (4, aborted, for the unknown)."""
+    # a refused certificate: 3, before ConfigError's 2 (issue 13). Looked up, not imported:
+    # this module stays free of the HTTP stack, and no TLSError exists before it is loaded
+    http = sys.modules.get("asyncsync._http")
+    if http is not None and isinstance(exc, http.TLSError):
+        return EXIT_AUTH
     for kind, code in _EXIT_CODES:
         if isinstance(exc, kind):
             return code

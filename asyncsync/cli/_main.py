@@ -265,6 +265,8 @@ async def _upload(settings: Settings, console: Console) -> int:
             exporter.close()
     # an interrupted or failed run still has a summary worth showing and writing
     if summary is not None:
+        from .._transports import resolve_transport
+
         report(
             summary,
             console,
@@ -273,6 +275,7 @@ async def _upload(settings: Settings, console: Console) -> int:
             summary_json=settings.summary_json,
             verbosity=settings.verbosity,
             log_format=settings.log_format,
+            extra={"transport": resolve_transport(settings.transport)},
         )
     if error is not None:
         raise error

@@ -78,6 +78,7 @@ from .._exceptions import AsyncSyncError
 from .._hooks import UploadHooks
 from .._paths import CHECKPOINT_SUFFIX, shard_path
 from .._summary import COUNTER_FIELDS, Counters, RunSummary, merge_summaries
+from .._transports import resolve_transport
 from ..checkpoint._state import CheckpointStore
 from ._exit import (
     EXIT_INTERRUPTED,
@@ -179,7 +180,10 @@ async def _parent(settings: Settings, console: Console, *, started: float) -> in
             failed=plan.failed,
             summary_json=settings.summary_json,
             verbosity=settings.verbosity,
-            extra={"shards": _shard_summaries(children)},
+            extra={
+                "shards": _shard_summaries(children),
+                "transport": resolve_transport(settings.transport),
+            },
             log_format=settings.log_format,
         )
     return merge_exit_codes(codes)

@@ -205,7 +205,7 @@ async def open_tokens(
     """The run's token manager (None without authentication), on a transport of its own with
     the run's TLS settings; closed after the uploader, so that ``--revoke-url`` revokes the
     token once, after the last batch."""
-    from .._http import open_transport
+    from .._transports import open_transport
     from ..auth._manager import TokenManager
 
     provider = build_auth(settings)
@@ -213,7 +213,7 @@ async def open_tokens(
         yield None
         return
     # one fetch at a time (single-flight) and the revocation: two connections are plenty
-    transport = open_transport(connections=2, timeout=settings.timeout, ssl=ssl)
+    transport = open_transport(settings.transport, connections=2, timeout=settings.timeout, ssl=ssl)
     try:
         tokens = TokenManager(
             provider,
@@ -260,7 +260,9 @@ def open_uploader(
             gzip=settings.gzip,
             headers=dict(settings.headers),
         ),
-        http=HttpOptions(timeout=settings.timeout, ssl=ssl, rate=settings.rate),
+        http=HttpOptions(
+            timeout=settings.timeout, ssl=ssl, rate=settings.rate, transport=settings.transport
+        ),
         state=StateOptions(checkpoint=plan.checkpoint, failed=plan.failed, resume=settings.resume),
         rejects=RejectOptions(
             on_reject=settings.on_reject,

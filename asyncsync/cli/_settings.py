@@ -488,6 +488,15 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "transport",
+        _choice("auto", "aiohttp", "reqwest"),
+        "auto",
+        "HTTP client: reqwest (pyreqwest, the fast extra) or aiohttp; auto: reqwest when "
+        "installed (default)",
+        _FLOW,
+        "auto|aiohttp|reqwest",
+    ),
+    Option(
         "max-attempts",
         _int(1),
         DEFAULT_RETRY.max_attempts,
@@ -790,6 +799,7 @@ class Settings:
     queue_size: int | None = None
     rate: float | None = None
     timeout: float = 60.0
+    transport: Literal["auto", "aiohttp", "reqwest"] = "auto"
     max_attempts: int = DEFAULT_RETRY.max_attempts
     max_retry_time: float = DEFAULT_RETRY.max_retry_time
     on_reject: Literal["split", "batch"] = "split"

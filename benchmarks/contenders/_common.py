@@ -55,6 +55,9 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
         "--token-skew", type=float, default=None, help="asyncsync token skew (default: its own)"
     )
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--transport", choices=["auto", "aiohttp", "reqwest"], help="asyncsync's --transport"
+    )
     p.add_argument("--workdir", type=Path, help="scratch directory (checkpoint, dead letters)")
     return p.parse_args(argv)
 

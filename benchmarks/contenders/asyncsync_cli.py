@@ -56,6 +56,8 @@ def upload(
         "--no-progress",
         *extra,
     ]
+    if args.transport is not None:
+        cmd += ["--transport", args.transport]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -78,6 +80,7 @@ def upload(
             "exit_code": proc.returncode,
             "process_wall_s": wall,
             "peak_rss_kb": after.ru_maxrss,
+            "transport": summary.get("transport"),
         },
     )
 
