@@ -1,0 +1,330 @@
+"""Adaptive concurrency: a limit on requests in flight that finds the endpoint's capacity.
+
+Two parts. :class:`AdaptiveLimit` is the control law: pure arithmetic on per-attempt signals
+and an injected clock, no I/O, so a discrete-event simulation drives it deterministically.
+:class:`ConcurrencyLimiter` is the gate every *attempt* passes (acquire before the POST,
+release with its outcome after it): a FIFO semaphore whose size the control law moves.
+
+Signals (per attempt, never per retry sequence: a batch deferred three times and then
+accepted is three back-pressure signals and one round trip, not one very slow success; the
+bug of vectordotdev/vector#26123):
+
+* the round-trip time of a successful attempt (2xx), measured from the moment the request
+  left (after any ``Retry-After`` pause and rate-limit wait), and the number in flight then;
+* back-pressure: 429, 502, 503, 504, a timeout, a connection reset or refused;
+* nothing else. A 401, a 400/413/422 or a 500 says something about the request or the
+  server's code, not about load: no RTT sample (an error answer can be much faster or slower
+  than a real one, vectordotdev/vector#3493) and no decrease.
+
+The law (Vegas-like, with a gradient's proportional decrease)::
+
+    every round-trip window (a window closes at the first sample one smoothed RTT after it
+    opened):
+        rtt   = mean RTT of the window's successful attempts
+        base  = min(base, rtt)                          # the unloaded round trip
+        n     = mean requests in flight at those answers
+        queue = n * (1 - base / rtt)                     # Little's law: requests waiting
+        slow start:     queue < beta   -> limit *= 2                (only if the limit was used)
+                        else           -> limit = n - queue + alpha;  slow start ends
+        steady:         queue < alpha  -> limit += step; step doubles while it keeps holding
+                        queue > beta   -> limit = max(limit / 2, n - queue + alpha)
+    back-pressure (at most once per window):  limit *= 0.75;  slow start ends
+    every 30 s: halve the limit for two windows and re-measure ``base`` there
+
+with ``alpha = max(1, 0.05 n)`` and ``beta = max(2, 0.15 n)``: a queue of a few percent of
+the capacity, enough to keep the server busy, small enough not to add latency. Why this law:
+
+* A server with capacity L answers in ``base`` up to L in flight, then in ``base * n / L``
+  (it queues). ``n * (1 - base/rtt)`` is then exactly ``n - L``: Vegas's estimate is the
+  queue, so the law can jump to ``L + alpha`` in one window instead of creeping there. That
+  is the gradient controllers' strength (Netflix concurrency-limits, Envoy), kept without
+  their multiplicative noise on the limit in steady state.
+* AIMD on back-pressure alone (Vector's ARC, TCP Reno) only learns the knee by crossing it:
+  it saws between the hard limit and half of it, drawing 429s every cycle and losing
+  throughput on the way down (#7371). The latency signal stops the increase *before* the
+  server refuses; back-pressure remains the safety net, with a gentler 0.75 cut.
+* Slow start doubles per window, so 8 -> 256 takes five round trips, not 250 (Vector's slow
+  ramp, #3255). In steady state the additive step doubles while the queue stays empty, so a
+  capacity that doubles mid-run is found in a handful of windows, and steps back to 1 at the
+  first sign of a queue.
+* At most one decrease per window: the answers that arrive in the window after a cut were
+  sent under the old limit and say nothing about the new one.
+* The limit never grows when it was not used (a slow source): a window whose peak in flight
+  stayed under 80% of the limit cannot have tested it.
+* ``base`` only ever falls, so an endpoint that becomes slower for good would read as a
+  permanent queue; the periodic probe (Envoy's minRTT window) re-measures it below the knee.
+
+Floor 1, ceiling ``maximum``; the limit is an integer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from collections.abc import Callable
+from typing import Final
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "BACKPRESSURE_STATUSES",
+    "DEFAULT_INITIAL_CONCURRENCY",
+    "DEFAULT_MAX_CONCURRENCY",
+    "AdaptiveLimit",
+    "ConcurrencyLimiter",
+]
+
+DEFAULT_MAX_CONCURRENCY: Final = 256
+DEFAULT_INITIAL_CONCURRENCY: Final = 8
+#: statuses that mean "too much load"; every other status is no signal
+BACKPRESSURE_STATUSES: Final = frozenset({429, 502, 503, 504})
+
+BACKOFF_RATIO: Final = 0.75
+PROBE_INTERVAL: Final = 30.0  # seconds between re-measurements of the unloaded RTT
+PROBE_WINDOWS: Final = 2  # the first drains the queue, the second measures
+TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
+_USED: Final = 0.8  # a window tested the limit when its peak in flight reached this share
+
+Clock = Callable[[], float]
+
+
+class AdaptiveLimit:
+    """The control law (see the module docstring). Feed it :meth:`on_success` and
+    :meth:`on_backpressure`; read :attr:`limit`. Single-threaded, no I/O."""
+
+    __slots__ = (
+        "_base",
+        "_clock",
+        "_inflight_sum",
+        "_last_decrease",
+        "_limit",
+        "_next_probe",
+        "_peak",
+        "_probe_left",
+        "_probe_saved",
+        "_rtt",
+        "_rtt_sum",
+        "_samples",
+        "_settling",
+        "_step",
+        "_window_start",
+        "maximum",
+        "minimum",
+        "on_change",
+        "slow_start",
+    )
+
+    def __init__(
+        self,
+        *,
+        initial: int = DEFAULT_INITIAL_CONCURRENCY,
+        maximum: int = DEFAULT_MAX_CONCURRENCY,
+        minimum: int = 1,
+        probe_interval: float = PROBE_INTERVAL,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        for name, value in (("max_concurrency", maximum), ("initial_concurrency", initial)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}", field=name)
+        if initial > maximum:
+            raise ConfigError(
+                f"initial_concurrency ({initial}) must not exceed max_concurrency ({maximum})",
+                field="initial_concurrency",
+            )
+        self.minimum = max(1, minimum)
+        self.maximum = maximum
+        self._limit = initial
+        self._clock = clock
+        self.slow_start = True
+        self.on_change: Callable[[int], None] | None = None
+        self._base = math.inf
+        self._rtt = 0.0  # smoothed window RTT: the window length; 0 until the first sample
+        self._step = 1
+        self._last_decrease = -math.inf
+        self._next_probe = clock() + probe_interval if probe_interval > 0 else math.inf
+        self._probe_left = 0
+        self._probe_saved = 0
+        self._settling = False
+        self._reset_window(clock())
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def base_rtt(self) -> float:
+        """The unloaded round trip measured so far (``inf`` before the first window)."""
+        return self._base
+
+    def _reset_window(self, now: float) -> None:
+        self._window_start = now
+        self._samples = 0
+        self._rtt_sum = 0.0
+        self._inflight_sum = 0
+        self._peak = 0
+
+    def _set(self, value: float) -> None:
+        new = max(self.minimum, min(self.maximum, int(value)))
+        if new != self._limit:
+            self._limit = new
+            # the next window's answers were mostly sent under the old limit: judge the one after
+            self._settling = True
+            if self.on_change is not None:
+                self.on_change(new)
+
+    def on_success(self, rtt: float, in_flight: int) -> None:
+        """A 2xx attempt took ``rtt`` seconds with ``in_flight`` attempts out (itself included)."""
+        now = self._clock()
+        self._samples += 1
+        self._rtt_sum += rtt
+        self._inflight_sum += in_flight
+        if in_flight > self._peak:
+            self._peak = in_flight
+        if self._rtt == 0.0:
+            self._rtt = rtt
+        if now - self._window_start >= self._rtt:
+            self._close_window(now)
+
+    def on_backpressure(self) -> None:
+        """The server refused or failed for load (429/502/503/504, timeout, reset)."""
+        now = self._clock()
+        self.slow_start = False
+        self._step = 1
+        if now - self._last_decrease < max(self._rtt, 1e-3):
+            return  # one cut per window: these answers were sent under the old limit
+        self._last_decrease = now
+        if self._probe_left:  # the probe is void: restore, then cut
+            self._probe_left = 0
+            self._limit = max(self._limit, self._probe_saved)
+        self._set(min(self._limit - 1, self._limit * BACKOFF_RATIO))
+        self._reset_window(now)
+
+    def _close_window(self, now: float) -> None:
+        n = self._inflight_sum / self._samples
+        rtt = self._rtt_sum / self._samples
+        used = self._peak >= _USED * self._limit
+        self._reset_window(now)
+        self._rtt = 0.5 * self._rtt + 0.5 * rtt
+        if self._settling:
+            self._settling = False
+            return
+        if self._probe_left:
+            self._probe_left -= 1
+            if self._probe_left == 0:  # the measuring window: below the knee, rtt is base
+                self._base = rtt
+                self._set(self._probe_saved)
+            return
+        self._base = min(self._base, rtt)
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_INTERVAL
+            if self._limit > self.minimum:
+                self._probe_saved = self._limit
+                self._probe_left = PROBE_WINDOWS
+                self._set(self._limit / 2)
+                return
+        queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
+        alpha = max(1.0, 0.05 * n)
+        beta = max(2.0, 0.15 * n)
+        capacity = n - queue  # the requests being served, not waiting
+        if self.slow_start:
+            if queue < beta:
+                if used:
+                    self._set(self._limit * 2)
+                return
+            self.slow_start = False
+            self._set(math.ceil(capacity + alpha))
+            return
+        if queue < alpha:
+            if used:
+                self._set(self._limit + self._step)
+                self._step = min(self._step * 2, max(1, self._limit // 4))
+            return
+        self._step = 1
+        if queue > beta and now - self._last_decrease >= self._rtt:
+            self._last_decrease = now
+            self._set(max(self._limit / 2, math.ceil(capacity + alpha)))
+
+
+class ConcurrencyLimiter:
+    """A FIFO gate of :attr:`limit` attempts in flight, resized by an :class:`AdaptiveLimit`.
+
+    ``await acquire()`` before an attempt; exactly one of :meth:`release_ok`,
+    :meth:`release_backpressure` or :meth:`release` after it (in a ``finally``). Waiters are
+    served in arrival order, so batches go out in the order workers asked for them. Records
+    the highest limit and the limit over time (bounded) for the summary.
+    """
+
+    def __init__(self, control: AdaptiveLimit, *, clock: Clock = time.monotonic) -> None:
+        self.control = control
+        self._clock = clock
+        self._start = clock()
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.max_seen = control.limit
+        self.timeline: list[tuple[float, int]] = [(0.0, control.limit)]
+        self._timeline_step = 0.0  # minimum seconds between points; doubles as it decimates
+        self.on_limit: Callable[[int], None] | None = None
+        control.on_change = self._changed
+
+    @property
+    def limit(self) -> int:
+        return self.control.limit
+
+    def _changed(self, limit: int) -> None:
+        self.max_seen = max(self.max_seen, limit)
+        t = round(self._clock() - self._start, 3)
+        timeline = self.timeline
+        if t - timeline[-1][0] < self._timeline_step and len(timeline) > 1:
+            timeline[-1] = (timeline[-1][0], limit)  # same slot: keep the latest value
+        else:
+            timeline.append((t, limit))
+        if len(timeline) > TIMELINE_POINTS:  # keep every other point; coarser from now on
+            kept = timeline[::2]
+            if kept[-1] != timeline[-1]:
+                kept.append(timeline[-1])
+            self.timeline = kept
+            self._timeline_step = max(2 * self._timeline_step, t / TIMELINE_POINTS)
+        if self.on_limit is not None:
+            self.on_limit(limit)
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.control.limit and not self._waiters:
+            self.in_flight += 1  # fast path: no await, no yield to the loop
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # the slot was ours already: hand it on
+                self.in_flight -= 1
+                self._wake()
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_flight < self.control.limit:
+            fut = waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+
+    def release_ok(self, rtt: float) -> None:
+        """The attempt got a 2xx after ``rtt`` seconds."""
+        self.control.on_success(rtt, self.in_flight)
+        self.release()
+
+    def release_backpressure(self) -> None:
+        """The attempt met back-pressure (see :data:`BACKPRESSURE_STATUSES`)."""
+        self.control.on_backpressure()
+        self.release()
+
+    def release(self) -> None:
+        """The attempt ended with no signal (a 4xx, a 500, a cancellation)."""
+        self.in_flight -= 1
+        self._wake()
