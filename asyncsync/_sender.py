@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 
 from ._body import BodyEncoder
+from ._concurrency import BACKPRESSURE_STATUSES, ConcurrencyLimiter
 from ._config import Action, RetryPolicy
 from ._exceptions import AuthError
 from ._hooks import RetryDetails, UploadHooks
@@ -62,6 +63,7 @@ class Sender:
         timeout: float | None = None,
         gate: PauseGate | None = None,
         rate: RateLimiter | None = None,
+        limiter: ConcurrencyLimiter | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -79,6 +81,8 @@ class Sender:
         self._timeout = timeout
         self._gate = gate or PauseGate(clock=clock, sleep=sleep)
         self._rate = rate
+        # None (a fixed --concurrency): the workers are the limit, nothing to do per attempt
+        self._limiter = limiter
         self._clock = clock
         self._sleep = sleep
         self._backoff = Backoff(retry.backoff_initial, retry.backoff_max, rng=rng)
@@ -125,6 +129,7 @@ class Sender:
         status: int | None = None
         reason = ""
         gate = self._gate
+        limiter = self._limiter
         while True:
             if gate.paused_until > 0:  # a Retry-After was seen at some point
                 await gate.wait()
@@ -136,11 +141,15 @@ class Sender:
             if self._tokens is not None:
                 token = await self._tokens.get()
                 headers["Authorization"] = token.authorization
+            if limiter is not None:  # --concurrency auto: one slot per attempt
+                await limiter.acquire()
             attempts += 1
             counters.requests += 1
             counters.in_flight += 1
             sent_at = self._clock()
             retry_after: float | None = None
+            rtt = -1.0  # an ack's round trip; -1: no latency signal
+            congested = False  # back-pressure: 429/502/503/504, a timeout, a reset
             try:
                 resp = await transport.post(
                     url, body=body, headers=headers, timeout=timeout, max_body=OK_BODY_LIMIT
@@ -149,18 +158,28 @@ class Sender:
                 if not exc.retryable:  # TLS verification, an unusable URL: ends the run
                     raise
                 status, action, reason = None, Action.RETRY, str(exc)
+                congested = True
             else:
                 status = resp.status
                 action = actions.get(status) or policy.action_for(status)
                 if action is Action.ACK:
-                    counters.latencies.add(self._clock() - sent_at)
+                    rtt = self._clock() - sent_at
+                    counters.latencies.add(rtt)
                     counters.bytes_sent += len(body)
                     return BatchResult(batch, key, True, status, attempts)
+                congested = status in BACKPRESSURE_STATUSES
                 reason = self._describe_status(resp, resp.body[:EXCERPT_LIMIT], token)
                 if action is Action.RETRY:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             finally:
                 counters.in_flight -= 1
+                if limiter is not None:
+                    if rtt >= 0:
+                        limiter.release_ok(rtt)
+                    elif congested:
+                        limiter.release_backpressure()
+                    else:  # a 401, another 4xx, a 500, a cancellation: no signal
+                        limiter.release()
 
             if action is Action.REAUTH:
                 assert token is not None or self._tokens is None

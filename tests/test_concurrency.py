@@ -7,11 +7,15 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from asyncsync import BatchLimits, StateOptions, Uploader, upload
 from asyncsync._concurrency import AdaptiveLimit, ConcurrencyLimiter
 from asyncsync._exceptions import ConfigError
+from asyncsync.sink import Sink, SinkConfig
 
 
 @dataclass
@@ -160,7 +164,7 @@ def test_probe_remeasures_a_slower_base() -> None:
         ({"initial": 10, "maximum": 5}, "initial_concurrency"),
     ],
 )
-def test_bad_settings(kwargs: dict[str, int], field: str) -> None:
+def test_bad_settings(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as info:
         AdaptiveLimit(**kwargs)
     assert info.value.field == field
@@ -226,3 +230,74 @@ def test_timeline_is_bounded() -> None:
     assert gate.timeline[0] == (0.0, 2)
     assert gate.timeline[-1][1] == control.limit  # the latest value is kept
     assert gate.timeline[-1][0] >= 0.99 * now
+
+
+# -- end to end: the uploader against the capacity sink ---------------------------------------
+
+
+async def test_auto_upload_reports_the_limit(tmp_path: Path) -> None:
+    """concurrency="auto" delivers everything through the gate and the summary (and its JSON)
+    carries the final limit, the highest one and the limit over time."""
+    records = [{"i": i} for i in range(400)]
+    state = StateOptions(failed=tmp_path / "failed.jsonl")
+    cfg = SinkConfig(require_auth=False, latency=0.01, capacity=4, overload_status=503)
+    async with Sink(cfg) as sink:
+        summary = await upload(
+            records,
+            sink.ingest_url,
+            concurrency="auto",
+            max_concurrency=32,
+            initial_concurrency=2,
+            limits=BatchLimits(max_records=2),
+            state=state,
+        )
+        stats = sink.stats()
+    assert summary.records_sent == 400 and summary.records_failed == 0
+    assert summary.concurrency_final is not None and 1 <= summary.concurrency_final <= 32
+    assert summary.concurrency_max_seen is not None
+    assert summary.concurrency_max_seen >= max(2, summary.concurrency_final)
+    assert stats["max_concurrent_ingest"] <= 32
+    data = summary.to_dict()
+    assert data["concurrency_timeline"][0] == [0.0, 2]
+    assert data["concurrency_final"] == summary.concurrency_final
+
+
+async def test_fixed_concurrency_has_no_timeline(tmp_path: Path) -> None:
+    """A fixed limit reports itself as final and highest, and no timeline."""
+    state = StateOptions(failed=tmp_path / "failed.jsonl")
+    async with Sink(SinkConfig(require_auth=False)) as sink:
+        summary = await upload([{"i": 1}], sink.ingest_url, concurrency=3, state=state)
+    assert (summary.concurrency_final, summary.concurrency_max_seen) == (3, 3)
+    assert "concurrency_timeline" not in summary.to_dict()
+
+
+async def test_attempt_signals_from_the_sender() -> None:
+    """A release without a signal (what the sender does for a 400, 401 or 500) leaves the
+    limit alone; back-pressure cuts it and ends slow start."""
+    now = 0.0
+    control = AdaptiveLimit(initial=16, maximum=64, clock=lambda: now)
+    gate = ConcurrencyLimiter(control, clock=lambda: now)
+    await gate.acquire()
+    gate.release()  # a 400 / 401: no signal
+    assert control.limit == 16 and control.slow_start
+    await gate.acquire()
+    gate.release_backpressure()
+    assert control.limit == 12 and not control.slow_start
+    assert gate.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("auto", True), (0, False), ("fast", False), (True, False)]
+)
+def test_uploader_checks_concurrency(value: object, ok: bool) -> None:
+    if ok:
+        Uploader("http://127.0.0.1:1/", concurrency=value)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ConfigError) as info:
+            Uploader("http://127.0.0.1:1/", concurrency=value)  # type: ignore[arg-type]
+        assert info.value.field == "concurrency"
+    with pytest.raises(ConfigError) as info:
+        Uploader(
+            "http://127.0.0.1:1/", concurrency="auto", initial_concurrency=9, max_concurrency=4
+        )
+    assert info.value.field == "initial_concurrency"
