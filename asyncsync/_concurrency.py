@@ -31,8 +31,10 @@ The law (Vegas-like, with a gradient's proportional decrease)::
     back-pressure (at most once per window):  limit *= 0.75;  slow start ends
     every 30 s: halve the limit for two windows and re-measure ``base`` there
 
-with ``alpha = max(1, 0.05 n)`` and ``beta = max(2, 0.15 n)``: a queue of a few percent of
-the capacity, enough to keep the server busy, small enough not to add latency. Why this law:
+with ``alpha = max(2, 0.1 n)`` and ``beta = max(4, 0.2 n)``: a queue of 10-20% of the
+capacity, enough to keep the server busy and to ride out RTT noise (on a loaded host the
+client's and server's own CPU queues add latency that is not the endpoint's queue; a tighter
+band read that as congestion and settled too low), small enough not to add much latency. Why this law:
 
 * A server with capacity L answers in ``base`` up to L in flight, then in ``base * n / L``
   (it queues). ``n * (1 - base/rtt)`` is then exactly ``n - L``: Vegas's estimate is the
@@ -225,8 +227,8 @@ class AdaptiveLimit:
                 self._set(self._limit / 2)
                 return
         queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
-        alpha = max(1.0, 0.05 * n)
-        beta = max(2.0, 0.15 * n)
+        alpha = max(2.0, 0.1 * n)
+        beta = max(4.0, 0.2 * n)
         capacity = n - queue  # the requests being served, not waiting
         if self.slow_start:
             if queue < beta:
