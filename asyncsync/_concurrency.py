@@ -34,7 +34,9 @@ The law (Vegas-like, with a gradient's proportional decrease)::
 with ``alpha = max(2, 0.1 n)`` and ``beta = max(4, 0.2 n)``: a queue of 10-20% of the
 capacity, enough to keep the server busy and to ride out RTT noise (on a loaded host the
 client's and server's own CPU queues add latency that is not the endpoint's queue; a tighter
-band read that as congestion and settled too low), small enough not to add much latency. Why this law:
+band read that as congestion and settled too low), small enough not to add much latency.
+
+Why this law:
 
 * A server with capacity L answers in ``base`` up to L in flight, then in ``base * n / L``
   (it queues). ``n * (1 - base/rtt)`` is then exactly ``n - L``: Vegas's estimate is the

@@ -129,7 +129,8 @@ async def run_client(
             hooks=acks,
         )
     except Interrupted as exc:
-        assert exc.summary is not None
+        if exc.summary is None:
+            raise
         summary = exc.summary
     return summary.to_dict(), acks
 
@@ -320,10 +321,10 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         settles = [settle_time(c["timeline"], 16, c["duration_s"]) for c in autos]
         shares = [in_band(c["timeline"], 16, 10.0, c["duration_s"]) for c in autos]
         worst = max((s if s is not None else float("inf")) for s in settles)
+        when = ", ".join("never" if s is None else f"{s:.1f}" for s in settles)
         row(
             "knee: limit within ±25% of L=16 within 10 s",
-            f"settled (for good) at {', '.join('never' if s is None else f'{s:.1f}' for s in settles)}"
-            f" s; in band {min(shares):.0%}+ of 10 s..end; final "
+            f"settled (for good) at {when} s; in band {min(shares):.0%}+ of 10 s..end; final "
             f"{', '.join(str(c['concurrency_final']) for c in autos)}",
             worst <= 10.0,
         )
@@ -387,7 +388,8 @@ def report(out: dict[str, Any]) -> str:
     for name in ("knee", "halve", "double", "fast"):
         if not out.get(name):
             continue
-        lines += ["", f"## {name}", "", "| concurrency | records/s (median) | seeds |", "|---|---|---|"]
+        lines += ["", f"## {name}", "", "| concurrency | records/s (median) | seeds |"]
+        lines.append("|---|---|---|")
         by = _by(out[name])
         for c, v in by.items():
             n = sum(1 for x in out[name] if x["concurrency"] == c)
