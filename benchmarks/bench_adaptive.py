@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from asyncsync import BatchLimits, BodyOptions, Interrupted, StateOptions, UploadHooks, upload
+from asyncsync import BatchLimits, Interrupted, StateOptions, StaticToken, UploadHooks, upload
 from asyncsync._records import BatchResult
 from benchmarks.sinks import ROOT, NginxSink, _free_port, child_env, find_nginx
 
@@ -114,7 +114,7 @@ async def run_client(
     seconds: float,
     *,
     batch: int,
-    headers: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> tuple[dict[str, Any], Acks]:
     acks = Acks()
     state = StateOptions(failed=Path(os.devnull))
@@ -124,7 +124,7 @@ async def run_client(
             url,
             concurrency=concurrency,  # type: ignore[arg-type]
             limits=BatchLimits(max_records=batch),
-            body=BodyOptions(headers=headers or {}),
+            auth=StaticToken(token) if token is not None else None,
             state=state,
             hooks=acks,
         )
@@ -190,7 +190,7 @@ def fast_cell(url: str, token: str, concurrency: int | str, seconds: float) -> d
             concurrency,
             seconds,
             batch=200,
-            headers={"Authorization": f"Bearer {token}"},
+            token=token,
         )
     )
     return {
