@@ -88,6 +88,10 @@ BACKPRESSURE_STATUSES: Final = frozenset({429, 502, 503, 504})
 BACKOFF_RATIO: Final = 0.75
 PROBE_INTERVAL: Final = 30.0  # seconds between re-measurements of the unloaded RTT
 PROBE_WINDOWS: Final = 2  # the first drains the queue, the second measures
+EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-trip windows
+GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
+GOODPUT_ELASTICITY: Final = 0.3  # d ln(goodput) / d ln(limit) above this: still worth raising
+MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
 TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
 _USED: Final = 0.8  # a window tested the limit when its peak in flight reached this share
 
@@ -101,11 +105,19 @@ class AdaptiveLimit:
     __slots__ = (
         "_base",
         "_clock",
+        "_e_inflight",
+        "_e_peak",
+        "_e_rtt",
+        "_e_samples",
+        "_e_start",
+        "_e_windows",
+        "_goodput",
         "_inflight_sum",
         "_last_decrease",
         "_limit",
         "_next_probe",
         "_peak",
+        "_probe_interval",
         "_probe_left",
         "_probe_saved",
         "_rtt",
@@ -147,11 +159,15 @@ class AdaptiveLimit:
         self._rtt = 0.0  # smoothed window RTT: the window length; 0 until the first sample
         self._step = 1
         self._last_decrease = -math.inf
+        self._probe_interval = probe_interval
         self._next_probe = clock() + probe_interval if probe_interval > 0 else math.inf
         self._probe_left = 0
         self._probe_saved = 0
         self._settling = False
+        #: limit -> (goodput in successes/s measured at that limit, when)
+        self._goodput: dict[int, tuple[float, float]] = {}
         self._reset_window(clock())
+        self._reset_epoch(clock())
 
     @property
     def limit(self) -> int:
@@ -168,6 +184,14 @@ class AdaptiveLimit:
         self._rtt_sum = 0.0
         self._inflight_sum = 0
         self._peak = 0
+
+    def _reset_epoch(self, now: float) -> None:
+        self._e_start = now
+        self._e_windows = 0
+        self._e_samples = 0
+        self._e_rtt = 0.0
+        self._e_inflight = 0
+        self._e_peak = 0
 
     def _set(self, value: float) -> None:
         new = max(self.minimum, min(self.maximum, int(value)))
@@ -202,53 +226,133 @@ class AdaptiveLimit:
         if self._probe_left:  # the probe is void: restore, then cut
             self._probe_left = 0
             self._limit = max(self._limit, self._probe_saved)
+        # the levels that drew back-pressure are no goal for the goodput climb
+        self._goodput = {k: v for k, v in self._goodput.items() if k < self._limit}
         self._set(min(self._limit - 1, self._limit * BACKOFF_RATIO))
         self._reset_window(now)
+        self._reset_epoch(now)
 
     def _close_window(self, now: float) -> None:
-        n = self._inflight_sum / self._samples
-        rtt = self._rtt_sum / self._samples
-        used = self._peak >= _USED * self._limit
+        samples, rtt_sum, inflight_sum, peak = (
+            self._samples,
+            self._rtt_sum,
+            self._inflight_sum,
+            self._peak,
+        )
+        start = self._window_start
         self._reset_window(now)
+        rtt = rtt_sum / samples
         self._rtt = 0.5 * self._rtt + 0.5 * rtt
         if self._settling:
             self._settling = False
+            self._reset_epoch(now)
             return
         if self._probe_left:
             self._probe_left -= 1
             if self._probe_left == 0:  # the measuring window: below the knee, rtt is base
                 self._base = rtt
                 self._set(self._probe_saved)
+            self._reset_epoch(now)
             return
-        self._base = min(self._base, rtt)
         if now >= self._next_probe:
-            self._next_probe = now + PROBE_INTERVAL
-            if self._limit > self.minimum:
+            self._next_probe = now + self._probe_interval
+            if self._limit > self.minimum and not self.slow_start:
                 self._probe_saved = self._limit
                 self._probe_left = PROBE_WINDOWS
                 self._set(self._limit / 2)
                 return
-        queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
-        alpha = max(2.0, 0.1 * n)
-        beta = max(4.0, 0.2 * n)
-        capacity = n - queue  # the requests being served, not waiting
         if self.slow_start:
-            if queue < beta:
-                if used:
-                    self._set(self._limit * 2)
-                return
-            self.slow_start = False
-            self._set(math.ceil(capacity + alpha))
+            self._slow_start_window(now, rtt, inflight_sum / samples, peak, samples / (now - start))
             return
-        if queue < alpha:
+        self._e_windows += 1
+        self._e_samples += samples
+        self._e_rtt += rtt_sum
+        self._e_inflight += inflight_sum
+        self._e_peak = max(self._e_peak, peak)
+        if self._e_windows >= EPOCH_WINDOWS:
+            self._close_epoch(now)
+
+    def _remember(self, now: float, goodput: float) -> None:
+        old = self._goodput.get(self._limit)
+        if old is not None and now - old[1] < MEMORY_SECONDS:
+            if goodput < (1 - 2 * GOODPUT_TOLERANCE) * old[0]:
+                # the same limit now delivers clearly less: the endpoint changed, forget it all
+                self._goodput = {}
+            else:
+                goodput = 0.5 * (goodput + old[0])
+        self._goodput[self._limit] = (goodput, now)
+
+    def _known(self, now: float) -> dict[int, float]:
+        return {k: g for k, (g, t) in self._goodput.items() if now - t < MEMORY_SECONDS}
+
+    def _slow_start_window(
+        self, now: float, rtt: float, n: float, peak: int, goodput: float
+    ) -> None:
+        self._base = min(self._base, rtt)
+        used = peak >= _USED * self._limit
+        if used:
+            self._remember(now, goodput)
+        queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
+        _, beta = _band(n)
+        if queue < beta:
             if used:
-                self._set(self._limit + self._step)
-                self._step = min(self._step * 2, max(1, self._limit // 4))
+                self._set(self._limit * 2)
+            return
+        self.slow_start = False
+        self._reset_epoch(now)
+        alpha, _ = _band(n)
+        self._set(min(self._limit - 1, math.ceil(n - queue + alpha)))
+
+    def _close_epoch(self, now: float) -> None:
+        samples = self._e_samples
+        rtt = self._e_rtt / samples
+        n = self._e_inflight / samples
+        goodput = samples / max(now - self._e_start, 1e-9)
+        used = self._e_peak >= _USED * self._limit
+        self._reset_epoch(now)
+        self._base = min(self._base, rtt)
+        limit = self._limit
+        if used:
+            self._remember(now, goodput)
+        known = self._known(now)
+        here = known.get(limit, goodput)
+        # 1. a higher limit measured recently delivered clearly more: go back there
+        better = [k for k, g in known.items() if k > limit and g > (1 + GOODPUT_TOLERANCE) * here]
+        if better and used:
+            self._step = 1
+            self._set(min(better))
+            return
+        queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
+        alpha, beta = _band(n)
+        below = [k for k in known if k < limit]
+        rising = False
+        if below and used:
+            k = max(below)
+            if known[k] > 0 and here > 0:
+                rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
+        # 2. no queue, or goodput still rising with the limit: raise it
+        if used and (queue < alpha or rising):
+            self._set(limit + (self._step if queue < alpha else max(1, limit // 8)))
+            if queue < alpha:
+                self._step = min(self._step * 2, max(1, limit // 4))
             return
         self._step = 1
-        if queue > beta and now - self._last_decrease >= self._rtt:
+        if queue <= beta or now - self._last_decrease < self._rtt:
+            return
+        # 3. a queue: cut to the estimated capacity plus alpha, but not to a limit measured
+        # to deliver clearly less than this one (the goodput guard)
+        target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
+        for k in below:
+            if k >= target and known[k] < (1 - GOODPUT_TOLERANCE) * here:
+                target = k + 1
+        if target < limit:
             self._last_decrease = now
-            self._set(max(self._limit / 2, math.ceil(capacity + alpha)))
+            self._set(target)
+
+
+def _band(n: float) -> tuple[float, float]:
+    """``alpha`` and ``beta``: the queue the law aims for, and the queue it cuts at."""
+    return max(1.0, 0.05 * n), max(3.0, 0.15 * n)
 
 
 class ConcurrencyLimiter:
