@@ -90,9 +90,11 @@ PROBE_INTERVAL: Final = 30.0  # seconds between re-measurements of the unloaded 
 PROBE_WINDOWS: Final = 2  # the first drains the queue, the second measures
 EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-trip windows
 GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
-GOODPUT_ELASTICITY: Final = 0.3  # d ln(goodput) / d ln(limit) above this: still worth raising
+GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still worth raising
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
 TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
+_BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
+_REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
 _USED: Final = 0.8  # a window tested the limit when its peak in flight reached this share
 
 Clock = Callable[[], float]
@@ -239,7 +241,6 @@ class AdaptiveLimit:
             self._inflight_sum,
             self._peak,
         )
-        start = self._window_start
         self._reset_window(now)
         rtt = rtt_sum / samples
         self._rtt = 0.5 * self._rtt + 0.5 * rtt
@@ -262,7 +263,7 @@ class AdaptiveLimit:
                 self._set(self._limit / 2)
                 return
         if self.slow_start:
-            self._slow_start_window(now, rtt, inflight_sum / samples, peak, samples / (now - start))
+            self._slow_start_window(now, rtt, inflight_sum / samples, peak, samples)
             return
         self._e_windows += 1
         self._e_samples += samples
@@ -285,14 +286,11 @@ class AdaptiveLimit:
     def _known(self, now: float) -> dict[int, float]:
         return {k: g for k, (g, t) in self._goodput.items() if now - t < MEMORY_SECONDS}
 
-    def _slow_start_window(
-        self, now: float, rtt: float, n: float, peak: int, goodput: float
-    ) -> None:
-        self._base = min(self._base, rtt)
+    def _slow_start_window(self, now: float, rtt: float, n: float, peak: int, samples: int) -> None:
+        if samples >= _BASE_SAMPLES:
+            self._base = min(self._base, rtt)
         used = peak >= _USED * self._limit
-        if used:
-            self._remember(now, goodput)
-        queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
+        queue = _queue(n, rtt, self._base)
         _, beta = _band(n)
         if queue < beta:
             if used:
@@ -317,29 +315,44 @@ class AdaptiveLimit:
         known = self._known(now)
         here = known.get(limit, goodput)
         # 1. a higher limit measured recently delivered clearly more: go back there
-        better = [k for k, g in known.items() if k > limit and g > (1 + GOODPUT_TOLERANCE) * here]
+        better = [
+            k for k, g in known.items() if k > limit and g > (1 + 2 * GOODPUT_TOLERANCE) * here
+        ]
         if better and used:
             self._step = 1
             self._set(min(better))
             return
-        queue = n * (1.0 - self._base / rtt) if rtt > 0 else 0.0
+        queue = _queue(n, rtt, self._base)
         alpha, beta = _band(n)
         below = [k for k in known if k < limit]
         rising = False
         if below and used:
-            k = max(below)
+            # against a limit far enough below for the difference to stand out of the noise
+            far = [k for k in below if k <= limit * _REFERENCE]
+            k = max(far or below)
             if known[k] > 0 and here > 0:
                 rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
         # 2. no queue, or goodput still rising with the limit: raise it
         if used and (queue < alpha or rising):
-            self._set(limit + (self._step if queue < alpha else max(1, limit // 8)))
+            self._set(limit + (self._step if queue < alpha else 1))
             if queue < alpha:
                 self._step = min(self._step * 2, max(1, limit // 4))
             return
         self._step = 1
-        if queue <= beta or now - self._last_decrease < self._rtt:
+        if now - self._last_decrease < self._rtt:
             return
-        # 3. a queue: cut to the estimated capacity plus alpha, but not to a limit measured
+        if queue <= beta:
+            # 3. a small queue: step down by one unless the limit below delivered clearly less
+            # (equal goodput with fewer in flight is the same work at a lower latency)
+            if (
+                used
+                and queue >= alpha
+                and (not below or known[max(below)] >= here * (1 - GOODPUT_TOLERANCE))
+            ):
+                self._last_decrease = now
+                self._set(limit - 1)
+            return
+        # 4. a queue: cut to the estimated capacity plus alpha, but not to a limit measured
         # to deliver clearly less than this one (the goodput guard)
         target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
         for k in below:
@@ -350,9 +363,14 @@ class AdaptiveLimit:
             self._set(target)
 
 
+def _queue(n: float, rtt: float, base: float) -> float:
+    """Vegas's estimate of the requests waiting: ``n (1 - base / rtt)`` (0 with no base yet)."""
+    return n * (1.0 - base / rtt) if rtt > 0 and base < math.inf else 0.0
+
+
 def _band(n: float) -> tuple[float, float]:
     """``alpha`` and ``beta``: the queue the law aims for, and the queue it cuts at."""
-    return max(1.0, 0.05 * n), max(3.0, 0.15 * n)
+    return max(1.0, 0.05 * n), max(2.0, 0.15 * n)
 
 
 class ConcurrencyLimiter:
