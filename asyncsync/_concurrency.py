@@ -16,45 +16,74 @@ bug of vectordotdev/vector#26123):
   server's code, not about load: no RTT sample (an error answer can be much faster or slower
   than a real one, vectordotdev/vector#3493) and no decrease.
 
-The law (Vegas-like, with a gradient's proportional decrease)::
+The law: Vegas's queue estimate, checked against measured goodput::
 
-    every round-trip window (a window closes at the first sample one smoothed RTT after it
-    opened):
-        rtt   = mean RTT of the window's successful attempts
-        base  = min(base, rtt)                          # the unloaded round trip
-        n     = mean requests in flight at those answers
-        queue = n * (1 - base / rtt)                     # Little's law: requests waiting
-        slow start:     queue < beta   -> limit *= 2                (only if the limit was used)
-                        else           -> limit = n - queue + alpha;  slow start ends
-        steady:         queue < alpha  -> limit += step; step doubles while it keeps holding
-                        queue > beta   -> limit = max(limit / 2, n - queue + alpha)
-    back-pressure (at most once per window):  limit *= 0.75;  slow start ends
-    every 30 s: halve the limit for two windows and re-measure ``base`` there
+    a window closes at the first answer one smoothed RTT after it opened; the window after a
+    change of the limit is skipped (its answers were sent under the old limit)
 
-with ``alpha = max(2, 0.1 n)`` and ``beta = max(4, 0.2 n)``: a queue of 10-20% of the
-capacity, enough to keep the server busy and to ride out RTT noise (on a loaded host the
-client's and server's own CPU queues add latency that is not the endpoint's queue; a tighter
-band read that as congestion and settled too low), small enough not to add much latency.
+    slow start, every window:
+        base  = min(base, rtt)                  (windows with at least 4 answers)
+        queue = n * (1 - base / rtt)            n: mean requests in flight at the answers
+        queue < beta -> limit *= 2              (only if the limit was used)
+        else         -> limit = n - queue + alpha; slow start ends
+
+    steady state, every epoch of 4 windows (rtt, n, goodput = answers/s over the epoch):
+        base = min(base, rtt); G[limit] = goodput (averaged with a recent value; all of G is
+        forgotten when the same limit now delivers 10% less: the endpoint changed)
+        1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k
+        2. queue < alpha, or goodput still rising with the limit
+           (ln(G[limit]/G[k]) >= 0.5 ln(limit/k), k about 1/8 below)
+                      -> limit += step  (step doubles while the queue stays empty; 1 if rising)
+        3. alpha <= queue <= beta, and the limit below delivered within 5% -> limit -= 1
+        4. queue > beta -> limit = max(n - queue + alpha, limit / 2), but never down to a
+                           limit measured to deliver 5% less than this one
+        at most one decrease (3, 4) per window
+    back-pressure (at most once per window): limit *= 0.75; slow start ends; the measured
+    goodput of this limit and above is forgotten (they are no goal for rule 1)
+    every 30 s (after slow start): halve the limit for two windows and re-measure base there
+
+with ``alpha = max(1, 0.05 n)`` and ``beta = max(2, 0.15 n)``.
 
 Why this law:
 
 * A server with capacity L answers in ``base`` up to L in flight, then in ``base * n / L``
   (it queues). ``n * (1 - base/rtt)`` is then exactly ``n - L``: Vegas's estimate is the
-  queue, so the law can jump to ``L + alpha`` in one window instead of creeping there. That
-  is the gradient controllers' strength (Netflix concurrency-limits, Envoy), kept without
-  their multiplicative noise on the limit in steady state.
+  queue, so the law can jump to ``L + alpha`` in one step instead of creeping there (the
+  gradient controllers' strength: Netflix concurrency-limits, Envoy), and the cut goes to
+  the estimated capacity, not to half: near equilibrium a cut is a step of a few requests.
+* The latency signal alone is wrong whenever the round trip grows with the client's own
+  load rather than the endpoint's queue. On a busy client (or a fast endpoint such as nginx,
+  where the event loop *is* the bottleneck) every request more in flight adds its share of
+  the client's CPU to everybody's RTT: Vegas reads a queue, cuts, measures a lower ``base``
+  at the lower limit, reads a queue again and ratchets down to 2 or 3, far below the best
+  fixed limit. And with per-request client overhead ``c`` the knee the client sees is
+  ``L (base + c) / base`` in flight, not L: the requests being encoded or parsed are in
+  flight for the client but not at the server. Goodput is the quantity the user wants, so
+  the law keeps a short memory of the goodput each limit delivered and lets it veto the
+  latency signal: no latency cut to a limit that delivered clearly less (rule 4), a return
+  to a limit that delivered clearly more (rule 1), and a raise while goodput still grows at
+  least half as fast as the limit (rule 2; a server whose throughput keeps rising past its
+  latency knee is not throttled). When goodput is flat, latency decides (rule 3): the same
+  work with fewer in flight is the same goodput at a lower latency, so the limit walks down
+  one at a time until goodput starts to fall.
+* The measurements are averaged before they are compared: decisions in steady state use an
+  epoch of four windows (a one-RTT window holds about ``limit`` answers, too few to tell 5%
+  of goodput from noise on a loaded host), ``base`` only comes from windows with enough
+  answers, the goodput gradient is taken against a limit about 1/8 below (a step of one is
+  lost in the noise), and rule 1 needs a 10% difference. The memory lasts 10 s and is
+  dropped when the endpoint changes, so a capacity that halves is not chased upward.
 * AIMD on back-pressure alone (Vector's ARC, TCP Reno) only learns the knee by crossing it:
   it saws between the hard limit and half of it, drawing 429s every cycle and losing
-  throughput on the way down (#7371). The latency signal stops the increase *before* the
-  server refuses; back-pressure remains the safety net, with a gentler 0.75 cut.
+  throughput on the way down (vectordotdev/vector#7371). The latency and goodput signals
+  stop the increase *before* the server refuses; back-pressure remains the safety net, a
+  hard multiplicative cut (0.75) once per window.
 * Slow start doubles per window, so 8 -> 256 takes five round trips, not 250 (Vector's slow
   ramp, #3255). In steady state the additive step doubles while the queue stays empty, so a
-  capacity that doubles mid-run is found in a handful of windows, and steps back to 1 at the
-  first sign of a queue.
+  capacity that doubles mid-run is found in a handful of epochs.
 * At most one decrease per window: the answers that arrive in the window after a cut were
   sent under the old limit and say nothing about the new one.
 * The limit never grows when it was not used (a slow source): a window whose peak in flight
-  stayed under 80% of the limit cannot have tested it.
+  stayed under 80% of the limit cannot have tested it, and its goodput is not remembered.
 * ``base`` only ever falls, so an endpoint that becomes slower for good would read as a
   permanent queue; the periodic probe (Envoy's minRTT window) re-measures it below the knee.
 
