@@ -39,6 +39,7 @@ from typing import Any, Final
 import orjson
 
 from ._body import BodyEncoder
+from ._concurrency import DEFAULT_INITIAL_CONCURRENCY, AdaptiveLimit, ConcurrencyLimiter
 from ._config import RetryPolicy
 from ._exceptions import ConfigError
 from ._hooks import NO_HOOKS
@@ -126,8 +127,13 @@ class RecordPool:
 
 @dataclass(frozen=True, slots=True)
 class CellSpec:
+    """One cell: ``concurrency`` requests in flight, or with ``auto`` the adaptive limit
+    (:mod:`asyncsync._concurrency`), starting at ``initial`` and never above ``concurrency``."""
+
     concurrency: int
     batch_size: int
+    auto: bool = False
+    initial: int = DEFAULT_INITIAL_CONCURRENCY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +168,11 @@ class CellResult:
 
     concurrency: int
     batch_size: int
+    #: --concurrency auto: ``concurrency`` is the ceiling; the limit settled at
+    #: ``concurrency_final`` and reached ``concurrency_max_seen`` at most
+    auto: bool = False
+    concurrency_final: int | None = None
+    concurrency_max_seen: int | None = None
     records: int = 0
     requests: int = 0
     bytes_sent: int = 0
@@ -172,6 +183,20 @@ class CellResult:
     stopped: str = ""
     latency: LatencySample = field(default_factory=lambda: LatencySample(LATENCY_SAMPLE))
     latency_max: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The cell's concurrency as shown: ``16``, or ``auto→12`` where the limit settled."""
+        if not self.auto:
+            return str(self.concurrency)
+        return f"auto→{self.concurrency_final}" if self.concurrency_final else "auto"
+
+    @property
+    def effective_concurrency(self) -> int:
+        """Requests allowed in flight at the end: the fixed number, or the settled limit."""
+        if self.auto and self.concurrency_final:
+            return self.concurrency_final
+        return self.concurrency
 
     def _rate(self, n: float) -> float:
         return n / self.duration_s if self.duration_s > 0 else 0.0
@@ -226,8 +251,16 @@ class CellResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's cell (``bench.json``), plus counts and why it stopped."""
+        auto: dict[str, Any] = {}
+        if self.auto:
+            auto = {
+                "max_concurrency": self.concurrency,
+                "concurrency_final": self.concurrency_final,
+                "concurrency_max_seen": self.concurrency_max_seen,
+            }
         return {
-            "concurrency": self.concurrency,
+            "concurrency": "auto" if self.auto else self.concurrency,
+            **auto,
             "batch_size": self.batch_size,
             "records_per_s": round(self.records_per_s, 3),
             "requests_per_s": round(self.requests_per_s, 3),
@@ -393,12 +426,18 @@ async def run_cell(
     ``positions`` is the sweep's running record position (one item, updated): every batch of
     the sweep gets positions no other batch had, hence its own ``Idempotency-Key``.
     """
-    cell = CellResult(spec.concurrency, spec.batch_size)
+    cell = CellResult(spec.concurrency, spec.batch_size, auto=spec.auto)
     if budget.left <= 0:
         cell.stopped = "skipped"
         return cell
     meter = _MeteredTransport(transport, cell, limits=limits, budget=budget, clock=clock)
     counters = Counters()
+    limiter: ConcurrencyLimiter | None = None
+    if spec.auto:  # spec.concurrency workers, each attempt gated by the adaptive limit
+        limiter = ConcurrencyLimiter(
+            AdaptiveLimit(initial=min(spec.initial, spec.concurrency), maximum=spec.concurrency),
+            clock=clock,
+        )
     sender = Sender(
         meter,
         url,
@@ -410,6 +449,7 @@ async def run_cell(
         hooks=NO_HOOKS,
         headers=headers,
         timeout=request_timeout,
+        limiter=limiter,
     )
     seq = 0
 
@@ -474,6 +514,9 @@ async def run_cell(
     # tries to send it, and a retry the cell refused (_CellOver) never went out
     cell.retries = cell.requests - len(meter.keys)
     cell.stopped = meter.over
+    if limiter is not None:
+        cell.concurrency_final = limiter.limit
+        cell.concurrency_max_seen = limiter.max_seen
     if meter.first_at is not None and meter.last_at is not None:
         cell.duration_s = max(meter.last_at - meter.first_at, 1e-9)
     if progress is not None:

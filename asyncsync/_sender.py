@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._body import BodyEncoder
+from ._concurrency import BACKPRESSURE_STATUSES, ConcurrencyLimiter
 from ._config import DEFAULT_REJECTS, Action, RejectOptions, RetryPolicy
 from ._exceptions import AuthError
 from ._hooks import InFlight, RequestDone, RetryDetails, UploadHooks, overrides
@@ -117,6 +118,7 @@ class Sender:
         timeout: float | None = None,
         gate: PauseGate | None = None,
         rate: RateLimiter | None = None,
+        limiter: ConcurrencyLimiter | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -138,6 +140,8 @@ class Sender:
         self._timeout = timeout
         self._gate = gate or PauseGate(clock=clock, sleep=sleep)
         self._rate = rate
+        # None (a fixed --concurrency): the workers are the limit, nothing to do per attempt
+        self._limiter = limiter
         self._clock = clock
         self._sleep = sleep
         self._backoff = Backoff(retry.backoff_initial, retry.backoff_max, rng=rng)
@@ -328,6 +332,7 @@ class Sender:
             wait = min(self._backoff.delay(attempts), budget.left(self._clock() - started))
             if wait > 0:
                 await self._sleep(wait)
+        limiter = self._limiter
         while True:
             if gate.paused_until > 0:  # a Retry-After was seen at some point
                 await gate.wait()
@@ -339,6 +344,8 @@ class Sender:
             if tokens is not None:
                 token = await tokens.get()
                 headers["Authorization"] = token.authorization
+            if limiter is not None:  # --concurrency auto: one slot per attempt
+                await limiter.acquire()
             attempts += 1
             counters.requests += 1
             if retry is None:
@@ -356,6 +363,8 @@ class Sender:
                 on_in_flight(InFlight(counters.in_flight))
             sent_at = clock()
             retry_after: float | None = None
+            rtt = -1.0  # an ack's round trip; -1: no latency signal
+            congested = False  # back-pressure: 429/502/503/504, a timeout, a reset
             try:
                 resp = await transport.post(
                     url, body=body, headers=headers, timeout=timeout, max_body=max_body
@@ -368,6 +377,7 @@ class Sender:
                 if not exc.retryable:  # TLS verification, an unusable URL: ends the run
                     raise
                 status, action, reason = None, Action.RETRY, str(exc)
+                congested = True
             else:
                 status = resp.status
                 action = actions.get(status) or policy.action_for(status)
@@ -377,7 +387,7 @@ class Sender:
                         self._accepted = token
                         assert tokens is not None
                         tokens.accepted(token)
-                    latency = clock() - sent_at
+                    latency = rtt = clock() - sent_at
                     counters.latencies.add(latency)
                     counters.bytes_sent += len(body)
                     if on_request is not None:
@@ -389,6 +399,7 @@ class Sender:
                     on_request(
                         RequestDone(batch.seq, attempts, status, self._clock() - sent_at, len(body))
                     )
+                congested = status in BACKPRESSURE_STATUSES
                 reason = self._describe_status(resp, resp.body[:EXCERPT_LIMIT], token)
                 if action is Action.RETRY:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -396,6 +407,13 @@ class Sender:
                 counters.in_flight -= 1
                 if on_in_flight is not None:
                     on_in_flight(InFlight(counters.in_flight))
+                if limiter is not None:
+                    if rtt >= 0:
+                        limiter.release_ok(rtt)
+                    elif congested:
+                        limiter.release_backpressure()
+                    else:  # a 401, another 4xx, a 500, a cancellation: no signal
+                        limiter.release()
 
             if action is Action.REAUTH:
                 assert token is not None or self._tokens is None

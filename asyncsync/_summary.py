@@ -54,6 +54,7 @@ class Counters:
     retries_by_status, split_requests, in_flight,
     latencies
     auth_requests                                       the uploader (from the token manager)
+    concurrency_*                                       the uploader (from the limiter)
     ==================================================  ======================================
 
     Invariant (the sender keeps it): ``requests == batches + retries``. ``batches`` counts
@@ -83,6 +84,10 @@ class Counters:
     auth_requests: int = 0
     in_flight: int = 0
     latencies: LatencySample = field(default_factory=LatencySample)
+    concurrency_auto: bool = False
+    concurrency_limit: int = 0
+    concurrency_max_seen: int = 0
+    concurrency_timeline: list[tuple[float, int]] | None = None
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -112,6 +117,10 @@ class RunSummary:
     latency_p99_ms: float | None = None
     job_id: str | None = None
     interrupted: bool = False
+    concurrency_final: int | None = None
+    concurrency_max_seen: int | None = None
+    concurrency_timeline: list[tuple[float, int]] | None = None
+    """``[[seconds since start, limit], ...]`` with ``--concurrency auto`` (bounded length)."""
 
     @property
     def records_per_s(self) -> float:
@@ -139,6 +148,10 @@ class RunSummary:
         data = dataclasses.asdict(self)
         data["records_per_s"] = round(self.records_per_s, 1)
         data["duration_s"] = round(self.duration_s, 3)
+        if self.concurrency_timeline is None:
+            del data["concurrency_timeline"]
+        else:
+            data["concurrency_timeline"] = [list(p) for p in self.concurrency_timeline]
         return data
 
     @classmethod
@@ -173,6 +186,13 @@ class RunSummary:
             latency_p99_ms=ms(0.99),
             job_id=job_id,
             interrupted=interrupted,
+            concurrency_final=counters.concurrency_limit or None,
+            concurrency_max_seen=counters.concurrency_max_seen or None,
+            concurrency_timeline=(
+                list(counters.concurrency_timeline)
+                if counters.concurrency_timeline is not None
+                else None
+            ),
         )
 
 

@@ -25,10 +25,16 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from ._batcher import batch as make_batches
 from ._body import BodyEncoder
+from ._concurrency import (
+    DEFAULT_INITIAL_CONCURRENCY,
+    DEFAULT_MAX_CONCURRENCY,
+    AdaptiveLimit,
+    ConcurrencyLimiter,
+)
 from ._config import (
     DEFAULT_BODY,
     DEFAULT_HTTP,
@@ -88,6 +94,11 @@ class Uploader:
     (:class:`UploadHooks`: typed events for progress displays and metrics); a token manager
     the uploader builds tells ``hooks.on_token`` of its requests, a ready one is wired by
     its builder (``TokenManager(observer=...)``).
+
+    ``concurrency`` is a number of requests in flight, or ``"auto"``: the limit starts at
+    ``initial_concurrency``, is moved by each attempt's round trip and back-pressure
+    (:mod:`asyncsync._concurrency`) and never passes ``max_concurrency``; the connection
+    pool holds ``max_concurrency`` connections.
     """
 
     def __init__(
@@ -95,7 +106,9 @@ class Uploader:
         url: str,
         *,
         auth: AuthProvider | TokenManager | None = None,
-        concurrency: int = 16,
+        concurrency: int | Literal["auto"] = 16,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        initial_concurrency: int = DEFAULT_INITIAL_CONCURRENCY,
         queue_size: int | None = None,
         limits: BatchLimits = DEFAULT_LIMITS,
         retry: RetryPolicy = DEFAULT_RETRY,
@@ -107,8 +120,16 @@ class Uploader:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"url must start with http:// or https://, got {url!r}", field="url")
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {concurrency!r}", field="concurrency")
+        auto = concurrency == "auto"
+        if not auto and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ConfigError(
+                f"concurrency must be an int >= 1 or 'auto', got {concurrency!r}",
+                field="concurrency",
+            )
+        if auto:  # validates max_concurrency and initial_concurrency
+            AdaptiveLimit(initial=initial_concurrency, maximum=max_concurrency)
         if queue_size is not None and queue_size < 1:
             raise ConfigError(f"queue size must be >= 1, got {queue_size!r}", field="queue_size")
         for name, value, kind in (
@@ -125,8 +146,14 @@ class Uploader:
                 )
         self.url = url
         self._auth = auth
-        self._concurrency = concurrency
-        self._queue_size = queue_size or default_queue_size(concurrency)
+        self._auto = auto
+        self._max_concurrency = max_concurrency
+        self._initial_concurrency = initial_concurrency
+        # auto: max_concurrency workers, gated by the limiter (a waiting worker holds one batch)
+        self._concurrency = max_concurrency if auto else int(concurrency)
+        self._queue_size = queue_size or default_queue_size(
+            initial_concurrency if auto else self._concurrency
+        )
         self._limits = limits
         self._retry = retry
         self._body = body
@@ -147,7 +174,9 @@ class Uploader:
 
     def __repr__(self) -> str:
         return (
-            f"Uploader(url={self.url!r}, concurrency={self._concurrency}, state={self._state.name})"
+            f"Uploader(url={self.url!r}, "
+            f"concurrency={'auto' if self._auto else self._concurrency}, "
+            f"state={self._state.name})"
         )
 
     @property
@@ -279,6 +308,18 @@ class Uploader:
             job_id = options.job_id or uuid.uuid4().hex
         auth_base = self._tokens.stats.requests if self._tokens is not None else 0
         auth_before = counters.auth_requests
+        limiter: ConcurrencyLimiter | None = None
+        if self._auto:
+            limiter = ConcurrencyLimiter(
+                AdaptiveLimit(initial=self._initial_concurrency, maximum=self._max_concurrency)
+            )
+
+            def on_limit(limit: int) -> None:
+                counters.concurrency_limit = limit
+
+            limiter.on_limit = on_limit
+            counters.concurrency_auto = True
+        counters.concurrency_limit = limiter.limit if limiter is not None else self._concurrency
         sender = Sender(
             self._transport,
             self.url,
@@ -292,6 +333,7 @@ class Uploader:
             headers=self._body.headers,
             gate=self._gate,
             rate=RateLimiter(self._http.rate) if self._http.rate else None,
+            limiter=limiter,
         )
         batches = make_batches(
             _count_bytes(src.blocks(), counters),
@@ -316,7 +358,7 @@ class Uploader:
             pipeline.stop()
         hooks.on_start(counters, total_bytes=src.size)
         if overrides(hooks, "on_run"):
-            hooks.on_run(RunStarted(job_id, self._concurrency, self._queue_size))
+            hooks.on_run(RunStarted(job_id, counters.concurrency_limit, self._queue_size))
         started = time.monotonic()
         self._running.add(pipeline)
         try:
@@ -325,6 +367,11 @@ class Uploader:
             self._running.discard(pipeline)
             if not self._running:
                 self._stop_requested = self._abort_requested = False
+            if limiter is not None:
+                counters.concurrency_max_seen = limiter.max_seen
+                counters.concurrency_timeline = limiter.timeline
+            else:
+                counters.concurrency_max_seen = self._concurrency
             if self._tokens is not None:
                 counters.auth_requests = auth_before + self._tokens.stats.requests - auth_base
             if ledger is None:
@@ -377,7 +424,9 @@ async def upload(
     url: str,
     *,
     auth: AuthProvider | TokenManager | None = None,
-    concurrency: int = 16,
+    concurrency: int | Literal["auto"] = 16,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    initial_concurrency: int = DEFAULT_INITIAL_CONCURRENCY,
     queue_size: int | None = None,
     limits: BatchLimits = DEFAULT_LIMITS,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -396,6 +445,8 @@ async def upload(
         url,
         auth=auth,
         concurrency=concurrency,
+        max_concurrency=max_concurrency,
+        initial_concurrency=initial_concurrency,
         queue_size=queue_size,
         limits=limits,
         retry=retry,

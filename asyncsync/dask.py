@@ -67,6 +67,7 @@ from distributed import Client, LocalCluster, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ._atomic import atomic_write
+from ._concurrency import DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MAX_CONCURRENCY
 from ._config import (
     DEFAULT_BODY,
     DEFAULT_HTTP,
@@ -155,7 +156,9 @@ class _WorkerSpec:
     url: str
     auth: AuthProvider | None
     token_store: TokenStoreLike | None
-    concurrency: int
+    concurrency: int | Literal["auto"]
+    max_concurrency: int
+    initial_concurrency: int
     queue_size: int | None
     limits: BatchLimits
     retry: RetryPolicy
@@ -277,6 +280,8 @@ class UploaderPlugin(WorkerPlugin):
             spec.url,
             auth=self._tokens,
             concurrency=spec.concurrency,
+            max_concurrency=spec.max_concurrency,
+            initial_concurrency=spec.initial_concurrency,
             queue_size=spec.queue_size,
             limits=spec.limits,
             retry=spec.retry,
@@ -514,7 +519,9 @@ def upload_dask_sync(
     failed: str | os.PathLike[str] | None = None,
     job_id: str | None = None,
     resume: bool = True,
-    concurrency: int = 16,
+    concurrency: int | Literal["auto"] = 16,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    initial_concurrency: int = DEFAULT_INITIAL_CONCURRENCY,
     queue_size: int | None = None,
     limits: BatchLimits = DEFAULT_LIMITS,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -553,6 +560,8 @@ def upload_dask_sync(
         auth=auth,
         token_store=token_store,
         concurrency=concurrency,
+        max_concurrency=max_concurrency,
+        initial_concurrency=initial_concurrency,
         queue_size=queue_size,
         limits=limits,
         retry=retry,
@@ -563,7 +572,13 @@ def upload_dask_sync(
         token_skew=token_skew,
         auth_retry_time=auth_retry_time,
     )
-    Uploader(url, concurrency=concurrency, queue_size=queue_size)  # validates, opens nothing
+    Uploader(  # validates, opens nothing
+        url,
+        concurrency=concurrency,
+        max_concurrency=max_concurrency,
+        initial_concurrency=initial_concurrency,
+        queue_size=queue_size,
+    )
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     target = Path(failed) if failed is not None else state / "failed.jsonl"

@@ -137,6 +137,28 @@ async def test_cells_agree_with_the_sinks_count() -> None:
     assert doc["best"] == max(doc["cells"], key=lambda d: d["records_per_s"])
 
 
+async def test_auto_cell_runs_the_adaptive_limit_and_reports_where_it_settled() -> None:
+    """--concurrency auto: a cell of up to 32 workers gated by the adaptive limit, on a server
+    whose capacity is 4 (429 above 8): it delivers, the limit settles within [1, 32] and below
+    the ceiling, and the cell says so ("auto", concurrency_final, concurrency_max_seen)."""
+    grid = [CellSpec(32, 5, auto=True, initial=2)]
+    async with Sink(sink_config(latency=0.005, capacity=4, retry_after=0.01)) as sink:
+        cells, _ = await sweep(sink, grid, BenchLimits(duration=None, requests=300))
+        stats = sink.stats()
+    [cell] = cells
+    assert cell.auto and cell.records > 0 and cell.records == stats["records"]
+    assert cell.concurrency_final is not None and cell.concurrency_max_seen is not None
+    assert 1 <= cell.concurrency_final <= cell.concurrency_max_seen <= 32
+    assert cell.concurrency_max_seen > 2  # it moved from where it started
+    assert cell.concurrency_final < 32  # capacity 4, hard limit 8: never settles at the top
+    d = cell.to_dict()
+    assert d.keys() >= CELL_FIELDS
+    assert d["concurrency"] == "auto" and d["max_concurrency"] == 32
+    assert d["concurrency_final"] == cell.concurrency_final
+    assert d["concurrency_max_seen"] == cell.concurrency_max_seen
+    assert cell.label == f"auto→{cell.concurrency_final}"
+
+
 async def test_max_requests_bounds_the_whole_sweep() -> None:
     """--max-requests counts attempts across cells: the sink sees exactly that many, and the
     cells after the budget ran out are skipped."""
@@ -291,6 +313,30 @@ async def test_cli_writes_json_csv_png_with_one_token(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+async def test_cli_concurrency_auto_reports_where_the_limit_settled(tmp_path: Path) -> None:
+    """`bench --concurrency auto`: one cell per batch size under the adaptive limit; bench.json
+    and the table say "auto" and where it settled."""
+    async with Sink(sink_config(latency=0.002)) as sink:
+        result = await run_cli(
+            *bench_args(sink, "--synthetic", "50", "--concurrency", "auto",
+                        "--max-concurrency", "16", "--initial-concurrency", "2",
+                        "--batch-size", "1,10", "--requests", "30", "--out", "out"),
+            cwd=tmp_path, env=secret_env(),
+        )  # fmt: skip
+        stats = sink.stats()
+    assert result.code == 0, result.err
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [(c["concurrency"], c["batch_size"]) for c in doc["cells"]] == [
+        ("auto", 1), ("auto", 10),
+    ]  # fmt: skip
+    for c in doc["cells"]:
+        assert c["max_concurrency"] == 16 and c["requests"] == 30
+        assert 1 <= c["concurrency_final"] <= c["concurrency_max_seen"] <= 16
+    assert sum(c["records"] for c in doc["cells"]) == stats["records"] == 30 * (1 + 10)
+    assert "auto→" in result.out
+
+
+@pytest.mark.slow
 async def test_cli_dry_run_sends_exactly_one_record(tmp_path: Path) -> None:
     """--dry-run authenticates and sends one batch of one record, and writes no files."""
     async with Sink(sink_config()) as sink:
@@ -307,12 +353,25 @@ async def test_cli_dry_run_sends_exactly_one_record(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
-    """A bad grid, no records, or --concurrency auto (not in this build) exit 2 in one line."""
+    """A bad grid, no records, or --initial-concurrency above --max-concurrency exit 2 in
+    one line."""
     url = ["--url", "http://127.0.0.1:9/ingest"]
     for args, message in (
         (["--synthetic", "5", "--concurrency", "1,x"], "--concurrency: expected"),
         (["--synthetic", "5", "--batch-size", "0"], "--batch-size: expected"),
-        (["--synthetic", "5", "--concurrency", "auto"], "not available in this build"),
+        (
+            [
+                "--synthetic",
+                "5",
+                "--concurrency",
+                "auto",
+                "--initial-concurrency",
+                "9",
+                "--max-concurrency",
+                "8",
+            ],
+            "must not exceed",
+        ),
         ([], "give SOURCE"),
         (["--synthetic", "5", "--duration", "1", "--requests", "3"], "not allowed with"),
     ):

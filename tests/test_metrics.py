@@ -141,6 +141,47 @@ async def test_metrics_rise_during_a_faulty_upload_and_equal_the_summary_at_the_
     assert dict(info)["job_id"] == summary.job_id
 
 
+async def test_concurrency_limit_gauge_follows_the_auto_limit(tmp_path: Path) -> None:
+    """--concurrency auto: asyncsync_concurrency_limit is the limit the run has moved to (read
+    live), not the number of workers (--max-concurrency): at the end it equals the summary's
+    concurrency_final, on a server whose capacity (4, 429 above 8) keeps it well below 64."""
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(b'{"id":%d}\n' % i for i in range(2000)))
+    exporter = MetricsExporter("127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    seen: list[float] = []
+    try:
+        async with (
+            Sink(SinkConfig(latency=0.005, capacity=4, retry_after=0.01)) as sink,
+            aiohttp.ClientSession() as session,
+        ):
+            settings = settings_from_argv(
+                [
+                    str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+                    "--client-id", "asyncsync-demo", "--batch-size", "10",
+                    "--concurrency", "auto", "--initial-concurrency", "2",
+                    "--max-concurrency", "64", "--no-resume", "-q",
+                    "--checkpoint", str(tmp_path / "ckpt"),
+                ],
+                {"ASYNCSYNC_CLIENT_SECRET": "demo-secret"},
+            )  # fmt: skip
+            plan = await plan_run(settings)
+            run = asyncio.ensure_future(run_plan(plan, observe=lambda _tokens: exporter))
+            while not run.done():
+                seen.append(total(await scrape(session, url), "asyncsync_concurrency_limit"))
+                await asyncio.sleep(0.02)
+            summary, error = await run
+            final = await scrape(session, url)
+    finally:
+        exporter.close()
+    assert error is None and summary is not None and summary.records_sent == 2000
+    assert summary.concurrency_final is not None and summary.concurrency_max_seen is not None
+    assert total(final, "asyncsync_concurrency_limit") == summary.concurrency_final < 64
+    # 0 before the run starts; then the live limit, which slow start takes above the initial 2
+    assert all(0 <= v <= summary.concurrency_max_seen for v in seen), seen
+    assert max(seen) > 2, seen
+
+
 def test_a_private_registry_per_run() -> None:
     """Two exporters in one process never share a metric (no global registry)."""
     a, b = MetricsExporter("127.0.0.1", 0), MetricsExporter("127.0.0.1", 0)

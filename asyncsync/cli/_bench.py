@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import signal
 import sys
@@ -40,7 +39,9 @@ __all__ = [
 #: the upload options bench takes as they are: target, auth, body, TLS, per-request limits
 BENCH_OPTIONS: Final = frozenset(
     {o.name for o in OPTIONS if o.group in ("target", "authentication", "request body", "TLS")}
-    | {"timeout", "max-attempts", "max-retry-time", "verbose", "quiet"}
+    | {"timeout", "max-attempts", "max-retry-time", "verbose", "quiet", "transport"}
+    # --concurrency auto: the adaptive limit's ceiling and start
+    | {"max-concurrency", "initial-concurrency"}
 )
 #: records read from SOURCE at most (the pool cycles)
 MAX_POOL_RECORDS: Final = 100_000
@@ -59,6 +60,8 @@ Each cell of the grid (every --concurrency with every --batch-size) sends batche
 retry handling as upload; one token serves the whole sweep. A cell stops early when more
 than 20% of its requests are pushed back (429/503) or fail; the sweep never makes more than
 --max-requests requests in all (default 10000). Ctrl-C stops it, keeping the cells so far.
+--concurrency auto runs one cell per batch size under the adaptive limit of upload
+--concurrency auto and reports where it settled (concurrency_final, concurrency_max_seen).
 Results: a table on stdout, and DIR/bench.json, bench.csv and bench.png (the picture needs
 the plot extra: pip install 'asyncsync[plot]').
 
@@ -113,7 +116,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     grid.add_argument(
         "--concurrency", dest="grid_concurrency", default="1,4,16,64", metavar="LIST",
-        help="requests in flight per cell, comma-separated (default 1,4,16,64)",
+        help="requests in flight per cell, comma-separated (default 1,4,16,64); or auto: one "
+        "cell per batch size with the adaptive limit (--max-concurrency, --initial-concurrency), "
+        "reporting where it settled",
     )  # fmt: skip
     grid.add_argument(
         "--batch-size", dest="grid_batch_size", default="1,50,200", metavar="LIST",
@@ -172,10 +177,6 @@ def parse_grid(flag: str, text: str, *, allow_auto: bool = False) -> list[int] |
     return values
 
 
-def _adaptive_available() -> bool:
-    return importlib.util.find_spec("asyncsync._concurrency") is not None
-
-
 def _bench_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment without the variables of upload options bench does not take (an
     ``ASYNCSYNC_CONCURRENCY`` meant for upload must not break a bench)."""
@@ -189,12 +190,6 @@ def run_bench(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> i
     concurrency = parse_grid("--concurrency", ns.grid_concurrency, allow_auto=True)
     batch_sizes = parse_grid("--batch-size", ns.grid_batch_size)
     assert batch_sizes is not None
-    if concurrency is None:
-        where = "" if not _adaptive_available() else " (the adaptive limiter is not wired in)"
-        raise ConfigError(
-            "--concurrency auto: adaptive concurrency is not available in this build" + where,
-            field="concurrency",
-        )
     if (ns.source is None) == (ns.synthetic is None):
         raise ConfigError(
             "give either SOURCE (records to send, cycled) or --synthetic N, not both"
@@ -264,8 +259,13 @@ def _stop_on_sigint(stop: asyncio.Event) -> Iterator[None]:
 
 
 async def _bench(
-    ns: argparse.Namespace, settings: Settings, concurrency: list[int], batch_sizes: list[int]
+    ns: argparse.Namespace,
+    settings: Settings,
+    concurrency: list[int] | None,
+    batch_sizes: list[int],
 ) -> int:
+    """``concurrency`` None: --concurrency auto, one cell per batch size with the adaptive
+    limit (up to --max-concurrency, from --initial-concurrency)."""
     from .._bench import BenchLimits, CellSpec, RecordPool, run_cell, run_sweep
     from .._body import BodyEncoder
     from .._http import display_url
@@ -291,7 +291,8 @@ async def _bench(
     async with open_tokens(settings, store=None, ssl=ssl) as tokens:
         if tokens is not None:
             await tokens.get()  # bad credentials: AuthError (exit 3) before any record
-        connections = 1 if ns.dry_run else max(concurrency)
+        top = settings.max_concurrency if concurrency is None else max(concurrency)
+        connections = 1 if ns.dry_run else top
         transport = open_transport(
             settings.transport, connections=connections, timeout=settings.timeout, ssl=ssl
         )
@@ -329,7 +330,13 @@ async def _bench(
                 max_requests=ns.max_requests,
                 drain=min(settings.timeout, 30.0),
             )
-            grid = [CellSpec(c, b) for b in batch_sizes for c in concurrency]
+            if concurrency is None:
+                grid = [
+                    CellSpec(top, b, auto=True, initial=settings.initial_concurrency)
+                    for b in batch_sizes
+                ]
+            else:
+                grid = [CellSpec(c, b) for b in batch_sizes for c in concurrency]
             if ns.requests is not None and ns.requests * len(grid) > ns.max_requests:
                 err.print(
                     f"{PROG}: warning: {len(grid)} cells x {ns.requests} requests is more than "

@@ -63,7 +63,7 @@ class CellProgress:
     def _line(self, cell: CellResult, elapsed: float) -> str:
         lat = cell.latency_ms()
         return (
-            f"[{self.index + 1}/{self.total}] concurrency {cell.concurrency:>4} "
+            f"[{self.index + 1}/{self.total}] concurrency {cell.label:>4} "
             f"batch {cell.batch_size:>5}  {elapsed:6.1f} s  {cell.records_per_s:>11,.0f} rec/s "
             f"{cell.requests_per_s:>9,.0f} req/s  p95 {_ms(lat['p95'])} ms  "
             f"{_statuses(cell)}  errors {cell.errors}  retries {cell.retries}"
@@ -113,7 +113,7 @@ def print_table(console: Console, cells: Sequence[CellResult]) -> None:
             "* best" if c is best else ("" if c.stopped in ("duration", "requests") else c.stopped)
         )
         table.add_row(
-            str(c.concurrency),
+            c.label,
             str(c.batch_size),
             f"{c.records_per_s:,.0f}",
             f"{c.requests_per_s:,.0f}",
@@ -175,8 +175,10 @@ def plot(cells: Sequence[CellResult], path: Path, *, title: str = "") -> bool:
     best = best_cell(cells)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for size in sorted({c.batch_size for c in ran}):
-        line = sorted((c for c in ran if c.batch_size == size), key=lambda c: c.concurrency)
-        xs = [c.concurrency for c in line]
+        line = sorted(
+            (c for c in ran if c.batch_size == size), key=lambda c: c.effective_concurrency
+        )
+        xs = [c.effective_concurrency for c in line]
         left.plot(xs, [c.records_per_s for c in line], marker="o", label=f"batch {size}")
         p95 = [c.latency_ms()["p95"] for c in line]
         right.plot(
@@ -185,7 +187,7 @@ def plot(cells: Sequence[CellResult], path: Path, *, title: str = "") -> bool:
         pushed = [c for c in line if c.pushback_share >= 0.01]
         if pushed:
             left.scatter(
-                [c.concurrency for c in pushed],
+                [c.effective_concurrency for c in pushed],
                 [c.records_per_s for c in pushed],
                 marker="x",
                 color="red",
@@ -194,14 +196,14 @@ def plot(cells: Sequence[CellResult], path: Path, *, title: str = "") -> bool:
             )
     if best is not None:
         left.scatter(
-            [best.concurrency],
+            [best.effective_concurrency],
             [best.records_per_s],
             marker="*",
             s=260,
             color="gold",
             edgecolor="black",
             zorder=4,
-            label=f"best: {best.concurrency} x {best.batch_size}",
+            label=f"best: {best.label} x {best.batch_size}",
         )
     rates = [c.records_per_s for c in ran if c.records_per_s > 0]
     if rates and max(rates) / min(rates) > 30:
@@ -209,7 +211,7 @@ def plot(cells: Sequence[CellResult], path: Path, *, title: str = "") -> bool:
         left.set_yscale("log")
     for ax, ylabel in ((left, "records/s"), (right, "p95 latency (ms)")):
         ax.set_xscale("log", base=2)
-        xs_all = sorted({c.concurrency for c in ran})
+        xs_all = sorted({c.effective_concurrency for c in ran})
         if xs_all:
             ax.set_xticks(xs_all, [str(x) for x in xs_all])
         ax.set_xlabel("concurrency (requests in flight)")

@@ -101,6 +101,8 @@ def run_dask(settings: Settings, console: Console) -> int:
         failed=failed,
         resume=settings.resume,
         concurrency=settings.concurrency,
+        max_concurrency=settings.max_concurrency,
+        initial_concurrency=settings.initial_concurrency,
         queue_size=settings.queue_size,
         limits=settings.limits,
         retry=settings.retry,

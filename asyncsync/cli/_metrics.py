@@ -6,14 +6,15 @@ in one process, or the tests, never see each other's numbers).
 
 Where each metric comes from:
 
-* ``records_read_total``, ``records_sent_total``, ``records_failed_total``, ``bytes_sent_total``
-  and ``requests_in_flight`` are read from the run's live counters when scraped: they are the
+* ``records_read_total``, ``records_sent_total``, ``records_failed_total``, ``bytes_sent_total``,
+  ``requests_in_flight`` and ``concurrency_limit`` (with ``--concurrency auto``, where the
+  limit has moved to) are read from the run's live counters when scraped: they are the
   numbers the summary prints (a resumed job's counters include the runs before it, as the
   summary does), and reading them costs the upload nothing;
 * ``requests_total{status}`` and ``request_duration_seconds`` from ``on_request``,
   ``retries_total{reason}`` from ``on_retry``, ``token_requests_total`` and
   ``token_refreshes_total{reason}`` from ``on_token``, ``checkpoint_saves_total`` from
-  ``on_checkpoint``, ``queue_batches`` from ``on_queue``, ``concurrency_limit`` and
+  ``on_checkpoint``, ``queue_batches`` from ``on_queue``, and
   ``run_info`` from ``on_run``. These count this process's run.
 
 The scrapes are served by prometheus_client's HTTP server thread; the hooks run on the event
@@ -113,9 +114,7 @@ class MetricsExporter(UploadHooks):
         self._queue = prom.Gauge(
             PREFIX + "queue_batches", "Batches waiting in the queue", registry=registry
         )
-        self._concurrency = prom.Gauge(
-            PREFIX + "concurrency_limit", "Requests allowed in flight at once", registry=registry
-        )
+        self._concurrency = 0  # the run's limit as on_run told it (fixed --concurrency N)
         self._info = prom.Gauge(
             PREFIX + "run_info", "The run: job id and version", ["job_id", "version"],
             registry=registry,
@@ -142,6 +141,13 @@ class MetricsExporter(UploadHooks):
                     PREFIX + "requests_in_flight",
                     "Requests to --url in flight",
                     value=c.in_flight if c is not None else 0,
+                )
+                # --concurrency auto moves the limit during the run: read it live
+                limit = c.concurrency_limit if c is not None else 0
+                yield GaugeMetricFamily(
+                    PREFIX + "concurrency_limit",
+                    "Requests allowed in flight at once (--concurrency auto: the current limit)",
+                    value=limit or exporter._concurrency,
                 )
 
         registry.register(_Live())
@@ -179,7 +185,7 @@ class MetricsExporter(UploadHooks):
         self._counters = counters
 
     def on_run(self, event: RunStarted) -> None:
-        self._concurrency.set(event.concurrency)
+        self._concurrency = event.concurrency
         self._info.labels(event.job_id, __version__).set(1)
 
     def on_request(self, event: RequestDone) -> None:

@@ -130,6 +130,7 @@ class ProgressDisplay(UploadHooks):
         parts = [
             f"{c.records_sent:,} records ({format_bytes(c.bytes_sent)}) sent",
             f"{rate:,.0f} rec/s",
+            *([f"limit {c.concurrency_limit}"] if c.concurrency_auto else []),
             f"{c.retries:,} retries",
             f"{tokens:,} token requests",
         ]

@@ -57,6 +57,13 @@ def summary_rows(summary: RunSummary, *, failed: Path | None = None) -> list[tup
                 f"{summary.latency_p99_ms:g} ms",
             )
         )
+    if summary.concurrency_timeline is not None:
+        rows.append(
+            (
+                "concurrency (auto)",
+                f"{summary.concurrency_final} at the end, {summary.concurrency_max_seen} at most",
+            )
+        )
     if summary.records_failed and failed is not None:
         rows.append(("dead-letter file", str(failed)))
     if summary.interrupted:

@@ -251,6 +251,8 @@ def open_uploader(
         settings.url,
         auth=tokens,
         concurrency=settings.concurrency,
+        max_concurrency=settings.max_concurrency,
+        initial_concurrency=settings.initial_concurrency,
         queue_size=settings.queue_size,
         limits=settings.limits,
         retry=settings.retry,

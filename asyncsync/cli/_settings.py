@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
+from .._concurrency import DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MAX_CONCURRENCY
 from .._config import DEFAULT_LIMITS, DEFAULT_RETRY, BatchLimits, RetryPolicy
 from .._exceptions import ConfigError
 from .._paths import STDIN_FAILED, default_state_paths
@@ -146,6 +147,15 @@ def _int(minimum: int) -> Callable[[object], int]:
         return value
 
     return check
+
+
+def _concurrency(raw: object) -> int | Literal["auto"]:
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int(1)(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 1 or 'auto', got {_got(raw)}") from None
 
 
 def _float(minimum: float, *, inclusive: bool) -> Callable[[object], float]:
@@ -462,7 +472,32 @@ OPTIONS: tuple[Option, ...] = (
         _FLOW,
         "SIZE",
     ),
-    Option("concurrency", _int(1), 16, "requests in flight at most (default 16)", _FLOW, "N"),
+    Option(
+        "concurrency",
+        _concurrency,
+        16,
+        "requests in flight at most, or 'auto' to find the endpoint's capacity from round "
+        "trips and back-pressure (default 16)",
+        _FLOW,
+        "N|auto",
+    ),
+    Option(
+        "max-concurrency",
+        _int(1),
+        DEFAULT_MAX_CONCURRENCY,
+        f"with --concurrency auto: the highest limit (default {DEFAULT_MAX_CONCURRENCY})",
+        _FLOW,
+        "N",
+    ),
+    Option(
+        "initial-concurrency",
+        _int(1),
+        DEFAULT_INITIAL_CONCURRENCY,
+        "with --concurrency auto: the limit it starts from "
+        f"(default {DEFAULT_INITIAL_CONCURRENCY})",
+        _FLOW,
+        "N",
+    ),
     Option(
         "queue-size",
         _int(1),
@@ -795,7 +830,9 @@ class Settings:
     revoke_url: str | None = None
     batch_size: int = DEFAULT_LIMITS.max_records
     max_batch_bytes: int = DEFAULT_LIMITS.max_bytes
-    concurrency: int = 16
+    concurrency: int | Literal["auto"] = 16
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    initial_concurrency: int = DEFAULT_INITIAL_CONCURRENCY
     queue_size: int | None = None
     rate: float | None = None
     timeout: float = 60.0
@@ -1106,6 +1143,12 @@ def resolve(
         )
     if values["insecure"] and values["ca_bundle"] is not None:
         raise ConfigError("--insecure and --ca-bundle exclude each other", field="insecure")
+    if values["initial_concurrency"] > values["max_concurrency"]:
+        raise ConfigError(
+            f"{label('initial-concurrency')} ({values['initial_concurrency']}) must not exceed "
+            f"{label('max-concurrency')} ({values['max_concurrency']})",
+            field="initial_concurrency",
+        )
 
     source: str | None = flags.get("source")
     if values["db"] is not None:

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._capacity import Schedule, parse_schedule
 from ._config import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_MAX_SIZE, DEFAULT_USERS, SinkConfig
 from ._server import Sink
 
@@ -71,6 +72,13 @@ def _statuses(text: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected e.g. 500,502,503, got {text!r}") from None
+
+
+def _schedule(text: str) -> Schedule:
+    try:
+        return parse_schedule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser(prog: str = "python -m asyncsync.sink") -> argparse.ArgumentParser:
@@ -156,6 +164,25 @@ def build_parser(prog: str = "python -m asyncsync.sink") -> argparse.ArgumentPar
     fl.add_argument("--token-hang", action="store_true", help="never answer token requests")
     fl.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS")
     fl.add_argument("--seed", type=int)
+    cap = p.add_argument_group(
+        "capacity model",
+        "a server with a known knee: up to L requests in flight answer in --latency, above L "
+        "they queue (latency * in-flight / L), above --hard-limit they are refused",
+    )
+    cap.add_argument("--capacity", type=int, default=0, metavar="L", help="0 = off (default)")
+    cap.add_argument(
+        "--hard-limit", type=int, default=0, metavar="N", help="refuse above N in flight (0: 2*L)"
+    )
+    cap.add_argument(
+        "--overload-status", type=int, choices=[429, 503], default=429, help="(default 429)"
+    )
+    cap.add_argument(
+        "--capacity-schedule",
+        type=_schedule,
+        default=(),
+        metavar="T:L,...",
+        help="L over time from the first ingest request, e.g. 0:16,10:8,20:32 (seconds:L)",
+    )
     return p
 
 
@@ -200,6 +227,10 @@ def config_from_args(args: argparse.Namespace) -> SinkConfig:
         token_hang=args.token_hang,
         clock_offset=args.clock_offset,
         seed=args.seed,
+        capacity=args.capacity,
+        hard_limit=args.hard_limit,
+        overload_status=args.overload_status,
+        capacity_schedule=args.capacity_schedule,
     )
 
 

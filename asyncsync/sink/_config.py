@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from ._capacity import check_schedule
+
 __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_MAX_SIZE",
@@ -160,6 +162,14 @@ class _FaultFields:
     (``session_token_expiration``, Retry-After dates): a server whose clock is off."""
     seed: int | None = None
     """Seed for every random fault decision (None: unseeded)."""
+    capacity: int = 0
+    """Requests in flight served at the base ``latency``; above, answers slow down in
+    proportion (see :mod:`asyncsync.sink._capacity`). 0 = off."""
+    hard_limit: int = 0
+    """Requests in flight above this get ``overload_status`` at once (0: ``2 * capacity``)."""
+    overload_status: int = 429
+    capacity_schedule: tuple[tuple[float, int], ...] = ()
+    """``((seconds, capacity), ...)``: L over time from the first ingest request."""
 
     def __post_init__(self) -> None:
         self.latency = _check_latency("latency", self.latency)
@@ -198,6 +208,11 @@ class _FaultFields:
         ):
             raise ValueError(f"clock_offset must be seconds, got {self.clock_offset!r}")
         self.clock_offset = float(self.clock_offset)
+        _check_count("capacity", self.capacity)
+        _check_count("hard_limit", self.hard_limit)
+        if self.overload_status not in (429, 503):
+            raise ValueError(f"overload_status must be 429 or 503, got {self.overload_status!r}")
+        self.capacity_schedule = check_schedule(self.capacity_schedule)
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):

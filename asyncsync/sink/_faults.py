@@ -53,6 +53,8 @@ class FaultRuntime:
         self.revoke_left: int | None = None
         self.throttle_setting: Any = NOT_SET
         self.throttle_count = 0
+        self.schedule_setting: Any = NOT_SET
+        self.schedule_start = 0.0
 
     def restart(self, names: set[str] | frozenset[str] | None = None) -> None:
         """Forget the schedules for ``names`` (all when None); the next sync rebuilds them."""
@@ -66,6 +68,8 @@ class FaultRuntime:
             self.revoke_setting = NOT_SET
         if names is None or "throttle_every" in names:
             self.throttle_setting = NOT_SET
+        if names is None or "capacity_schedule" in names:
+            self.schedule_setting = NOT_SET
 
     def sync(self, faults: Faults, now: float) -> None:
         if faults is not self.obj:
@@ -89,6 +93,10 @@ class FaultRuntime:
         if faults.throttle_every != self.throttle_setting:
             self.throttle_setting = faults.throttle_every
             self.throttle_count = 0
+        if faults.capacity_schedule != self.schedule_setting:
+            # the schedule's clock starts at the first ingest request that sees it
+            self.schedule_setting = faults.capacity_schedule
+            self.schedule_start = now
 
     # -- decisions, one per request ----------------------------------------------------------
 

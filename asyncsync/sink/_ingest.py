@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from ._bodies import BadBody, decode, forbidden_record, item_results, parse, rejection
+from ._capacity import capacity_at, hard_limit_for, service_time
 from ._faults import Reset, abort, hang, injected, throttled
 from ._responses import REALM, json_response
 from ._state import STATE, SinkState
@@ -85,6 +86,13 @@ async def _answer(request: web.Request, st: SinkState, key: str | None, now: flo
         st.throttled += 1
         return throttled(f, f.retry_after)
 
+    capacity = 0
+    if f.capacity or f.capacity_schedule:
+        capacity = capacity_at(f.capacity, f.capacity_schedule, now - rt.schedule_start)
+        if capacity and st.in_flight > hard_limit_for(f.hard_limit, capacity):
+            st.overloaded += 1
+            return json_response(f.overload_status, {"error": "overloaded"})
+
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -94,6 +102,8 @@ async def _answer(request: web.Request, st: SinkState, key: str | None, now: flo
     st.bytes_received += len(raw)
 
     delay = rt.delay(f.latency)
+    if capacity:  # queueing above the knee: in flight at arrival, this request included
+        delay = service_time(delay, st.in_flight, capacity)
     if delay:
         await asyncio.sleep(delay)
 

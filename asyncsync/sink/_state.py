@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 from aiohttp import web
 
+from ._capacity import capacity_at
 from ._config import Faults, SinkConfig
 from ._faults import NOT_SET, FaultRuntime
 
@@ -94,6 +95,7 @@ class SinkState:
         self.requests_without_key = 0
         self.unauthorized: Counter[str] = Counter()
         self.throttled = 0
+        self.overloaded = 0  # refused above the capacity model's hard limit
         self.inside_window = 0
         self.windows_opened = 0
         self.throttle_until = -math.inf
@@ -176,6 +178,14 @@ class SinkState:
 
     # -- stats -----------------------------------------------------------------------------------
 
+    def capacity_now(self, now: float) -> int:
+        """The capacity model's L at ``now`` (0: the model is off)."""
+        f = self.faults
+        if not (f.capacity or f.capacity_schedule):
+            return 0
+        elapsed = None if self.rt.schedule_setting is NOT_SET else now - self.rt.schedule_start
+        return capacity_at(f.capacity, f.capacity_schedule, elapsed)
+
     def stats(self, detail: bool = False) -> dict[str, Any]:
         now = time.monotonic()
         sends = self.sends_by_key.values()
@@ -202,6 +212,8 @@ class SinkState:
             "in_flight": self.in_flight,
             "unauthorized": dict(self.unauthorized),
             "throttled": self.throttled,
+            "overloaded": self.overloaded,
+            "capacity": self.capacity_now(now),
             "windows_opened": self.windows_opened,
             "inside_window_arrivals": self.inside_window,
             "injected_errors": self.injected_errors,

@@ -1,0 +1,485 @@
+"""Adaptive concurrency: a limit on requests in flight that finds the endpoint's capacity.
+
+Two parts. :class:`AdaptiveLimit` is the control law: pure arithmetic on per-attempt signals
+and an injected clock, no I/O, so a discrete-event simulation drives it deterministically.
+:class:`ConcurrencyLimiter` is the gate every *attempt* passes (acquire before the POST,
+release with its outcome after it): a FIFO semaphore whose size the control law moves.
+
+Signals (per attempt, never per retry sequence: a batch deferred three times and then
+accepted is three back-pressure signals and one round trip, not one very slow success; the
+bug of vectordotdev/vector#26123):
+
+* the round-trip time of a successful attempt (2xx), measured from the moment the request
+  left (after any ``Retry-After`` pause and rate-limit wait), and the number in flight then;
+* back-pressure: 429, 502, 503, 504, a timeout, a connection reset or refused;
+* nothing else. A 401, a 400/413/422 or a 500 says something about the request or the
+  server's code, not about load: no RTT sample (an error answer can be much faster or slower
+  than a real one, vectordotdev/vector#3493) and no decrease.
+
+The law: Vegas's queue estimate, checked against measured goodput::
+
+    a window closes at the first answer one smoothed RTT after it opened; the window after a
+    change of the limit is skipped (its answers were sent under the old limit)
+
+    slow start, every window:
+        base  = min(base, rtt)                  (windows with at least 4 answers)
+        queue = n * (1 - base / rtt)            n: mean requests in flight at the answers
+        queue < beta -> limit *= 2              (only if the limit was used)
+        else         -> limit = n - queue + alpha; slow start ends
+
+    steady state, every epoch of 4 windows (rtt, n, goodput = answers/s over the epoch):
+        base = min(base, rtt); G[limit] = goodput (averaged with a recent value; all of G is
+        forgotten when the same limit now delivers 10% less: the endpoint changed)
+        1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k
+        2. queue < alpha, or goodput still rising with the limit
+           (ln(G[limit]/G[k]) >= 0.5 ln(limit/k), k about 1/8 below)
+                      -> limit += step  (step doubles while the queue stays empty; 1 if rising)
+        3. alpha <= queue <= beta, and the limit below delivered within 5% -> limit -= 1
+        4. queue > beta -> limit = max(n - queue + alpha, limit / 2), but never down to a
+                           limit measured to deliver 5% less than this one
+        at most one decrease (3, 4) per window
+    back-pressure (at most once per window): limit *= 0.75; slow start ends; the measured
+    goodput of this limit and above is forgotten (they are no goal for rule 1)
+    every 30 s (after slow start): halve the limit for two windows and re-measure base there
+
+with ``alpha = max(1, 0.05 n)`` and ``beta = max(2, 0.15 n)``.
+
+Why this law:
+
+* A server with capacity L answers in ``base`` up to L in flight, then in ``base * n / L``
+  (it queues). ``n * (1 - base/rtt)`` is then exactly ``n - L``: Vegas's estimate is the
+  queue, so the law can jump to ``L + alpha`` in one step instead of creeping there (the
+  gradient controllers' strength: Netflix concurrency-limits, Envoy), and the cut goes to
+  the estimated capacity, not to half: near equilibrium a cut is a step of a few requests.
+* The latency signal alone is wrong whenever the round trip grows with the client's own
+  load rather than the endpoint's queue. On a busy client (or a fast endpoint such as nginx,
+  where the event loop *is* the bottleneck) every request more in flight adds its share of
+  the client's CPU to everybody's RTT: Vegas reads a queue, cuts, measures a lower ``base``
+  at the lower limit, reads a queue again and ratchets down to 2 or 3, far below the best
+  fixed limit. And with per-request client overhead ``c`` the knee the client sees is
+  ``L (base + c) / base`` in flight, not L: the requests being encoded or parsed are in
+  flight for the client but not at the server. Goodput is the quantity the user wants, so
+  the law keeps a short memory of the goodput each limit delivered and lets it veto the
+  latency signal: no latency cut to a limit that delivered clearly less (rule 4), a return
+  to a limit that delivered clearly more (rule 1), and a raise while goodput still grows at
+  least half as fast as the limit (rule 2; a server whose throughput keeps rising past its
+  latency knee is not throttled). When goodput is flat, latency decides (rule 3): the same
+  work with fewer in flight is the same goodput at a lower latency, so the limit walks down
+  one at a time until goodput starts to fall.
+* The measurements are averaged before they are compared: decisions in steady state use an
+  epoch of four windows (a one-RTT window holds about ``limit`` answers, too few to tell 5%
+  of goodput from noise on a loaded host), ``base`` only comes from windows with enough
+  answers, the goodput gradient is taken against a limit about 1/8 below (a step of one is
+  lost in the noise), and rule 1 needs a 10% difference. The memory lasts 10 s and is
+  dropped when the endpoint changes, so a capacity that halves is not chased upward.
+* AIMD on back-pressure alone (Vector's ARC, TCP Reno) only learns the knee by crossing it:
+  it saws between the hard limit and half of it, drawing 429s every cycle and losing
+  throughput on the way down (vectordotdev/vector#7371). The latency and goodput signals
+  stop the increase *before* the server refuses; back-pressure remains the safety net, a
+  hard multiplicative cut (0.75) once per window.
+* Slow start doubles per window, so 8 -> 256 takes five round trips, not 250 (Vector's slow
+  ramp, #3255). In steady state the additive step doubles while the queue stays empty, so a
+  capacity that doubles mid-run is found in a handful of epochs.
+* At most one decrease per window: the answers that arrive in the window after a cut were
+  sent under the old limit and say nothing about the new one.
+* The limit never grows when it was not used (a slow source): a window whose peak in flight
+  stayed under 80% of the limit cannot have tested it, and its goodput is not remembered.
+* ``base`` only ever falls, so an endpoint that becomes slower for good would read as a
+  permanent queue; the periodic probe (Envoy's minRTT window) re-measures it below the knee.
+
+Floor 1, ceiling ``maximum``; the limit is an integer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from collections.abc import Callable
+from typing import Final
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "BACKPRESSURE_STATUSES",
+    "DEFAULT_INITIAL_CONCURRENCY",
+    "DEFAULT_MAX_CONCURRENCY",
+    "AdaptiveLimit",
+    "ConcurrencyLimiter",
+]
+
+DEFAULT_MAX_CONCURRENCY: Final = 256
+DEFAULT_INITIAL_CONCURRENCY: Final = 8
+#: statuses that mean "too much load"; every other status is no signal
+BACKPRESSURE_STATUSES: Final = frozenset({429, 502, 503, 504})
+
+BACKOFF_RATIO: Final = 0.75
+PROBE_INTERVAL: Final = 30.0  # seconds between re-measurements of the unloaded RTT
+PROBE_WINDOWS: Final = 2  # the first drains the queue, the second measures
+EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-trip windows
+GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
+GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still worth raising
+MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
+TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
+_BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
+_REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
+_USED: Final = 0.8  # a window tested the limit when its peak in flight reached this share
+
+Clock = Callable[[], float]
+
+
+class AdaptiveLimit:
+    """The control law (see the module docstring). Feed it :meth:`on_success` and
+    :meth:`on_backpressure`; read :attr:`limit`. Single-threaded, no I/O."""
+
+    __slots__ = (
+        "_base",
+        "_clock",
+        "_e_inflight",
+        "_e_peak",
+        "_e_rtt",
+        "_e_samples",
+        "_e_start",
+        "_e_windows",
+        "_goodput",
+        "_inflight_sum",
+        "_last_decrease",
+        "_limit",
+        "_next_probe",
+        "_peak",
+        "_probe_interval",
+        "_probe_left",
+        "_probe_saved",
+        "_rtt",
+        "_rtt_sum",
+        "_samples",
+        "_settling",
+        "_step",
+        "_window_start",
+        "maximum",
+        "minimum",
+        "on_change",
+        "slow_start",
+    )
+
+    def __init__(
+        self,
+        *,
+        initial: int = DEFAULT_INITIAL_CONCURRENCY,
+        maximum: int = DEFAULT_MAX_CONCURRENCY,
+        minimum: int = 1,
+        probe_interval: float = PROBE_INTERVAL,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        for name, value in (("max_concurrency", maximum), ("initial_concurrency", initial)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}", field=name)
+        if initial > maximum:
+            raise ConfigError(
+                f"initial_concurrency ({initial}) must not exceed max_concurrency ({maximum})",
+                field="initial_concurrency",
+            )
+        self.minimum = max(1, minimum)
+        self.maximum = maximum
+        self._limit = initial
+        self._clock = clock
+        self.slow_start = True
+        self.on_change: Callable[[int], None] | None = None
+        self._base = math.inf
+        self._rtt = 0.0  # smoothed window RTT: the window length; 0 until the first sample
+        self._step = 1
+        self._last_decrease = -math.inf
+        self._probe_interval = probe_interval
+        self._next_probe = clock() + probe_interval if probe_interval > 0 else math.inf
+        self._probe_left = 0
+        self._probe_saved = 0
+        self._settling = False
+        #: limit -> (goodput in successes/s measured at that limit, when)
+        self._goodput: dict[int, tuple[float, float]] = {}
+        self._reset_window(clock())
+        self._reset_epoch(clock())
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def base_rtt(self) -> float:
+        """The unloaded round trip measured so far (``inf`` before the first window)."""
+        return self._base
+
+    def _reset_window(self, now: float) -> None:
+        self._window_start = now
+        self._samples = 0
+        self._rtt_sum = 0.0
+        self._inflight_sum = 0
+        self._peak = 0
+
+    def _reset_epoch(self, now: float) -> None:
+        self._e_start = now
+        self._e_windows = 0
+        self._e_samples = 0
+        self._e_rtt = 0.0
+        self._e_inflight = 0
+        self._e_peak = 0
+
+    def _set(self, value: float) -> None:
+        new = max(self.minimum, min(self.maximum, int(value)))
+        if new != self._limit:
+            self._limit = new
+            # the next window's answers were mostly sent under the old limit: judge the one after
+            self._settling = True
+            if self.on_change is not None:
+                self.on_change(new)
+
+    def on_success(self, rtt: float, in_flight: int) -> None:
+        """A 2xx attempt took ``rtt`` seconds with ``in_flight`` attempts out (itself included)."""
+        now = self._clock()
+        self._samples += 1
+        self._rtt_sum += rtt
+        self._inflight_sum += in_flight
+        if in_flight > self._peak:
+            self._peak = in_flight
+        if self._rtt == 0.0:
+            self._rtt = rtt
+        if now - self._window_start >= self._rtt:
+            self._close_window(now)
+
+    def on_backpressure(self) -> None:
+        """The server refused or failed for load (429/502/503/504, timeout, reset)."""
+        now = self._clock()
+        self.slow_start = False
+        self._step = 1
+        if now - self._last_decrease < max(self._rtt, 1e-3):
+            return  # one cut per window: these answers were sent under the old limit
+        self._last_decrease = now
+        if self._probe_left:  # the probe is void: restore, then cut
+            self._probe_left = 0
+            self._limit = max(self._limit, self._probe_saved)
+        # the levels that drew back-pressure are no goal for the goodput climb
+        self._goodput = {k: v for k, v in self._goodput.items() if k < self._limit}
+        self._set(min(self._limit - 1, self._limit * BACKOFF_RATIO))
+        self._reset_window(now)
+        self._reset_epoch(now)
+
+    def _close_window(self, now: float) -> None:
+        samples, rtt_sum, inflight_sum, peak = (
+            self._samples,
+            self._rtt_sum,
+            self._inflight_sum,
+            self._peak,
+        )
+        self._reset_window(now)
+        rtt = rtt_sum / samples
+        self._rtt = 0.5 * self._rtt + 0.5 * rtt
+        if self._settling:
+            self._settling = False
+            self._reset_epoch(now)
+            return
+        if self._probe_left:
+            self._probe_left -= 1
+            if self._probe_left == 0:  # the measuring window: below the knee, rtt is base
+                self._base = rtt
+                self._set(self._probe_saved)
+            self._reset_epoch(now)
+            return
+        if now >= self._next_probe:
+            self._next_probe = now + self._probe_interval
+            if self._limit > self.minimum and not self.slow_start:
+                self._probe_saved = self._limit
+                self._probe_left = PROBE_WINDOWS
+                self._set(self._limit / 2)
+                return
+        if self.slow_start:
+            self._slow_start_window(now, rtt, inflight_sum / samples, peak, samples)
+            return
+        self._e_windows += 1
+        self._e_samples += samples
+        self._e_rtt += rtt_sum
+        self._e_inflight += inflight_sum
+        self._e_peak = max(self._e_peak, peak)
+        if self._e_windows >= EPOCH_WINDOWS:
+            self._close_epoch(now)
+
+    def _remember(self, now: float, goodput: float) -> None:
+        old = self._goodput.get(self._limit)
+        if old is not None and now - old[1] < MEMORY_SECONDS:
+            if goodput < (1 - 2 * GOODPUT_TOLERANCE) * old[0]:
+                # the same limit now delivers clearly less: the endpoint changed, forget it all
+                self._goodput = {}
+            else:
+                goodput = 0.5 * (goodput + old[0])
+        self._goodput[self._limit] = (goodput, now)
+
+    def _known(self, now: float) -> dict[int, float]:
+        return {k: g for k, (g, t) in self._goodput.items() if now - t < MEMORY_SECONDS}
+
+    def _slow_start_window(self, now: float, rtt: float, n: float, peak: int, samples: int) -> None:
+        if samples >= _BASE_SAMPLES:
+            self._base = min(self._base, rtt)
+        used = peak >= _USED * self._limit
+        queue = _queue(n, rtt, self._base)
+        _, beta = _band(n)
+        if queue < beta:
+            if used:
+                self._set(self._limit * 2)
+            return
+        self.slow_start = False
+        self._reset_epoch(now)
+        alpha, _ = _band(n)
+        self._set(min(self._limit - 1, math.ceil(n - queue + alpha)))
+
+    def _close_epoch(self, now: float) -> None:
+        samples = self._e_samples
+        rtt = self._e_rtt / samples
+        n = self._e_inflight / samples
+        goodput = samples / max(now - self._e_start, 1e-9)
+        used = self._e_peak >= _USED * self._limit
+        self._reset_epoch(now)
+        self._base = min(self._base, rtt)
+        limit = self._limit
+        if used:
+            self._remember(now, goodput)
+        known = self._known(now)
+        here = known.get(limit, goodput)
+        # 1. a higher limit measured recently delivered clearly more: go back there
+        better = [
+            k for k, g in known.items() if k > limit and g > (1 + 2 * GOODPUT_TOLERANCE) * here
+        ]
+        if better and used:
+            self._step = 1
+            self._set(min(better))
+            return
+        queue = _queue(n, rtt, self._base)
+        alpha, beta = _band(n)
+        below = [k for k in known if k < limit]
+        rising = False
+        if below and used:
+            # against a limit far enough below for the difference to stand out of the noise
+            far = [k for k in below if k <= limit * _REFERENCE]
+            k = max(far or below)
+            if known[k] > 0 and here > 0:
+                rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
+        # 2. no queue, or goodput still rising with the limit: raise it
+        if used and (queue < alpha or rising):
+            self._set(limit + (self._step if queue < alpha else 1))
+            if queue < alpha:
+                self._step = min(self._step * 2, max(1, limit // 4))
+            return
+        self._step = 1
+        if now - self._last_decrease < self._rtt:
+            return
+        if queue <= beta:
+            # 3. a small queue: step down by one unless the limit below delivered clearly less
+            # (equal goodput with fewer in flight is the same work at a lower latency)
+            if (
+                used
+                and queue >= alpha
+                and (not below or known[max(below)] >= here * (1 - GOODPUT_TOLERANCE))
+            ):
+                self._last_decrease = now
+                self._set(limit - 1)
+            return
+        # 4. a queue: cut to the estimated capacity plus alpha, but not to a limit measured
+        # to deliver clearly less than this one (the goodput guard)
+        target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
+        for k in below:
+            if k >= target and known[k] < (1 - GOODPUT_TOLERANCE) * here:
+                target = k + 1
+        if target < limit:
+            self._last_decrease = now
+            self._set(target)
+
+
+def _queue(n: float, rtt: float, base: float) -> float:
+    """Vegas's estimate of the requests waiting: ``n (1 - base / rtt)`` (0 with no base yet)."""
+    return n * (1.0 - base / rtt) if rtt > 0 and base < math.inf else 0.0
+
+
+def _band(n: float) -> tuple[float, float]:
+    """``alpha`` and ``beta``: the queue the law aims for, and the queue it cuts at."""
+    return max(1.0, 0.05 * n), max(2.0, 0.15 * n)
+
+
+class ConcurrencyLimiter:
+    """A FIFO gate of :attr:`limit` attempts in flight, resized by an :class:`AdaptiveLimit`.
+
+    ``await acquire()`` before an attempt; exactly one of :meth:`release_ok`,
+    :meth:`release_backpressure` or :meth:`release` after it (in a ``finally``). Waiters are
+    served in arrival order, so batches go out in the order workers asked for them. Records
+    the highest limit and the limit over time (bounded) for the summary.
+    """
+
+    def __init__(self, control: AdaptiveLimit, *, clock: Clock = time.monotonic) -> None:
+        self.control = control
+        self._clock = clock
+        self._start = clock()
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.max_seen = control.limit
+        self.timeline: list[tuple[float, int]] = [(0.0, control.limit)]
+        self._timeline_step = 0.0  # minimum seconds between points; doubles as it decimates
+        self.on_limit: Callable[[int], None] | None = None
+        control.on_change = self._changed
+
+    @property
+    def limit(self) -> int:
+        return self.control.limit
+
+    def _changed(self, limit: int) -> None:
+        self.max_seen = max(self.max_seen, limit)
+        t = round(self._clock() - self._start, 3)
+        timeline = self.timeline
+        if t - timeline[-1][0] < self._timeline_step and len(timeline) > 1:
+            timeline[-1] = (timeline[-1][0], limit)  # same slot: keep the latest value
+        else:
+            timeline.append((t, limit))
+        if len(timeline) > TIMELINE_POINTS:  # keep every other point; coarser from now on
+            kept = timeline[::2]
+            if kept[-1] != timeline[-1]:
+                kept.append(timeline[-1])
+            self.timeline = kept
+            self._timeline_step = max(2 * self._timeline_step, t / TIMELINE_POINTS)
+        if self.on_limit is not None:
+            self.on_limit(limit)
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.control.limit and not self._waiters:
+            self.in_flight += 1  # fast path: no await, no yield to the loop
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # the slot was ours already: hand it on
+                self.in_flight -= 1
+                self._wake()
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_flight < self.control.limit:
+            fut = waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+
+    def release_ok(self, rtt: float) -> None:
+        """The attempt got a 2xx after ``rtt`` seconds."""
+        self.control.on_success(rtt, self.in_flight)
+        self.release()
+
+    def release_backpressure(self) -> None:
+        """The attempt met back-pressure (see :data:`BACKPRESSURE_STATUSES`)."""
+        self.control.on_backpressure()
+        self.release()
+
+    def release(self) -> None:
+        """The attempt ended with no signal (a 4xx, a 500, a cancellation)."""
+        self.in_flight -= 1
+        self._wake()

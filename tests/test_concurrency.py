@@ -1,0 +1,388 @@
+"""The adaptive concurrency limit: the control law on a simulated server, and the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncsync import BatchLimits, StateOptions, Uploader, upload
+from asyncsync._concurrency import AdaptiveLimit, ConcurrencyLimiter
+from asyncsync._exceptions import ConfigError
+from asyncsync.sink import Sink, SinkConfig
+
+
+@dataclass
+class SimServer:
+    """A discrete-event server with capacity ``L``: with ``m`` requests at the server each
+    answer takes ``base`` up to ``L``, ``base * m / L`` above (it queues); above ``hard`` it
+    answers 429 at once. ``overhead`` is the client's own time per request (half before the
+    server sees it, half after): it adds to the round trip without loading the server, as
+    the client's CPU does on a loaded host. ``service`` replaces the capacity model with any
+    service time as a function of ``m``. The client keeps as many requests out as the limit
+    allows (an endless backlog)."""
+
+    capacity: Callable[[float], int]
+    base: float = 0.020
+    hard_factor: float = 2.0
+    jitter: float = 0.1
+    overhead: float = 0.0
+    service: Callable[[int], float] | None = None
+    seed: int = 0
+    now: float = 0.0
+    ok: int = 0
+    refused: int = 0
+    trace: list[tuple[float, int, bool]] = field(default_factory=list)
+
+    def run(self, control: AdaptiveLimit, until: float) -> None:
+        rng = random.Random(self.seed)
+        half = self.overhead / 2
+        events: list[tuple[float, int, str, float]] = []  # (at, id, what, sent at)
+        in_flight = at_server = n = 0
+        while self.now < until:
+            while in_flight < control.limit:
+                in_flight += 1
+                n += 1
+                heapq.heappush(events, (self.now + half, n, "arrive", self.now))
+            at, i, what, sent = heapq.heappop(events)
+            self.now = at
+            if what == "arrive":
+                at_server += 1
+                cap = self.capacity(at)
+                if self.service is None and at_server > self.hard_factor * cap:
+                    at_server -= 1
+                    heapq.heappush(events, (at + 0.001 + half, i, "refused", sent))
+                    continue
+                if self.service is not None:
+                    service = self.service(at_server)
+                else:
+                    service = self.base * max(1.0, at_server / cap)
+                service *= 1 + rng.uniform(-self.jitter, self.jitter)
+                heapq.heappush(events, (at + service, i, "served", sent))
+                continue
+            if what == "served":
+                at_server -= 1
+                heapq.heappush(events, (at + half, i, "ok", sent))
+                continue
+            if what == "ok":
+                self.ok += 1
+                control.on_success(at - sent, in_flight)
+            else:
+                self.refused += 1
+                control.on_backpressure()
+            in_flight -= 1
+            self.trace.append((at, control.limit, what == "ok"))
+
+    def limits(self, start: float, end: float) -> list[int]:
+        return [limit for t, limit, _ in self.trace if start <= t < end]
+
+    def mean_limit(self, start: float, end: float) -> float:
+        values = self.limits(start, end)
+        return sum(values) / len(values)
+
+    def goodput(self, start: float, end: float) -> float:
+        """Successful answers per second in [start, end)."""
+        return sum(1 for t, _, ok in self.trace if start <= t < end and ok) / (end - start)
+
+
+def simulate(
+    capacity: Callable[[float], int],
+    until: float,
+    *,
+    seed: int = 0,
+    initial: int = 8,
+    **server: Any,
+) -> tuple[SimServer, AdaptiveLimit]:
+    sim = SimServer(capacity, seed=seed, **server)
+    control = AdaptiveLimit(initial=initial, maximum=256, clock=lambda: sim.now)
+    sim.run(control, until)
+    return sim, control
+
+
+@pytest.mark.parametrize("overhead", [0.0, 0.002])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_settles_near_the_capacity(seed: int, overhead: float) -> None:
+    """Against L=16 the limit is within ±25% of 16 from 10 s on and for good. When the
+    client's own overhead adds 2 ms to every 20 ms round trip, the knee the client sees is
+    16 * 22 / 20 = 17.6 in flight (that many keep 16 at the server): within ±25% of that.
+    Back-pressure stays under 2% and goodput at 0.9x of what the server can do."""
+    server, _ = simulate(lambda t: 16, 30.0, seed=seed, overhead=overhead)
+    knee = 16 * (0.020 + overhead) / 0.020
+    assert all(0.75 * knee <= limit <= 1.25 * knee for limit in server.limits(10.0, 30.0))
+    assert server.refused <= 0.02 * (server.ok + server.refused)
+    assert server.goodput(10.0, 30.0) >= 0.9 * 16 / 0.020
+
+
+@pytest.mark.parametrize("capacity", [1, 4, 64, 200])
+def test_finds_small_and_large_capacities(capacity: int) -> None:
+    """From 8, slow start and the law find capacities far below and above the start."""
+    server, _ = simulate(lambda t: capacity, 30.0)
+    mean = server.mean_limit(20.0, 30.0)
+    assert capacity * 0.75 <= mean <= capacity * 1.25 + 2
+
+
+def test_slow_start_ramps_in_a_few_round_trips() -> None:
+    """8 -> 128 takes a handful of windows, not one request per window."""
+    server, _ = simulate(lambda t: 128, 0.5)
+    assert max(server.limits(0.0, 0.5)) >= 100
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_follows_a_halving_within_10_s(seed: int) -> None:
+    """L 16 -> 8 at 10 s: by 20 s the limit is within ±25% of 8 and goodput is back to at
+    least 0.8x of what L=8 can deliver (400 answers/s)."""
+    server, _ = simulate(lambda t: 16 if t < 10 else 8, 25.0, seed=seed)
+    assert all(6 <= limit <= 10 for limit in server.limits(20.0, 25.0))
+    assert server.goodput(15.0, 20.0) >= 0.8 * 8 / 0.020
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_follows_a_doubling_within_15_s(seed: int) -> None:
+    """L 16 -> 32 at 10 s: from 25 s on the limit is within ±25% of 32 (until the base-RTT
+    probe at 30 s halves it for two windows)."""
+    server, _ = simulate(lambda t: 16 if t < 10 else 32, 30.0, seed=seed)
+    assert all(24 <= limit <= 40 for limit in server.limits(25.0, 30.0))
+
+
+def test_rising_goodput_is_not_throttled() -> None:
+    """A server whose latency grows with load ((1 + m/8) ** 0.3) but whose goodput keeps
+    rising with it: Vegas alone reads the latency as a queue and stops near 12; the goodput
+    gradient keeps raising the limit."""
+
+    def service(m: int) -> float:
+        return 0.002 * (1 + m / 8) ** 0.3
+
+    server, _ = simulate(lambda t: 1, 20.0, service=service, jitter=0.05)
+    assert server.mean_limit(10.0, 20.0) >= 64
+    assert server.goodput(10.0, 20.0) >= 2 * 16 / service(16)  # twice what 16 would deliver
+
+
+def test_client_bound_does_not_ratchet_down() -> None:
+    """An endpoint where the round trip is the client's own queue (throughput flat from 3 in
+    flight on, RTT proportional to the number out: a fast sink on a busy client). The
+    Vegas estimate drifts down with every lower limit; the goodput guard stops it where
+    goodput starts to fall, instead of at 1."""
+
+    def service(m: int) -> float:
+        return 0.0005 * max(m, 3) if m >= 3 else 0.0005 * (6 - m)
+
+    server, _ = simulate(lambda t: 1, 10.0, service=service)
+    assert min(server.limits(2.0, 10.0)) >= 3
+    assert server.goodput(2.0, 10.0) >= 0.9 * 1 / 0.0005
+
+
+def test_unused_limit_does_not_grow() -> None:
+    """A source that keeps 3 requests out never tests a limit of 8: it stays 8."""
+    now = 0.0
+    control = AdaptiveLimit(initial=8, clock=lambda: now)
+    for _ in range(1000):
+        now += 0.01
+        control.on_success(0.02, 3)
+    assert control.limit == 8
+
+
+def test_one_decrease_per_window_and_floor() -> None:
+    """Back-pressure answers that arrive together cut once; repeated cuts stop at 1."""
+    now = 0.0
+    control = AdaptiveLimit(initial=64, clock=lambda: now)
+    control.on_success(0.1, 64)  # a window length of 0.1 s
+    control.on_backpressure()
+    after_first = control.limit
+    assert after_first == 48
+    for _ in range(20):
+        control.on_backpressure()
+    assert control.limit == after_first
+    for _ in range(50):
+        now += 1.0
+        control.on_backpressure()
+    assert control.limit == 1
+    assert not control.slow_start
+
+
+def test_ceiling() -> None:
+    """The limit never passes max_concurrency."""
+    server, control = simulate(lambda t: 1000, 5.0, initial=4)
+    assert max(server.limits(0.0, 5.0)) == control.maximum == 256
+
+
+def test_probe_remeasures_a_slower_base() -> None:
+    """When the endpoint itself becomes slower, the periodic probe re-learns the base RTT
+    instead of reading the slowdown as a queue forever."""
+    server = SimServer(lambda t: 16)
+    control = AdaptiveLimit(initial=8, clock=lambda: server.now)
+    server.run(control, 10.0)
+    server.base = 0.060
+    server.run(control, 70.0)
+    assert control.base_rtt >= 0.05
+    assert 12 <= server.mean_limit(62.0, 70.0) <= 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"maximum": 0}, "max_concurrency"),
+        ({"initial": 0}, "initial_concurrency"),
+        ({"initial": 10, "maximum": 5}, "initial_concurrency"),
+    ],
+)
+def test_bad_settings(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        AdaptiveLimit(**kwargs)
+    assert info.value.field == field
+
+
+# -- the gate ---------------------------------------------------------------------------------
+
+
+async def test_gate_is_fifo_and_follows_the_limit() -> None:
+    """Waiters go in arrival order; a raised limit admits more at once, a lowered one waits
+    for releases."""
+    now = 0.0
+    control = AdaptiveLimit(initial=2, maximum=8, clock=lambda: now)
+    gate = ConcurrencyLimiter(control, clock=lambda: now)
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        await gate.acquire()
+        order.append(i)
+
+    await gate.acquire()
+    await gate.acquire()
+    tasks = [asyncio.create_task(worker(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    assert order == [] and gate.in_flight == 2
+    gate.release()
+    await asyncio.sleep(0)
+    assert order == [0]
+    now = 1.0
+    control._set(5)  # as a window close would
+    await asyncio.sleep(0)
+    assert order == [0, 1, 2, 3] and gate.in_flight == 5
+    assert gate.max_seen == 5 and gate.timeline[-1] == (1.0, 5)
+    await asyncio.gather(*tasks)
+
+
+async def test_gate_cancelled_waiter_leaves_no_hole() -> None:
+    """A waiter cancelled in the queue takes no slot; the next one gets it."""
+    control = AdaptiveLimit(initial=1, maximum=4)
+    gate = ConcurrencyLimiter(control)
+    await gate.acquire()
+    first = asyncio.create_task(gate.acquire())
+    second = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    gate.release()
+    await second
+    assert gate.in_flight == 1
+    gate.release()
+    assert gate.in_flight == 0
+
+
+def test_timeline_is_bounded() -> None:
+    """The limit over time keeps at most a few hundred points however often it moves."""
+    now = 0.0
+    control = AdaptiveLimit(initial=2, maximum=100, clock=lambda: now)
+    gate = ConcurrencyLimiter(control, clock=lambda: now)
+    for i in range(100_000):
+        now += 0.01
+        control._set(2 + i % 50)
+    assert len(gate.timeline) <= 513
+    assert gate.timeline[0] == (0.0, 2)
+    assert gate.timeline[-1][1] == control.limit  # the latest value is kept
+    assert gate.timeline[-1][0] >= 0.99 * now
+
+
+# -- end to end: the uploader against the capacity sink ---------------------------------------
+
+
+async def test_auto_upload_reports_the_limit(tmp_path: Path) -> None:
+    """concurrency="auto" delivers everything through the gate and the summary (and its JSON)
+    carries the final limit, the highest one and the limit over time."""
+    records = [{"i": i} for i in range(400)]
+    state = StateOptions(failed=tmp_path / "failed.jsonl")
+    cfg = SinkConfig(require_auth=False, latency=0.01, capacity=4, overload_status=503)
+    async with Sink(cfg) as sink:
+        summary = await upload(
+            records,
+            sink.ingest_url,
+            concurrency="auto",
+            max_concurrency=32,
+            initial_concurrency=2,
+            limits=BatchLimits(max_records=2),
+            state=state,
+        )
+        stats = sink.stats()
+    assert summary.records_sent == 400 and summary.records_failed == 0
+    assert summary.concurrency_final is not None and 1 <= summary.concurrency_final <= 32
+    assert summary.concurrency_max_seen is not None
+    assert summary.concurrency_max_seen >= max(2, summary.concurrency_final)
+    assert stats["max_concurrent_ingest"] <= 32
+    data = summary.to_dict()
+    assert data["concurrency_timeline"][0] == [0.0, 2]
+    assert data["concurrency_final"] == summary.concurrency_final
+
+
+async def test_fixed_concurrency_has_no_timeline(tmp_path: Path) -> None:
+    """A fixed limit reports itself as final and highest, and no timeline."""
+    state = StateOptions(failed=tmp_path / "failed.jsonl")
+    async with Sink(SinkConfig(require_auth=False)) as sink:
+        summary = await upload([{"i": 1}], sink.ingest_url, concurrency=3, state=state)
+    assert (summary.concurrency_final, summary.concurrency_max_seen) == (3, 3)
+    assert "concurrency_timeline" not in summary.to_dict()
+
+
+async def test_attempt_signals_from_the_sender() -> None:
+    """A release without a signal (what the sender does for a 400, 401 or 500) leaves the
+    limit alone; back-pressure cuts it and ends slow start."""
+    now = 0.0
+    control = AdaptiveLimit(initial=16, maximum=64, clock=lambda: now)
+    gate = ConcurrencyLimiter(control, clock=lambda: now)
+    await gate.acquire()
+    gate.release()  # a 400 / 401: no signal
+    assert control.limit == 16 and control.slow_start
+    await gate.acquire()
+    gate.release_backpressure()
+    assert control.limit == 12 and not control.slow_start
+    assert gate.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("auto", True), (0, False), ("fast", False), (True, False)]
+)
+def test_uploader_checks_concurrency(value: object, ok: bool) -> None:
+    if ok:
+        Uploader("http://127.0.0.1:1/", concurrency=value)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ConfigError) as info:
+            Uploader("http://127.0.0.1:1/", concurrency=value)  # type: ignore[arg-type]
+        assert info.value.field == "concurrency"
+    with pytest.raises(ConfigError) as info:
+        Uploader(
+            "http://127.0.0.1:1/", concurrency="auto", initial_concurrency=9, max_concurrency=4
+        )
+    assert info.value.field == "initial_concurrency"
+
+
+def test_progress_line_shows_the_live_limit_in_auto_mode() -> None:
+    """The progress line names the current limit with --concurrency auto (it moves), and
+    leaves it out for a fixed --concurrency N."""
+    import io
+
+    from rich.console import Console
+
+    from asyncsync._summary import Counters
+    from asyncsync.cli._progress import ProgressDisplay
+
+    display = ProgressDisplay(Console(file=io.StringIO()))
+    counters = Counters(concurrency_auto=True, concurrency_limit=12)
+    assert "limit 12" in display._line(counters, rate=0.0)
+    counters.concurrency_limit = 5
+    assert "limit 5" in display._line(counters, rate=0.0)
+    assert "limit" not in display._line(Counters(concurrency_limit=16), rate=0.0)
