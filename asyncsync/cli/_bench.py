@@ -75,9 +75,11 @@ examples:
   asyncsync bench --url https://sandbox.example.com/ingest ... --synthetic 1 --dry-run
 
 exit status:
-  0  the sweep ran (even if the endpoint pushed back)    3  authentication failed
-  1  --dry-run: the record was not accepted              4  interrupted (cells so far written)
-  2  usage, configuration or unreadable input"""
+  0  the sweep ran (even if the endpoint pushed back)
+  1  --dry-run: the record was not accepted
+  2  usage, configuration or unreadable input
+  3  authentication failed, or the server's TLS certificate was refused (see --ca-bundle)
+  4  interrupted (the cells so far are written)"""
 
 
 def _positive_int(text: str) -> int:

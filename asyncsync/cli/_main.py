@@ -34,9 +34,11 @@ __all__ = ["build_parser", "main", "run_upload"]
 
 _EXIT_HELP = """\
 exit status:
-  0  every record delivered          3  authentication failed
-  1  some records dead-lettered      4  interrupted or aborted (resumable)
-  2  usage, configuration or unreadable input"""
+  0  every record delivered
+  1  some records dead-lettered
+  2  usage, configuration or unreadable input
+  3  authentication failed, or the server's TLS certificate was refused (see --ca-bundle)
+  4  interrupted or aborted (resumable)"""
 
 _UPLOAD_EXAMPLES = f"""\
 SOURCE is a .jsonl/.ndjson/.csv file, or - for JSON Lines on stdin. Each option can also be
