@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
 from ._deadletter import DeadLetterFile
 from ._handoff import EndOfHandoff, Handoff, HandoffBroken
@@ -188,6 +189,11 @@ class Pipeline:
                 except HandoffBroken:
                     if self.stopped:  # the workers stopped taking batches: so do we
                         break
+                    # The workers left because the run is cancelled (from outside, or for
+                    # a worker's error): a put woken by the last one's leave() has not seen
+                    # that yet (anyio delivers it to tasks that wait). Take it now, so the
+                    # run ends with the cancellation or the worker's error, not this one.
+                    await anyio.lowlevel.checkpoint()
                     raise
                 if on_queue is not None:
                     self._queued += 1
