@@ -1149,3 +1149,88 @@ async def test_in_flight_counts_concurrent_requests(
         await asyncio.gather(sender.send(make_batch()), sender.send(make_batch(first=100)))
     counts = [e.count for e in hooks.events if isinstance(e, InFlight)]
     assert max(counts) == 2 and counts[-1] == 0 == counters.in_flight
+
+
+def rejecting_handler(bad: int) -> Handler:
+    """400 "bad record" for any body holding a record ``i <= bad``; 200 otherwise."""
+
+    async def handler(request: web.Request) -> web.Response:
+        records = await request.json()
+        if any(r["i"] <= bad for r in records):
+            return web.Response(status=400, text="bad record")
+        return web.Response(status=200)
+
+    return handler
+
+
+async def test_a_wholly_bad_batch_is_dead_lettered_whole_and_logged(
+    serve: Callable[[Handler], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every half and quarter rejected alike: one dead result for the batch, saying why."""
+    url = await serve(rejecting_handler(8))
+    sender, _, session = await make_sender(url)
+    caplog.set_level(logging.INFO, logger="asyncsync.sender")
+    async with session:
+        [result] = await sender.send(make_batch(8))
+    assert result.delivered is False and result.attempts == 1 and result.status == 400
+    assert result.error == (
+        "status 400 Bad Request: bad record (every half and quarter of the batch was "
+        "rejected the same way: taken as wholly bad, dead-lettered whole without isolating "
+        "each record)"
+    )
+    assert (
+        "batch job-1-8: every part rejected alike at 2 levels of splitting: "
+        "dead-lettering its 8 records whole"
+    ) in [r.getMessage() for r in caplog.records]
+
+
+async def test_a_bad_half_is_isolated_record_by_record(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """16 records, the first 8 bad: the halves differ, so the bad half is not taken as
+    wholly bad at its own levels; each of its records is dead-lettered alone."""
+    url = await serve(rejecting_handler(8))
+    sender, _, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(16))
+    dead = [list(r.batch.positions) for r in results if not r.delivered]
+    assert dead == [[i] for i in range(1, 9)]
+    assert [p for r in results if r.delivered for p in r.batch.positions] == list(range(9, 17))
+
+
+async def test_a_split_budget_of_4_pays_for_two_splits(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """``max_split_requests=4``: 4 records with record 1 bad are split twice (2 requests
+    each), isolating record 1; the budget is then spent exactly."""
+    url = await serve(rejecting_handler(1))
+    sender, _, session = await make_sender(url, rejects=RejectOptions(max_split_requests=4))
+    async with session:
+        results = await sender.send(make_batch())
+    dead = [r for r in results if not r.delivered]
+    assert [list(r.batch.positions) for r in dead] == [[1]] and "split budget" not in dead[0].error
+    assert sender._split_left == 0
+
+
+async def test_below_the_first_levels_a_rejected_part_is_isolated_depth_first(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """16 records, 1, 3, 5 and 7 bad: the halves differ, so the bad half 1-8 is isolated as
+    a binary search, one part at a time (each part's halves before the next part's), which
+    decides what a limited split budget pays for first."""
+    sent: list[tuple[int, int]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        records = [r["i"] for r in await request.json()]
+        sent.append((records[0], records[-1]))
+        if any(i in (1, 3, 5, 7) for i in records):
+            return web.Response(status=400, text="bad record")
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, _, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(16))
+    assert [r.batch.first for r in results if not r.delivered] == [1, 3, 5, 7]
+    assert sent[:7] == [(1, 16), (1, 8), (9, 16), (1, 4), (5, 8), (1, 2), (3, 4)]
+    assert sent[7:9] == [(1, 1), (2, 2)]
