@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import math
 import random
 import time
@@ -21,8 +22,8 @@ from aiohttp import web
 from asyncsync import Action, AuthError, RetryPolicy
 from asyncsync._body import BodyEncoder
 from asyncsync._config import RejectOptions
-from asyncsync._hooks import NO_HOOKS, RetryDetails, UploadHooks
-from asyncsync._http import Transport
+from asyncsync._hooks import NO_HOOKS, InFlight, RequestDone, RetryDetails, UploadHooks
+from asyncsync._http import AiohttpTransport, Transport
 from asyncsync._records import Batch, BatchResult
 from asyncsync._retry import PauseGate, RateLimiter, parse_retry_after
 from asyncsync._sender import Sender
@@ -723,3 +724,573 @@ async def test_keep_alive_reuses_connections(serve: Callable[[Handler], Awaitabl
             await asyncio.gather(*(send(100 * round_ + 10 * i) for i in range(3)))
     assert counters.requests == 30
     assert 1 <= len(peers) <= 4, peers
+
+
+# --- Mutation-driven tests of the per-attempt decisions (docs/mutation.md, sender row) ---
+
+
+class EventLog(UploadHooks):
+    """Every per-request event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def on_request(self, event: RequestDone) -> None:
+        self.events.append(event)
+
+    def on_in_flight(self, event: InFlight) -> None:
+        self.events.append(event)
+
+
+async def test_request_and_in_flight_events_for_an_error_a_retry_and_an_ack(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A dropped connection, a 503 and a 200, each answered 0.25 s after it was sent: one
+    RequestDone per request (attempt, status or None, latency, bytes), and the in-flight
+    count goes 1 then 0 around each."""
+    t = FakeTime()
+    calls = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        t.now += 0.25
+        if calls == 1:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)
+        return web.Response(status=503 if calls == 2 else 200)
+
+    url = await serve(handler)
+    hooks = EventLog()
+    sender, counters, session = await make_sender(url, time_=t, hooks=hooks)
+    batch = Batch(5, [b'{"i":1}', b'{"i":2}'], [1, 2], None, 14)
+    async with session:
+        [result] = await sender.send(batch)
+    assert result.delivered and result.attempts == 3
+    size = len(b'[{"i":1},{"i":2}]')
+    assert hooks.events == [
+        InFlight(1), RequestDone(5, 1, None, 0.25, size), InFlight(0),
+        InFlight(1), RequestDone(5, 2, 503, 0.25, size), InFlight(0),
+        InFlight(1), RequestDone(5, 3, 200, 0.25, size), InFlight(0),
+    ]  # fmt: skip
+    assert counters.in_flight == 0 and counters.bytes_sent == size
+
+
+async def test_per_request_timeout_is_passed_to_the_transport(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """``timeout=0.2`` (the transport's own is 60 s): a first answer that takes 2 s is a
+    transport error, retried under the same key."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(2)
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    counters = Counters()
+    t = FakeTime()
+    async with AiohttpTransport(connections=4, timeout=60) as transport:
+        sender = Sender(
+            transport, url, tokens=None, encoder=BodyEncoder("json"), job_id="job",
+            retry=RetryPolicy(max_attempts=3, backoff_initial=0.0), counters=counters,
+            hooks=NO_HOOKS, timeout=0.2, clock=t.clock, sleep=t.sleep,
+            gate=PauseGate(clock=t.clock, sleep=t.sleep),
+        )  # fmt: skip
+        started = time.monotonic()
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.attempts == 2
+    assert counters.retries_by_status == {"error": 1}
+    assert time.monotonic() - started < 1.5
+
+
+async def test_token_replaces_a_configured_authorization_header(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A configured ``Authorization`` header is replaced by the token's, not sent beside it."""
+    seen: list[list[str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.getall("Authorization"))
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    tokens = TokenManager(StaticToken("tok-123456"))
+    async with AiohttpTransport(connections=4, timeout=60) as transport:
+        sender = Sender(
+            transport, url, tokens=tokens, encoder=BodyEncoder("json"), job_id="job",
+            retry=RetryPolicy(), counters=Counters(), hooks=NO_HOOKS,
+            headers={"Authorization": "Basic dXNlcjpwdw=="},
+        )  # fmt: skip
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert result.delivered and seen == [["Bearer tok-123456"]]
+
+
+def expiring_tokens(t: FakeTime) -> tuple[list[str], Callable[[], Awaitable[TokenResponse]]]:
+    issued: list[str] = []
+
+    async def fetch() -> TokenResponse:
+        issued.append(f"token-{len(issued) + 1}")
+        return TokenResponse(access_token=issued[-1], expires_in=1.0)
+
+    return issued, fetch
+
+
+@pytest.mark.parametrize("unauthorized", [3, 10])
+async def test_401s_for_tokens_that_expire_in_flight_are_bounded(
+    serve: Callable[[Handler], Awaitable[str]], unauthorized: int
+) -> None:
+    """Every token runs out in flight (refused_by_expiry): up to MAX_REAUTH (3) refreshes per
+    batch; three 401s then a 200 deliver, a fourth 401 is an AuthError saying 4 times."""
+    from asyncsync.auth._simple import CallableProvider
+
+    t = FakeTime()
+    issued, fetch = expiring_tokens(t)
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls <= unauthorized:
+            t.now += 5.0  # the token expires before the answer
+            return web.Response(status=401)
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    hooks = Recorder()
+    sender, counters, session = await make_sender(url, tokens=tokens, time_=t, hooks=hooks)
+    async with session:
+        if unauthorized == 3:
+            [result] = await sender.send(make_batch())
+            assert result.delivered and result.attempts == 1
+            assert counters.retries_by_status == {"401": 3}
+            # a 401 re-send spends no attempt: each is attempt 1 again, sent at once
+            details = RetryDetails(0, "job-1-4", 1, "status 401 Unauthorized", 401, 0.0)
+            assert hooks.retries == [details] * 3
+        else:
+            with pytest.raises(AuthError, match=r"\(4 times for batch job-1-4\)") as info:
+                await sender.send(make_batch())
+            assert calls == 4 and info.value.endpoint == url
+    await tokens.aclose()
+
+
+def results_handler(answers: list[list[int]]) -> Handler:
+    """Per-record results as a top-level array (``--results .``), one list of statuses per
+    request; each item padded so the answer is above 64 KiB."""
+
+    async def handler(request: web.Request) -> web.Response:
+        statuses = answers.pop(0)
+        items = [{"status": s, "pad": "x" * 20_000} for s in statuses]
+        return web.json_response(items)
+
+    return handler
+
+
+async def test_results_larger_than_the_default_body_limit_are_read_whole(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """With per-record results the whole answer is read (80 KB here, over the 64 KiB read
+    for an answer without results): each record is settled from it."""
+    url = await serve(results_handler([[201, 201, 201, 201]]))
+    sender, _, session = await make_sender(url, rejects=RejectOptions(results="."))
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.error == "" and result.key == "job-1-4"
+
+
+@pytest.mark.parametrize(("initial", "expected"), [(0.5, 1), (0.0, 0)])
+async def test_items_sent_again_back_off_first(
+    serve: Callable[[Handler], Awaitable[str]], initial: float, expected: int
+) -> None:
+    """An item answered 429 is re-sent after the backoff for its batch's next attempt (a
+    jittered wait in [0, initial]), on the batch's clock; no sleep at all when it is 0."""
+    url = await serve(results_handler([[201, 429, 201, 201], [201]]))
+    t = FakeTime()
+    policy = RetryPolicy(max_attempts=4, backoff_initial=initial, backoff_max=4.0)
+    sender, _, session = await make_sender(
+        url, time_=t, policy=policy, rejects=RejectOptions(results=".")
+    )
+    async with session:
+        results = await sender.send(make_batch())
+    assert all(r.delivered for r in results) and len(results) == 2
+    assert len(t.sleeps) == expected and all(0 < s <= initial for s in t.sleeps)
+
+
+async def test_retry_after_is_waited_out_on_a_clock_starting_at_zero(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """The gate holds the retry back even when its clock reads below 1 (the pause ends at
+    0.5): the wait is the gate's, not skipped."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return web.Response(status=503, headers={"Retry-After": "0.5"})
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    t = FakeTime()
+    t.now = 0.0
+    sender, _, session = await make_sender(url, time_=t)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.attempts == 2 and t.sleeps == [0.5]
+
+
+async def test_a_status_outside_the_table_is_classified_by_the_policy(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A status the 100-599 table does not hold (799) is looked up in the policy: not 2xx,
+    so dead at once, not retried."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=799)
+
+    url = await serve(handler)
+    sender, _, session = await make_sender(url)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert calls == 1 and not result.delivered and result.status == 799
+
+
+async def test_acknowledged_requests_add_up_bytes_and_latencies(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Two batches acknowledged 0.25 s after sending: bytes_sent is their sum, and each
+    latency is sampled."""
+    t = FakeTime()
+
+    async def handler(request: web.Request) -> web.Response:
+        t.now += 0.25
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url, time_=t)
+    async with session:
+        await sender.send(make_batch(2))
+        await sender.send(make_batch(3, first=10))
+    assert counters.bytes_sent == len(b'[{"i":1},{"i":2}]') + len(b'[{"i":10},{"i":11},{"i":12}]')
+    assert list(counters.latencies.values) == [0.25, 0.25]
+
+
+async def test_401_without_authentication_is_dead_at_once(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """No token manager: a 401 cannot be answered with a new token; dead, not retried."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=401)
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert calls == 1 and not result.delivered and result.status == 401
+    assert result.error == "401 Unauthorized (no authentication configured)"
+    assert counters.retries == 0
+
+
+async def test_a_token_echoed_in_a_rejection_is_masked(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A 400 whose body quotes the token (no "Bearer" before it, which the generic
+    redaction would catch): the dead-letter reason has it masked."""
+
+    async def handler(request: web.Request) -> web.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        return web.Response(status=400, text=f"unknown client {token}")
+
+    url = await serve(handler)
+    tokens = TokenManager(StaticToken("tok-123456"))
+    sender, _, session = await make_sender(
+        url, tokens=tokens, rejects=RejectOptions(on_reject="batch")
+    )
+    async with session:
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert "tok-123456" not in result.error and "***" in result.error
+
+
+async def test_retries_are_logged_as_structured_events(
+    serve: Callable[[Handler], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 (a new token, sent at once) then a 503 (a backoff): one ``retry`` event each,
+    with its message and the fields the JSON log carries."""
+    from asyncsync.auth._simple import CallableProvider
+
+    t = FakeTime()
+    issued, fetch = numbered_tokens()
+    answers = {"Bearer token-1": 401, "Bearer token-2": 503}
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=answers.pop(request.headers["Authorization"], 200))
+
+    url = await serve(handler)
+    tokens = TokenManager(CallableProvider(fetch), clock=t.clock, sleep=t.sleep, min_interval=0)
+    hooks = Recorder()
+    sender, _, session = await make_sender(url, tokens=tokens, time_=t, hooks=hooks)
+    caplog.set_level(logging.INFO, logger="asyncsync.sender")
+    async with session:
+        [result] = await sender.send(make_batch())
+    await tokens.aclose()
+    assert result.delivered and result.attempts == 2
+    [wait] = t.sleeps
+    retries = [r for r in caplog.records if getattr(r, "event", None) == "retry"]
+    assert [r.getMessage() for r in retries] == [
+        "retry 1 of batch job-1-4 after a 401, with a new token",
+        f"retry 2 of batch job-1-4 in {wait:.2f}s: status 503 Service Unavailable",
+    ]
+    fields = ("event", "batch", "key", "status", "attempt", "wait_s")
+    assert [tuple(getattr(r, f) for f in fields) for r in retries] == [
+        ("retry", 0, "job-1-4", 401, 1, 0.0),
+        ("retry", 0, "job-1-4", 503, 2, round(wait, 3)),
+    ]
+    assert hooks.retries == [
+        RetryDetails(0, "job-1-4", 1, "status 401 Unauthorized", 401, 0.0),
+        RetryDetails(0, "job-1-4", 2, "status 503 Service Unavailable", 503, wait),
+    ]
+
+
+async def test_splits_are_logged(
+    serve: Callable[[Handler], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 413 for 4 records is logged as a ``split`` event; a 422 for 2 records (split to
+    find the rejected one) is logged with its status."""
+
+    async def handler(request: web.Request) -> web.Response:
+        records = await request.json()
+        if len(records) > 2:
+            return web.Response(status=413)
+        if len(records) == 2 and records[0]["i"] == 1:
+            return web.Response(status=422)
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, _, session = await make_sender(url)
+    caplog.set_level(logging.INFO, logger="asyncsync.sender")
+    async with session:
+        results = await sender.send(make_batch())
+    assert all(r.delivered for r in results) and len(results) == 3
+    [split] = [r for r in caplog.records if getattr(r, "event", None) == "split"]
+    assert split.getMessage() == "413 for batch job-1-4 of 4 records: splitting"
+    fields = ("event", "batch", "key", "status")
+    assert tuple(getattr(split, f) for f in fields) == ("split", 0, "job-1-4", 413)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "422 for batch job-1-2 of 2 records: splitting" in messages
+
+
+async def test_single_record_413_is_dead_at_once(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A record alone answered 413 cannot be split: dead after one request, not retried."""
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=413, text="too large")
+
+    url = await serve(handler)
+    sender, counters, session = await make_sender(url)
+    async with session:
+        [result] = await sender.send(make_batch(1))
+    assert calls == 1 and result.attempts == 1 and counters.retries == 0
+    assert not result.delivered and result.error == "status 413 Request Entity Too Large: too large"
+
+
+async def test_gives_up_when_the_retry_time_is_spent(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """503s that take 3 s each, ``max_retry_time=5``: given up on time after 2 of 10
+    attempts, saying so (not "after 2 attempts"), with the batch's key."""
+    t = FakeTime()
+
+    async def handler(request: web.Request) -> web.Response:
+        t.now += 3.0
+        return web.Response(status=503)
+
+    url = await serve(handler)
+    policy = RetryPolicy(max_attempts=10, max_retry_time=5.0, backoff_initial=4.0)
+    sender, _, session = await make_sender(url, time_=t, policy=policy)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert result.delivered is False and result.key == "job-1-4" and result.batch.first == 1
+    assert result.attempts == 2 and result.status == 503
+    [wait] = t.sleeps
+    assert 0 < wait <= 2.0  # 3 s of the 5 were spent before it
+    assert result.error == f"gave up after {6 + wait:.1f}s: status 503 Service Unavailable"
+
+
+async def test_retry_after_is_waited_at_the_gate_not_by_the_sender(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """After a 429 with ``Retry-After: 7`` the sender leaves the wait to the shared gate
+    (every worker waits there): its own sleep is not used."""
+    t = FakeTime()
+    own_sleeps: list[float] = []
+
+    async def sender_sleep(seconds: float) -> None:
+        own_sleeps.append(seconds)
+        await t.sleep(seconds)
+
+    calls = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return web.Response(status=429, headers={"Retry-After": "7"})
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    async with AiohttpTransport(connections=4, timeout=60) as transport:
+        sender = Sender(
+            transport, url, tokens=None, encoder=BodyEncoder("json"), job_id="job",
+            retry=RetryPolicy(), counters=Counters(), hooks=NO_HOOKS, clock=t.clock,
+            sleep=sender_sleep, gate=PauseGate(clock=t.clock, sleep=t.sleep),
+        )  # fmt: skip
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.attempts == 2
+    assert t.sleeps == [7.0] and own_sleeps == []
+
+
+async def test_a_zero_backoff_retries_without_sleeping(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """``backoff_initial=0``: a 503 is retried at once, with no ``sleep(0)``."""
+    statuses = [503, 200]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=statuses.pop(0))
+
+    url = await serve(handler)
+    t = FakeTime()
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.0)
+    sender, _, session = await make_sender(url, time_=t, policy=policy)
+    async with session:
+        [result] = await sender.send(make_batch())
+    assert result.delivered and result.attempts == 2 and t.sleeps == []
+
+
+async def test_in_flight_counts_concurrent_requests(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """Two batches in flight at once (the server answers once both arrived): the in-flight
+    count reaches 2, and is back at 0 after."""
+    arrived = 0
+    both = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 5)
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    hooks = EventLog()
+    sender, counters, session = await make_sender(url, hooks=hooks)
+    async with session:
+        await asyncio.gather(sender.send(make_batch()), sender.send(make_batch(first=100)))
+    counts = [e.count for e in hooks.events if isinstance(e, InFlight)]
+    assert max(counts) == 2 and counts[-1] == 0 == counters.in_flight
+
+
+def rejecting_handler(bad: int) -> Handler:
+    """400 "bad record" for any body holding a record ``i <= bad``; 200 otherwise."""
+
+    async def handler(request: web.Request) -> web.Response:
+        records = await request.json()
+        if any(r["i"] <= bad for r in records):
+            return web.Response(status=400, text="bad record")
+        return web.Response(status=200)
+
+    return handler
+
+
+async def test_a_wholly_bad_batch_is_dead_lettered_whole_and_logged(
+    serve: Callable[[Handler], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every half and quarter rejected alike: one dead result for the batch, saying why."""
+    url = await serve(rejecting_handler(8))
+    sender, _, session = await make_sender(url)
+    caplog.set_level(logging.INFO, logger="asyncsync.sender")
+    async with session:
+        [result] = await sender.send(make_batch(8))
+    assert result.delivered is False and result.attempts == 1 and result.status == 400
+    assert result.error == (
+        "status 400 Bad Request: bad record (every half and quarter of the batch was "
+        "rejected the same way: taken as wholly bad, dead-lettered whole without isolating "
+        "each record)"
+    )
+    assert (
+        "batch job-1-8: every part rejected alike at 2 levels of splitting: "
+        "dead-lettering its 8 records whole"
+    ) in [r.getMessage() for r in caplog.records]
+
+
+async def test_a_bad_half_is_isolated_record_by_record(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """16 records, the first 8 bad: the halves differ, so the bad half is not taken as
+    wholly bad at its own levels; each of its records is dead-lettered alone."""
+    url = await serve(rejecting_handler(8))
+    sender, _, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(16))
+    dead = [list(r.batch.positions) for r in results if not r.delivered]
+    assert dead == [[i] for i in range(1, 9)]
+    assert [p for r in results if r.delivered for p in r.batch.positions] == list(range(9, 17))
+
+
+async def test_a_split_budget_of_4_pays_for_two_splits(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """``max_split_requests=4``: 4 records with record 1 bad are split twice (2 requests
+    each), isolating record 1; the budget is then spent exactly."""
+    url = await serve(rejecting_handler(1))
+    sender, _, session = await make_sender(url, rejects=RejectOptions(max_split_requests=4))
+    async with session:
+        results = await sender.send(make_batch())
+    dead = [r for r in results if not r.delivered]
+    assert [list(r.batch.positions) for r in dead] == [[1]] and "split budget" not in dead[0].error
+    assert sender._split_left == 0
+
+
+async def test_below_the_first_levels_a_rejected_part_is_isolated_depth_first(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """16 records, 1, 3, 5 and 7 bad: the halves differ, so the bad half 1-8 is isolated as
+    a binary search, one part at a time (each part's halves before the next part's), which
+    decides what a limited split budget pays for first."""
+    sent: list[tuple[int, int]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        records = [r["i"] for r in await request.json()]
+        sent.append((records[0], records[-1]))
+        if any(i in (1, 3, 5, 7) for i in records):
+            return web.Response(status=400, text="bad record")
+        return web.Response(status=200)
+
+    url = await serve(handler)
+    sender, _, session = await make_sender(url)
+    async with session:
+        results = await sender.send(make_batch(16))
+    assert [r.batch.first for r in results if not r.delivered] == [1, 3, 5, 7]
+    assert sent[:7] == [(1, 16), (1, 8), (9, 16), (1, 4), (5, 8), (1, 2), (3, 4)]
+    assert sent[7:9] == [(1, 1), (2, 2)]
