@@ -20,8 +20,6 @@ from ._exceptions import (
     AuthError,
     CheckpointError,
     ConfigError,
-    DeliveryError,
-    Interrupted,
     SourceError,
 )
 from ._hooks import (
@@ -38,7 +36,7 @@ from ._hooks import (
     UploadHooks,
 )
 from ._records import BatchResult
-from ._summary import RunSummary
+from ._summary import DeliveryError, Interrupted, RunSummary
 from ._uploader import Uploader, upload
 from .auth._file_store import FileTokenStore
 from .auth._login import JsonLogin

@@ -11,23 +11,18 @@ Every error is an :class:`AsyncSyncError`, so a caller can catch them all in one
     ├── CheckpointError    the checkpoint cannot be read, matched or written exit 2
     └── Interrupted        the run was stopped by a signal; resumable       exit 4
 
-Messages never contain a token or a secret.
+Messages never contain a token or a secret. ``DeliveryError`` and ``Interrupted`` carry the
+run's :class:`RunSummary`, so they are defined beside it, in :mod:`asyncsync._summary` (this
+module stays at the bottom of the import graph).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._summary import RunSummary
 
 __all__ = [
     "AsyncSyncError",
     "AuthError",
     "CheckpointError",
     "ConfigError",
-    "DeliveryError",
-    "Interrupted",
     "SourceError",
 ]
 
@@ -70,24 +65,5 @@ class AuthError(AsyncSyncError):
         self.permanent = permanent
 
 
-class DeliveryError(AsyncSyncError):
-    """Records could not be delivered (a permanent status, or retries exhausted) and are in the
-    dead-letter file. A failed batch does not stop a run; this is raised only when the caller
-    asks, by :meth:`RunSummary.raise_for_failures`, and carries that ``summary``."""
-
-    def __init__(self, message: str, *, summary: RunSummary) -> None:
-        super().__init__(message)
-        self.summary = summary
-
-
 class CheckpointError(AsyncSyncError):
     """The checkpoint cannot be written, read, or does not match this job."""
-
-
-class Interrupted(AsyncSyncError):
-    """The run was stopped (``Uploader.stop()``/``abort()``, a signal in the CLI) after a clean
-    drain; ``summary`` says what it did. Resume from the checkpoint."""
-
-    def __init__(self, message: str, *, summary: RunSummary | None = None) -> None:
-        super().__init__(message)
-        self.summary = summary

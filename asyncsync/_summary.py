@@ -9,7 +9,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["COUNTER_FIELDS", "Counters", "LatencySample", "RunSummary", "merge_summaries"]
+from ._exceptions import AsyncSyncError
+
+__all__ = [
+    "COUNTER_FIELDS",
+    "Counters",
+    "DeliveryError",
+    "Interrupted",
+    "LatencySample",
+    "RunSummary",
+    "merge_summaries",
+]
 
 
 class LatencySample:
@@ -135,8 +145,6 @@ class RunSummary:
         """Raise :class:`DeliveryError` when a record was dead-lettered; else return self
         (as httpx's ``raise_for_status``: the caller decides that a failure is an error)."""
         if self.records_failed:
-            from ._exceptions import DeliveryError
-
             raise DeliveryError(
                 f"{self.records_failed} of {self.records_read} records could not be delivered "
                 "and are in the dead-letter file",
@@ -245,3 +253,22 @@ def merge_summaries(
         job_id=",".join(jobs) or None,
         interrupted=interrupted,
     )
+
+
+class DeliveryError(AsyncSyncError):
+    """Records could not be delivered (a permanent status, or retries exhausted) and are in the
+    dead-letter file. A failed batch does not stop a run; this is raised only when the caller
+    asks, by :meth:`RunSummary.raise_for_failures`, and carries that ``summary``."""
+
+    def __init__(self, message: str, *, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class Interrupted(AsyncSyncError):
+    """The run was stopped (``Uploader.stop()``/``abort()``, a signal in the CLI) after a clean
+    drain; ``summary`` says what it did. Resume from the checkpoint."""
+
+    def __init__(self, message: str, *, summary: RunSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary

@@ -50,7 +50,7 @@ from ._config import (
     StateOptions,
 )
 from ._deadletter import DeadLetterFile
-from ._exceptions import ConfigError, Interrupted
+from ._exceptions import ConfigError
 from ._hooks import NO_HOOKS, CheckpointSaved, RunStarted, UploadHooks, overrides
 from ._http import Transport
 from ._paths import default_state_paths
@@ -58,7 +58,7 @@ from ._pipeline import Pipeline, default_queue_size
 from ._records import RecordBlock
 from ._retry import PauseGate, RateLimiter
 from ._sender import Sender
-from ._summary import Counters, RunSummary
+from ._summary import Counters, Interrupted, RunSummary
 from ._transports import open_transport
 from .auth._manager import TokenManager
 from .auth._protocol import AuthProvider

@@ -23,11 +23,10 @@ from .._exceptions import (
     AuthError,
     CheckpointError,
     ConfigError,
-    Interrupted,
     SourceError,
 )
 from .._redact import redact
-from .._summary import RunSummary
+from .._summary import Interrupted, RunSummary
 
 __all__ = [
     "EXIT_AUTH",

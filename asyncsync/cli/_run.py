@@ -19,9 +19,8 @@ import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .._exceptions import Interrupted
 from .._hooks import HookGroup, UploadHooks, overrides
-from .._summary import RunSummary
+from .._summary import Interrupted, RunSummary
 from ._plan import RunPlan
 from ._settings import Settings
 
