@@ -9,10 +9,12 @@ prints ``ready`` and waits for a line on stdin: a start barrier. Then it forks i
 ``--processes`` processes (the imports are paid once, not once per process); each builds its
 own store and TokenManager, runs ``--tasks`` concurrent ``get()`` calls and prints one line::
 
-    result {"pid": ..., "fingerprint": ..., "requests": ..., "elapsed": ...}
+    result {"pid": ..., "fingerprint": ..., "requests": ..., "elapsed": ...,
+            "started_at": ..., "finished_at": ...}
 
 ``fingerprint`` is that of the one token all its tasks got, ``requests`` the token requests
-that process made. The exit status is 0 only if every process succeeded. Run it in a new
+that process made; ``started_at``/``finished_at`` are wall-clock times (``time.time()``), so
+windows of different processes can be compared. The exit status is 0 only if every process succeeded. Run it in a new
 session: killing its process group then kills every process of it.
 """
 
@@ -44,6 +46,7 @@ async def run(args: argparse.Namespace) -> None:
         args.token_url, args.client_id, os.environ["ASYNCSYNC_CLIENT_SECRET"]
     )
     store = build_store(args)
+    started_at = time.time()  # wall clock: comparable across processes
     started = time.monotonic()
     async with TokenManager(provider, store=store, fetch_timeout=args.fetch_timeout) as manager:
         tokens = await asyncio.gather(*(manager.get() for _ in range(args.tasks)))
@@ -56,6 +59,8 @@ async def run(args: argparse.Namespace) -> None:
         "fingerprint": fingerprints.pop(),
         "requests": requests,
         "elapsed": round(time.monotonic() - started, 3),
+        "started_at": started_at,
+        "finished_at": time.time(),
     }
     # One write of one short line: atomic on a pipe, whatever the other processes write.
     os.write(sys.stdout.fileno(), b"result " + orjson.dumps(result) + b"\n")

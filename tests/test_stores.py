@@ -556,8 +556,14 @@ async def test_eight_processes_share_one_token_request(
     assert len({r["pid"] for r in results}) == 8
     assert len({r["fingerprint"] for r in results}) == 1
     assert sorted(r["requests"] for r in results) == [0] * 7 + [1]
-    # They did overlap: most waited out the 0.3 s fetch of another process.
-    assert sum(r["elapsed"] >= 0.25 for r in results) >= 4, results
+    # They did overlap: most processes were already waiting while the one fetch was under way
+    # (wall-clock windows, not per-process durations: on a loaded machine the later forks start
+    # late, so their own wait is short even though they did wait for the other process).
+    (fetcher,) = [r for r in results if r["requests"] == 1]
+    waiters = [r for r in results if r["requests"] == 0]
+    overlapping = [r for r in waiters if r["started_at"] < fetcher["finished_at"] - 0.05]
+    assert len(overlapping) >= 4, results
+    assert all(r["finished_at"] >= fetcher["started_at"] for r in waiters), results
     stored = await make_store(spec, key).load()
     assert stored is not None
     assert fingerprint(stored[0]) == results[0]["fingerprint"]
