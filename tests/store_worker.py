@@ -14,8 +14,8 @@ own store and TokenManager, runs ``--tasks`` concurrent ``get()`` calls and prin
 
 ``fingerprint`` is that of the one token all its tasks got, ``requests`` the token requests
 that process made; ``started_at``/``finished_at`` are wall-clock times (``time.time()``), so
-windows of different processes can be compared. The exit status is 0 only if every process succeeded. Run it in a new
-session: killing its process group then kills every process of it.
+windows of different processes can be compared. The exit status is 0 only if every process
+succeeded. Run it in a new session: killing its process group then kills every process of it.
 """
 
 from __future__ import annotations
