@@ -240,10 +240,12 @@ class RejectOptions:
     ``on_reject``: ``"split"`` (default) halves a batch of more than one record answered 400
     or 422 until each rejected record stands alone, and dead-letters only those; ``"batch"``
     dead-letters the whole batch. ``max_split_requests``: a run-wide budget of requests for
-    the parts of rejected batches (None: no limit); once spent, a rejected batch is
-    dead-lettered whole, saying so. ``results``: read a 2xx/207 answer as one result per
-    record: ``"elasticsearch"``, ``"salesforce"``, or a dotted path to the results array
-    (``"."`` for a top-level array); None reads no results (any 2xx delivers the batch).
+    parts (None: no limit): the halves of a split on a rejection or a 413, probes, items sent
+    again after per-record results, and every retry of a part; ``split_requests`` never
+    exceeds it. What it cannot pay for is dead-lettered, saying so. ``results``: read a
+    2xx/207 answer as one result per record: ``"elasticsearch"``, ``"salesforce"``, or a
+    dotted path to the results array (``"."`` for a top-level array); None reads no results
+    (any 2xx delivers the batch).
     """
 
     on_reject: Literal["split", "batch"] = "split"

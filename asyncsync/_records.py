@@ -94,10 +94,6 @@ class Batch:
     #: ``last`` (a batch as cut, or a slice of one): the range then names the body. A subset
     #: picked out of a batch (the items a server asked to retry) is not dense.
     dense: bool = True
-    #: how many times these records were sent again as a part of their own because a
-    #: per-record answer said "retry" (0: never); part of the key, as the server may have
-    #: marked the previous key done
-    resend: int = 0
 
     @property
     def first(self) -> int:
@@ -123,7 +119,6 @@ class Batch:
             sum(map(len, self.records[:mid])),
             None,
             self.dense or mid == 1,
-            self.resend,
         )
         right = Batch(
             self.seq,
@@ -133,23 +128,20 @@ class Batch:
             sum(map(len, self.records[mid:])),
             self.end_key,
             self.dense or len(self.records) - mid == 1,
-            self.resend,
         )
         return left, right
 
-    def subset(self, indexes: Sequence[int], *, resend: bool = False) -> Batch:
+    def subset(self, indexes: Sequence[int]) -> Batch:
         """The records at ``indexes`` (increasing) as a batch of their own, keeping ``seq``:
-        the items of a per-record answer that were delivered, failed, or (``resend``) are to
-        be sent again, which counts one more :attr:`resend`."""
-        rounds = self.resend + 1 if resend else self.resend
-        if len(indexes) == len(self.records) and rounds == self.resend:
+        the items of a per-record answer that were delivered, failed, or are to be sent
+        again, or what is left of a part once one record was sent alone. The same records
+        make the same batch (and so the same key), however they were picked."""
+        if len(indexes) == len(self.records):
             return self
         records = [self.records[i] for i in indexes]
         positions = compact_positions([self.positions[i] for i in indexes])
         dense = len(records) == 1 or (self.dense and indexes[-1] - indexes[0] == len(indexes) - 1)
-        return Batch(
-            self.seq, records, positions, None, sum(map(len, records)), None, dense, rounds
-        )
+        return Batch(self.seq, records, positions, None, sum(map(len, records)), None, dense)
 
 
 @dataclass(frozen=True, slots=True)

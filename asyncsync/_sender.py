@@ -15,21 +15,41 @@ clock are injected so tests are deterministic and instant.
 
 Rejections (``RejectOptions``): a batch of several records answered 400 or 422 is split in
 halves, like a 413, until each rejected record stands alone (a binary search: for k bad
-records of n, at most 2·k·⌈log2 n⌉ more requests); a batch whose halves and quarters are all
-rejected alike is taken as wholly bad and dead-lettered whole. With per-record results
-(``--results``), a 2xx answer settles each record on its own; items with a retryable status
-are sent again as a part of their own. Every part's key derives from its records
-(:meth:`Sender.key_for`), and a batch always splits the same way, so a resumed run sends the
-same parts under the same keys.
+records of n, at most 2·k·⌈log2 n⌉ more requests, probes included). The wholly-bad rule, for
+a batch of at least :data:`MIN_DETECT` records as first rejected: if both halves, then all
+four quarters, are rejected with the batch's status and message (digits masked), one record
+of each quarter, picked by a stable hash of the quarter's key, is sent alone; only if all
+four are rejected that way too is the batch dead-lettered whole (10 extra requests instead
+of 2n). A probe that is accepted or answered otherwise stops the probing, and each quarter is
+isolated around its (settled) probe record. So good records are dead-lettered as part of a
+"wholly bad" batch only when the probe record of every quarter is itself bad.
+
+With per-record results (``--results``), a 2xx answer settles each record on its own; items
+with a retryable status are sent again as a part of their own; an answer in which every item
+is retryable did nothing, and is retried as it is (same records, same key), like a 429.
+
+Keys: a part's key is a function of its exact records (:meth:`Sender.key_for`): never of a
+round or of the path that led to it. A batch always splits the same way and probes the same
+records, and a server that deduplicates by key replays the answers it gave, so a resumed run
+walks the same parts under the same keys; a record settled by a probe is never sent again
+in another part. No body is ever sent under two keys, and a record is stored under one.
+
+The split budget (``max_split_requests``, run-wide, shared by every worker) pays for every
+request for a part: both halves of a split (a 413 or a rejection) before they are made, a
+probe, an again-part of items, and each retry of a part as it goes out; so
+``split_requests`` never exceeds it. What the budget cannot pay for is dead-lettered with
+its last answer, the error naming the budget: a rejected part whole, a 413 batch whole,
+items not sent again, a part not retried.
 
 Counting (the summary invariant ``requests == batches + retries``): the first request of an
 Idempotency-Key counts one batch, every later request with that key one retry, by the
-reason of the answer before it (the status, ``401`` included, or ``error``). A batch split
-(on a 413 or a rejection) has its own key; its parts are new keys, and so is each round of
-items re-sent after per-record results: their first requests count as batches, and every
-request for a part also counts in ``split_requests``. Counts are taken when a request is
-sent, so a run stopped in a backoff counts no retry that never went out; ``hooks.on_retry``
-is called at the same point, so its events add up to the same counts.
+reason of the answer before it (the status, ``401`` included, or ``error``; the items' status,
+e.g. ``429``, for an answer in which every item is to retry). A batch split (on a 413 or a
+rejection) has its own key; its parts, probes and again-parts are new keys: their first
+requests count as batches, and every request for a part (retries included) also counts in
+``split_requests``. Counts are taken when a request is sent, so a run stopped in a backoff
+counts no retry that never went out; ``hooks.on_retry`` is called at the same point, so its
+events add up to the same counts.
 """
 
 from __future__ import annotations
@@ -40,7 +60,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._body import BodyEncoder
@@ -66,8 +86,10 @@ OK_BODY_LIMIT = 64 * 1024  # bytes of a body read so the connection can be reuse
 MAX_REAUTH = 3  # 401s per batch answered by a refresh; past that the API refuses us
 #: statuses that mean "something in this body is wrong": a batch is split to find what
 REJECT_STATUSES = frozenset({400, 422})
-#: levels of splitting after which a batch rejected alike at every part is wholly bad
+#: levels of splitting (halves, quarters) rejected alike before a batch is probed as wholly bad
 WHOLE_BAD_LEVELS = 2
+#: the fewest records a rejected batch needs for the wholly-bad test (every quarter has two)
+MIN_DETECT = 8
 _DIGITS = re.compile(r"\d+")
 
 
@@ -89,6 +111,15 @@ class _Partial:
     started: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Throttled:
+    """Per-record results in which every item failed with a retryable status: nothing was
+    done, so the request is retried as it is, under its own key."""
+
+    status: int
+    reason: str
+
+
 #: what a send can turn into besides a settled batch: halves (413), a rejection, results
 _Outcome = tuple[Batch, Batch] | _Rejected | _Partial
 
@@ -96,6 +127,19 @@ _Outcome = tuple[Batch, Batch] | _Rejected | _Partial
 def _signature(result: BatchResult) -> tuple[int | None, str]:
     """A rejection's status and message with numbers masked (record indexes differ)."""
     return result.status, _DIGITS.sub("#", result.error)
+
+
+def _probe_index(key: str, size: int) -> int:
+    """Which record of a part (``size`` records, named by ``key``) is sent alone as a probe:
+    a stable hash, so a resumed run probes the same record, and a regular pattern of bad
+    records (every 50th) does not line up with it."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % size
+
+
+def _tail(r: BatchResult) -> tuple[bool, int | None, int, str]:
+    """A result's fields after ``batch`` and ``key``."""
+    return r.delivered, r.status, r.attempts, r.error
 
 
 class Sender:
@@ -161,20 +205,18 @@ class Sender:
     def key_for(self, batch: Batch) -> str:
         """The Idempotency-Key: the same on every retry and on a resumed run of this job.
 
-        Derived from the record range, which names the body when the batch is dense (a batch
-        as cut, or a part of one split in halves). A subset of a batch (items sent again)
-        adds a digest of its positions, so two subsets of one range never share a key, and
-        the round it is sent in (``-rN``): a server that deduplicates by key has marked the
-        previous key done, and must not answer the new request from it. Every piece is
-        decided by the answers before it, so a resumed run derives the same keys."""
+        A function of the exact set of records, nothing else: the record range, which names
+        the body when the batch is dense (a batch as cut, a part of one split in halves, a
+        single record), plus a digest of the positions for a subset picked out of a batch
+        (items sent again after per-record results). So the same records always travel under
+        the same key and two different sets never share one, whatever round or path brought
+        them there: a resumed run that is answered the same way sends the same keys."""
         key = f"{self._key_prefix}{batch.first}-{batch.last}"
         if not batch.dense:
             digest = hashlib.blake2b(
                 ",".join(map(str, batch.positions)).encode(), digest_size=8
             ).hexdigest()
             key = f"{key}-{digest}"
-        if batch.resend:
-            key = f"{key}-r{batch.resend}"
         return key
 
     async def send(self, batch: Batch) -> list[BatchResult]:
@@ -215,67 +257,124 @@ class Sender:
         """Split a rejected batch until each rejected record stands alone (a binary search:
         for k bad records of n, at most 2·k·⌈log2 n⌉ requests).
 
-        With ``detect`` (the batch as first rejected), the first :data:`WHOLE_BAD_LEVELS`
-        levels go breadth first: when every half, then every quarter, is rejected with the
-        same status and message (digits aside) as the batch, the batch is taken as wholly bad
-        and dead-lettered whole, at 6 requests instead of 2n (a schema mismatch, every record
-        refused). A part the run-wide split budget cannot pay for is dead-lettered whole.
+        With ``detect`` (the batch as first rejected, of at least :data:`MIN_DETECT`
+        records), the first :data:`WHOLE_BAD_LEVELS` levels go breadth first. When both
+        halves, then all four quarters, are rejected with the batch's status and message
+        (digits aside), one record of each quarter (picked by a hash of the quarter's key:
+        the same on a resumed run) is sent alone. Only if all four are rejected the same way
+        too is the batch taken as wholly bad and dead-lettered whole: 10 requests instead
+        of 2n (a schema mismatch, every record refused). The first probe that is not rejected
+        that way stops the probing, and the quarters are isolated as usual, each around its
+        probe record (already settled: never sent again in another part, so under no second
+        key). So bad records spread one per quarter are isolated, not taken for a wholly bad
+        batch, unless each sits exactly where its quarter's probe falls. A split or probe the
+        run-wide split budget cannot pay for leaves its part dead-lettered whole.
         """
+        if not detect or len(rejected.batch) < MIN_DETECT:
+            return await self._bisect(rejected)
         signature = _signature(rejected)
-        levels = WHOLE_BAD_LEVELS if detect else 1
+
+        def alike(out: BatchResult | _Outcome) -> bool:
+            if isinstance(out, _Rejected):
+                out = out.result
+            return (
+                isinstance(out, BatchResult) and not out.delivered and _signature(out) == signature
+            )
+
         level = [rejected]
-        settled: list[BatchResult] = []
-        for depth in range(1, levels + 1):
+        for _ in range(WHOLE_BAD_LEVELS):
+            settled: list[BatchResult] = []
             parts: list[Batch] = []
             for r in level:
-                if self._take_split():
+                if self._charge(2):
                     parts.extend(r.batch.split())
                 else:
                     settled.append(self._unsplit(r))
             outs = [await self._send_one(p, part=True) for p in parts]
-            alike = bool(outs) and all(
-                isinstance(o, _Rejected) and _signature(o.result) == signature for o in outs
+            if settled or not all(map(alike, outs)):
+                for o in outs:
+                    if isinstance(o, BatchResult):
+                        settled.append(o)
+                    else:
+                        settled += await self._follow(o, detect=False)
+                return settled
+            level = [o.result for o in outs if isinstance(o, _Rejected)]
+        # every half and quarter rejected alike: one record of each quarter, alone
+        probes: list[tuple[int, list[BatchResult]]] = []
+        for q in level:
+            if not self._charge(1):
+                break
+            i = _probe_index(q.key, len(q.batch))
+            out = await self._send_one(q.batch.subset([i]), part=True)
+            if isinstance(out, BatchResult):
+                probes.append((i, [out]))
+                if alike(out):
+                    continue
+            else:  # per-record results for the one record
+                probes.append((i, await self._follow(out, detect=False)))
+            break
+        if len(probes) == len(level) and all(len(rs) == 1 and alike(rs[0]) for _, rs in probes):
+            log.warning(
+                "batch %s: both halves, all quarters and one record of each quarter rejected "
+                "alike: dead-lettering its %d records whole",
+                rejected.key,
+                len(rejected.batch),
             )
-            if alike and not settled and depth < levels:
-                level = [o.result for o in outs if isinstance(o, _Rejected)]
-                continue
-            if alike and not settled and detect:
-                log.warning(
-                    "batch %s: every part rejected alike at %d levels of splitting: "
-                    "dead-lettering its %d records whole",
+            return [
+                BatchResult(
+                    rejected.batch,
                     rejected.key,
-                    levels,
-                    len(rejected.batch),
+                    False,
+                    rejected.status,
+                    rejected.attempts,
+                    f"{rejected.error} (both halves, all four quarters, and one record of "
+                    "each quarter sent alone were rejected the same way: taken as wholly bad, "
+                    "dead-lettered whole without isolating each record)",
                 )
-                return [
-                    BatchResult(
-                        rejected.batch,
-                        rejected.key,
-                        False,
-                        rejected.status,
-                        rejected.attempts,
-                        f"{rejected.error} (every half and quarter of the batch was rejected "
-                        "the same way: taken as wholly bad, dead-lettered whole without "
-                        "isolating each record)",
-                    )
-                ]
-            for o in outs:
-                if isinstance(o, BatchResult):
-                    settled.append(o)
-                else:
-                    settled += await self._follow(o, detect=False)
-            return settled
-        return settled  # pragma: no cover - the last level always returns
+            ]
+        results: list[BatchResult] = []
+        for n, q in enumerate(level):
+            if n >= len(probes):
+                results += await self._bisect(q)
+                continue
+            i, probed = probes[n]
+            results += probed
+            size = len(q.batch)
+            rest = [q.batch.subset(ix) for ix in (range(i), range(i + 1, size)) if ix]
+            if not self._charge(len(rest)):
+                # the quarter was rejected; what is left of it cannot be paid for
+                results += [self._unsplit(BatchResult(p, q.key, *_tail(q))) for p in rest]
+                continue
+            results += await self._send_parts(rest)
+        return results
 
-    def _take_split(self) -> bool:
-        """Reserve the two requests of one rejection split from the run-wide budget."""
+    async def _bisect(self, rejected: BatchResult) -> list[BatchResult]:
+        """One level of the binary search: both halves sent, then each followed (so a part's
+        halves go before the next part's, which decides what a limited budget pays first)."""
+        if not self._charge(2):
+            return [self._unsplit(rejected)]
+        return await self._send_parts(rejected.batch.split())
+
+    async def _send_parts(self, parts: Iterable[Batch]) -> list[BatchResult]:
+        """Send each part (paid for already), then follow what each turned into."""
+        outs = [await self._send_one(p, part=True) for p in parts]
+        results: list[BatchResult] = []
+        for o in outs:
+            results += [o] if isinstance(o, BatchResult) else await self._follow(o, detect=False)
+        return results
+
+    def _charge(self, requests: int) -> bool:
+        """Pay ``requests`` requests for parts from the run-wide split budget, or none."""
         left = self._split_left
         if left is None:
             return True
-        if left < 2:
+        if left < requests:
             return False
-        self._split_left = left - 2
+        self._split_left = left - requests
         return True
+
+    def _spent(self) -> str:
+        return f"the run's split budget, --max-split-requests {self._split_budget}, is spent"
 
     def _unsplit(self, r: BatchResult) -> BatchResult:
         log.warning("batch %s rejected; the split budget is spent: dead-lettering it", r.key)
@@ -285,8 +384,7 @@ class Sender:
             False,
             r.status,
             r.attempts,
-            f"{r.error} (not split to isolate the rejected records: the run's split budget, "
-            f"--max-split-requests {self._split_budget}, is spent)",
+            f"{r.error} (not split to isolate the rejected records: {self._spent()})",
         )
 
     async def _send_one(
@@ -302,7 +400,7 @@ class Sender:
         ``attempts``/``started``: items re-sent continue the retry budget of their batch."""
         # the hot path: one key, one body, one headers dict (a copy of the base one), few
         # clock reads; everything else only when something went wrong
-        if batch.dense and not batch.resend:
+        if batch.dense:
             key = f"{self._key_prefix}{batch.first}-{batch.last}"
         else:
             key = self.key_for(batch)
@@ -334,6 +432,12 @@ class Sender:
                 await self._sleep(wait)
         limiter = self._limiter
         while True:
+            if part and retry is not None and not self._charge(1):
+                # the first request of a part was paid by whoever made the part; its
+                # retries are requests for a part too, paid the same way
+                return BatchResult(
+                    batch, key, False, status, attempts, f"{reason} (not retried: {self._spent()})"
+                )
             if gate.paused_until > 0:  # a Retry-After was seen at some point
                 await gate.wait()
             if self._rate is not None:
@@ -394,7 +498,14 @@ class Sender:
                         on_request(RequestDone(batch.seq, attempts, status, latency, len(body)))
                     if self._results is None:
                         return BatchResult(batch, key, True, status, attempts)
-                    return self._read_results(batch, key, resp, attempts, started)
+                    read = self._read_results(batch, key, resp, attempts, started)
+                    if not isinstance(read, _Throttled):
+                        return read
+                    # nothing done, every item to retry: a retry of this very request
+                    # (the same records are the same key), a push-back, not a latency
+                    status, action, reason = read.status, Action.RETRY, read.reason
+                    rtt = -1.0
+                    congested = status in BACKPRESSURE_STATUSES
                 if on_request is not None:
                     on_request(
                         RequestDone(batch.seq, attempts, status, self._clock() - sent_at, len(body))
@@ -454,13 +565,16 @@ class Sender:
                     continue
             if action is Action.SPLIT:
                 if len(batch) > 1:
-                    log.info(
-                        "413 for batch %s of %d records: splitting",
-                        key,
-                        len(batch),
-                        extra={"event": "split", "batch": batch.seq, "key": key, "status": 413},
-                    )
-                    return batch.split()
+                    if self._charge(2):  # the halves' first requests
+                        log.info(
+                            "413 for batch %s of %d records: splitting",
+                            key,
+                            len(batch),
+                            extra={"event": "split", "batch": batch.seq, "key": key,
+                                   "status": 413},
+                        )  # fmt: skip
+                        return batch.split()
+                    reason = f"{reason} (not split: {self._spent()})"
                 action = Action.DEAD
             if action is Action.DEAD:
                 result = BatchResult(batch, key, False, status, attempts, reason)
@@ -500,7 +614,7 @@ class Sender:
 
     def _read_results(
         self, batch: Batch, key: str, resp: Response, attempts: int, started: float
-    ) -> BatchResult | _Partial:
+    ) -> BatchResult | _Partial | _Throttled:
         """A 2xx answer read as one result per record (``--results``)."""
         assert self._results is not None
         status = resp.status
@@ -514,25 +628,40 @@ class Sender:
         failed = [i for i, item in enumerate(items) if not item.ok]
         if not failed:
             return BatchResult(batch, key, True, status, attempts)
+        elapsed = self._clock() - started
+        exhausted = self._budget.exhausted(attempts, elapsed)
+        if not exhausted and len(failed) == len(items) and all(i.retryable for i in items):
+            # Nothing was done: the same records again, so the same key (key_for). Sending
+            # them under another key would put one body under two keys; a server that
+            # deduplicates by key keeps no answer in which it did nothing (like a 429).
+            first = items[0]
+            assert first.status is not None  # retryable items have a status
+            return _Throttled(
+                first.status,
+                f"status {status}, all {len(batch)} records to retry: {first.message}",
+            )
         settled: list[BatchResult] = []
         if len(failed) < len(items):
             bad = set(failed)
             ok = [i for i in range(len(items)) if i not in bad]
             settled.append(BatchResult(batch.subset(ok), key, True, status, attempts))
-        elapsed = self._clock() - started
-        exhausted = self._budget.exhausted(attempts, elapsed)
-        again: list[int] = []
+        again = [i for i in failed if items[i].retryable and not exhausted]
+        # the again part is a new key: its first request is paid from the split budget
+        paid = bool(again) and self._charge(1)
         for i in failed:
             item = items[i]
-            if item.retryable and not exhausted:
-                again.append(i)
+            if paid and item.retryable:
                 continue
             error = f"status {status}, record {i + 1} of {len(batch)}: {item.message}"
             if item.retryable:
-                error = f"gave up after {attempts} attempts: {error}"
+                error = (
+                    f"gave up after {attempts} attempts: {error}"
+                    if exhausted
+                    else f"{error} (not sent again: {self._spent()})"
+                )
             item_status = item.status if item.status is not None else status
             settled.append(BatchResult(batch.subset([i]), key, False, item_status, attempts, error))
-        if again:
+        if paid:
             log.info(
                 "batch %s: %d of %d records to send again (%s)",
                 key,
@@ -540,7 +669,7 @@ class Sender:
                 len(batch),
                 items[again[0]].message,
             )
-            return _Partial(settled, batch.subset(again, resend=True), attempts, started)
+            return _Partial(settled, batch.subset(again), attempts, started)
         return _Partial(settled, None, attempts, started)
 
     def _describe_status(self, resp: Response, excerpt: bytes, token: Token | None) -> str:

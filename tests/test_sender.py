@@ -1226,22 +1226,24 @@ def rejecting_handler(bad: int) -> Handler:
 async def test_a_wholly_bad_batch_is_dead_lettered_whole_and_logged(
     serve: Callable[[Handler], Awaitable[str]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Every half and quarter rejected alike: one dead result for the batch, saying why."""
+    """Every half and quarter rejected alike, and one record of each quarter alone too: one
+    dead result for the batch, saying why, after 1 + 2 + 4 + 4 requests."""
     url = await serve(rejecting_handler(8))
-    sender, _, session = await make_sender(url)
+    sender, counters, session = await make_sender(url)
     caplog.set_level(logging.INFO, logger="asyncsync.sender")
     async with session:
         [result] = await sender.send(make_batch(8))
     assert result.delivered is False and result.attempts == 1 and result.status == 400
     assert result.error == (
-        "status 400 Bad Request: bad record (every half and quarter of the batch was "
-        "rejected the same way: taken as wholly bad, dead-lettered whole without isolating "
-        "each record)"
+        "status 400 Bad Request: bad record (both halves, all four quarters, and one record "
+        "of each quarter sent alone were rejected the same way: taken as wholly bad, "
+        "dead-lettered whole without isolating each record)"
     )
     assert (
-        "batch job-1-8: every part rejected alike at 2 levels of splitting: "
-        "dead-lettering its 8 records whole"
+        "batch job-1-8: both halves, all quarters and one record of each quarter rejected "
+        "alike: dead-lettering its 8 records whole"
     ) in [r.getMessage() for r in caplog.records]
+    assert counters.requests == 11 and counters.split_requests == 10
 
 
 async def test_a_bad_half_is_isolated_record_by_record(

@@ -511,6 +511,35 @@ async def test_reject_field(session: aiohttp.ClientSession) -> None:
         assert sink.stats()["rejected"] == 1
 
 
+async def test_per_record_answers_are_replayed_unless_nothing_was_done(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Results mode: a repeated key gets its first answer (nothing stored twice), except an
+    answer in which every item was throttled: nothing was done, so it is not kept and a
+    repeat of that key is processed afresh."""
+    config = SinkConfig(require_auth=False, reject_field="poison", results="elasticsearch")
+    async with Sink(config) as sink:
+        sink.set_faults(item_throttle_rate=1.0)
+        status, body, _ = await ingest(session, sink, None, [{"id": 1}, {"id": 2}], key="t")
+        assert status == 200 and [i["index"]["status"] for i in body["items"]] == [429, 429]
+        assert sink.records() == [] and sink.stats()["batches"] == 0
+        sink.set_faults(item_throttle_rate=0.0)
+        status, body, _ = await ingest(session, sink, None, [{"id": 1}, {"id": 2}], key="t")
+        assert [i["index"]["status"] for i in body["items"]] == [201, 201]
+        assert sink.records() == [{"id": 1}, {"id": 2}]
+        # an answer with something done is kept: the repeat replays it, stores nothing
+        mixed = [{"id": 3}, {"id": 4, "poison": True}]
+        first = await ingest(session, sink, None, mixed, key="m")
+        sink.set_faults(item_throttle_rate=1.0)
+        again = await ingest(session, sink, None, mixed, key="m")
+        assert first[1] == again[1] and [i["index"]["status"] for i in again[1]["items"]] == [
+            201,
+            400,
+        ]
+        assert sink.records() == [{"id": 1}, {"id": 2}, {"id": 3}]
+        assert sink.stats()["duplicates"] == 1
+
+
 # -- throttling ---------------------------------------------------------------------------------
 
 

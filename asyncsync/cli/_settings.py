@@ -560,8 +560,9 @@ OPTIONS: tuple[Option, ...] = (
         "max-split-requests",
         _int(0),
         None,
-        "requests the whole run may spend on parts of rejected batches; once spent, a rejected "
-        "batch is dead-lettered whole (default: no limit)",
+        "requests the whole run may spend on parts (halves of a rejected or 413 batch, probes, "
+        "items sent again, their retries); what it cannot pay for is dead-lettered whole "
+        "(default: no limit)",
         _FLOW,
         "N",
     ),

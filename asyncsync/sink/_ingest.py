@@ -181,7 +181,9 @@ def _per_record(
     """200 with one result per record: a record holding ``reject_field`` is a 400 item, a
     fraction ``item_throttle_rate`` are 429 items; only the others are stored. A repeated key
     gets the answer it got the first time (as an idempotent API replays its response), so a
-    client that lost the answer learns the same items failed."""
+    client that lost the answer learns the same items failed; but an answer in which every
+    item was throttled did nothing, and is not kept (as no answer to a 429 is): a repeat
+    of that key is processed afresh, so a client may retry such a request as it is."""
     f = st.faults
     if key is not None and st.config.dedupe and key in st.results_by_key:
         st.duplicates += 1
@@ -203,16 +205,19 @@ def _per_record(
         else:
             statuses.append(201)
             kept.append(record)
-    st.batches += 1
-    st.record_count += len(kept)
-    if st.config.keep_records:
-        st.records.extend(kept)
-    if st.store is not None and kept:
-        st.store.write(b"".join(orjson.dumps(r) + b"\n" for r in kept))
     body = orjson.dumps(item_results(f.results, statuses, f.reject_field))
-    if key is not None:
-        st.accepted_keys.add(key)
-        st.results_by_key[key] = body
+    # every item throttled: nothing was done, nothing is kept
+    done = not statuses or any(s != 429 for s in statuses)
+    if done:
+        st.batches += 1
+        st.record_count += len(kept)
+        if st.config.keep_records:
+            st.records.extend(kept)
+        if st.store is not None and kept:
+            st.store.write(b"".join(orjson.dumps(r) + b"\n" for r in kept))
+        if key is not None:
+            st.accepted_keys.add(key)
+            st.results_by_key[key] = body
     if after is not None:
         return _inject(st, after)
     return web.Response(status=200, body=body, content_type="application/json")
