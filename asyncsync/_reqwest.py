@@ -201,7 +201,7 @@ class ReqwestTransport:
             raise RuntimeError("Cannot send a request, as the transport has been closed.")
         try:
             builder = self._client.post(url).headers(headers).body_bytes(body)
-            if timeout is not None:
+            if timeout is not None and timeout != self._timeout:  # else the client's own
                 builder = builder.timeout(self._request_timeout(timeout))
             # streamed: the first max_body bytes are buffered with the head, the rest is never
             # read (leaving the block drops the connection instead of reusing it)

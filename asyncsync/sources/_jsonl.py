@@ -17,6 +17,7 @@ from typing import IO, Any
 from .._exceptions import SourceError
 from .._records import LineEnds, RecordBlock, Rejected
 from ..checkpoint._state import Fingerprint, SettingValue
+from ._prevalidate import Prevalidator, worth_it
 from ._protocol import SkipThrough, Source, SourceBase
 from ._reading import (
     DEFAULT_BLOCK_SIZE,
@@ -63,6 +64,7 @@ class _LineParser:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         bom: bool = True,
         file_offsets: bool = True,
+        prevalidator: Prevalidator | None = None,
     ) -> None:
         self.line = line  # number of the next line to consume
         self.offset = offset  # stream offset of the first byte not consumed
@@ -73,6 +75,8 @@ class _LineParser:
         self._carry_len = 0
         self._skipped: int | None = None  # bytes of an over-long line skipped so far
         self._preview = b""
+        # a helper process checking the same lines on another core (see _prevalidate)
+        self._prevalidator = prevalidator
 
     def feed(self, chunk: bytes) -> RecordBlock | None:
         """Consume the complete lines that ``chunk`` finishes; ``None`` if nothing was consumed."""
@@ -160,6 +164,21 @@ class _LineParser:
             reason=f"line {line}: line of {size} bytes exceeds max_line_bytes ({self._max})",
         )
 
+    def _find_bad(self, check: list[bytes], first: int, utf8_ok: bool) -> list[int]:
+        """Indexes of the lines of ``check`` (the first is line ``first``) that are not one
+        JSON object: the helper's verdict when there is one, each flagged line confirmed here
+        (the helper is a filter, not the judge); otherwise checked here."""
+        helper = self._prevalidator
+        if helper is not None:
+            flagged = helper.bad(first, len(check))
+            if flagged is not None:
+                if not flagged:
+                    return flagged
+                confirmed = _find_bad([check[i] for i in flagged], utf8_ok=False)
+                return [flagged[j] for j in confirmed]
+            self._prevalidator = None  # it could not answer: on our own from here
+        return _find_bad(check, utf8_ok=utf8_ok)
+
     def _lines(
         self, parts: list[bytes], nbytes: int, rejects: list[Rejected], utf8_ok: bool
     ) -> RecordBlock:
@@ -181,7 +200,7 @@ class _LineParser:
             too_long = {i for i, p in enumerate(parts) if len(p) - p.endswith(b"\n") > self._max}
         # JSON whitespace around the object (the newline, a CR) is valid JSON: validate the
         # lines as they are, then strip them
-        bad = _find_bad(check, utf8_ok=utf8_ok)
+        bad = self._find_bad(check, first, utf8_ok)
         file_offsets = self._file_offsets
         end_offset = self.offset if file_offsets else None
         if not bad and not too_long:  # the fast path: every line is a record
@@ -246,11 +265,13 @@ class JsonlSource(SourceBase):
         stop_offset: int | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        prevalidate: bool | None = None,
     ) -> None:
         _check_positive("block_size", block_size)
         _check_positive("max_line_bytes", max_line_bytes)
         _check_start(start_offset, start_line, stop_offset)
         self.path = os.fspath(path)
+        self.prevalidate = prevalidate
         self.name = self.path
         self.state_path: Path | None = Path(self.path)
         self.start_offset = start_offset
@@ -278,6 +299,7 @@ class JsonlSource(SourceBase):
             stop_offset=self.stop_offset,  # a shard ends where it ended
             block_size=self.block_size,
             max_line_bytes=self.max_line_bytes,
+            prevalidate=self.prevalidate,
         )
 
     def fingerprint(self, settings: Mapping[str, SettingValue]) -> Fingerprint:
@@ -292,15 +314,32 @@ class JsonlSource(SourceBase):
             ) from exc
         return f, _seek_start(f, self.path, self.start_offset, self.start_line)
 
+    def _start_helper(self, worker: _Worker, f: IO[bytes], line: int) -> Prevalidator:
+        """In the worker thread: the helper process, stopped when the worker closes."""
+        helper = Prevalidator(
+            f.fileno(),
+            start=self.start_offset,
+            stop=self.stop_offset,
+            start_line=line,
+            block_size=self.block_size,
+            max_line_bytes=self.max_line_bytes,
+        )
+        worker.own(helper)
+        return helper
+
     async def blocks(self) -> AsyncIterator[RecordBlock]:
         worker = _Worker(f"asyncsync-read {os.path.basename(self.path)}")
         try:
             f, line = await worker.call(lambda: self._open(worker))
+            helper = None
+            if self.prevalidate if self.prevalidate is not None else worth_it(self.size):
+                helper = await worker.call(lambda: self._start_helper(worker, f, line))
             parser = _LineParser(
                 line=line,
                 offset=self.start_offset,
                 max_line_bytes=self.max_line_bytes,
                 bom=self.start_offset == 0,
+                prevalidator=helper,
             )
             limit = None if self.stop_offset is None else self.stop_offset - self.start_offset
             read = _reader(f, self.block_size, self.path, limit=limit)

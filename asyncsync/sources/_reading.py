@@ -14,7 +14,7 @@ from collections.abc import (
     Callable,
     Mapping,
 )
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, Protocol, TypeVar
 
 from .._exceptions import ConfigError, SourceError
 from .._records import RecordBlock
@@ -38,6 +38,13 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_result(result)
 
 
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closeable)
+
+
 class _Worker:
     """One daemon thread running one source's blocking calls, one at a time, in order.
 
@@ -52,7 +59,7 @@ class _Worker:
             tuple[asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None, Callable[[], Any]]
             | None
         ] = queue.SimpleQueue()
-        self._files: list[IO[bytes]] = []  # touched in the thread only
+        self._files: list[_Closeable] = []  # touched in the thread only
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -69,7 +76,7 @@ class _Worker:
         self._jobs.put((loop, fut, fn))
         return fut
 
-    def own(self, f: IO[bytes]) -> IO[bytes]:
+    def own(self, f: C) -> C:
         """Close ``f`` when the worker closes (call in the thread, from a job).
 
         The thread opens and closes the files: a file opened by a call that was abandoned
