@@ -1,9 +1,10 @@
 """Parquet files (pyarrow, extra ``parquet``): one JSON object per row, streamed by row group.
 
 Rows are read one record batch at a time (``ParquetFile.iter_batches``), never the whole
-file: memory holds one batch of decoded rows (2048 by default) plus pyarrow's buffers for the
-row group being read. Each row becomes one JSON object with the schema's column names, its
-values encoded as the SQL sources encode theirs (:mod:`.sql._encoding`):
+file: memory holds one batch (about 2 MiB of decoded columns: 1 024 to 16 384 rows) and its
+JSON, plus pyarrow's buffers for the row group being read. Each row becomes one JSON object
+with the schema's column names, its values encoded as the SQL sources encode theirs
+(:mod:`.sql._encoding`), converted column by column (:mod:`._arrow_json`):
 
 ==================================  ==========================================================
 Arrow / Parquet type                JSON
@@ -51,12 +52,16 @@ import orjson
 from .._exceptions import SourceError
 from .._records import RecordBlock, Rejected
 from ..checkpoint._state import Fingerprint, SettingValue
+from ._arrow_json import ArrowJsonEncoder
 from ._protocol import Source, SourceBase
 from ._reading import _check_path, _read_ahead, _Worker, file_fingerprint
 
 __all__ = ["ParquetSource", "plan_row_group_shards"]
 
-DEFAULT_BATCH_ROWS: Final = 2048
+#: rows per record batch: about this many bytes of decoded column data, within the bounds
+BATCH_BYTES: Final = 2 << 20
+MIN_BATCH_ROWS: Final = 1024
+MAX_BATCH_ROWS: Final = 16384
 
 
 def _pq() -> Any:
@@ -152,6 +157,12 @@ def _maps_to_dicts(value: Any, t: Any) -> Any:
     return value
 
 
+def _column_values(arr: Any, t: Any) -> list[Any]:
+    """The Python values of one column (maps as dicts)."""
+    values: list[Any] = arr.to_pylist()
+    return [_maps_to_dicts(v, t) for v in values] if _has_maps(t) else values
+
+
 def _check_schema(path: str, schema: Any) -> None:
     names = schema.names
     if len(set(names)) != len(names):
@@ -186,7 +197,7 @@ class ParquetSource(SourceBase):
         stop_group: int | None = None,
         first_row: int | None = None,
         skip_through: int = 0,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
+        batch_rows: int | None = None,
         shard_range: tuple[int, int | None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
@@ -213,11 +224,17 @@ class ParquetSource(SourceBase):
         self.stop_group = stop
         self.first_row = self.group_first[self.start_group] if first_row is None else first_row
         self.skip_through = skip_through
+        if batch_rows is None:
+            per_row = sum(self.group_bytes) / max(1, sum(self.group_rows))
+            batch_rows = int(
+                min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, BATCH_BYTES / max(1, per_row)))
+            )
         self.batch_rows = batch_rows
         # the range a checkpoint is for: the shard's, kept through resumes
         self.shard_range = shard_range if shard_range is not None else (start_group, stop_group)
         self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
         self._maps = [_has_maps(f.type) for f in schema]
+        self._encoder = ArrowJsonEncoder(schema, _default, _column_values)
 
     def resumed(self, *, position: int, offset: int | None = None, key: Any = None) -> Source:
         """From the row group holding row ``position + 1``, skipping the rows before it."""
@@ -249,9 +266,6 @@ class ParquetSource(SourceBase):
             return
         f = pq.ParquetFile(self.path)
         try:
-            names = self.schema.names
-            types = [field.type for field in self.schema]
-            maps = self._maps
             dumps = partial(orjson.dumps, default=_default)
             row = self.first_row
             per_row = sum(self.group_bytes[self.start_group : self.stop_group]) / max(
@@ -268,34 +282,38 @@ class ParquetSource(SourceBase):
                 if skip:
                     batch = batch.slice(skip)
                     first += skip
-                columns = [c.to_pylist() for c in batch.columns]
-                for i, is_map in enumerate(maps):
-                    if is_map:
-                        columns[i] = [_maps_to_dicts(v, types[i]) for v in columns[i]]
-                rows = [
-                    dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)
-                ]
-                block = self._encode(rows, first, dumps)
+                block = self._encode_batch(batch, first, dumps)
                 block.bytes_read = int(n * per_row)
                 yield block
         finally:
             f.close()
 
-    def _encode(self, rows: list[dict[str, Any]], first: int, dumps: Any) -> RecordBlock:
+    def _encode_batch(self, batch: Any, first: int, dumps: Any) -> RecordBlock:
+        """One record batch to a block: column by column (:class:`ArrowJsonEncoder`), or row
+        by row when a value cannot be encoded (the rows that can are sent, the rest are
+        rejected with the reason)."""
         try:
-            records = list(map(dumps, rows))
+            records = self._encoder.encode(batch)
         except TypeError:
-            records, positions, rejects = [], [], []
-            for pos, r in enumerate(rows, first):
-                try:
-                    records.append(dumps(r))
-                    positions.append(pos)
-                except TypeError as exc:
-                    rejects.append(
-                        Rejected(repr(r)[:65536], pos, f"row {pos}: cannot encode: {exc}")
-                    )
-            return RecordBlock(records, positions, rejects)
+            return self._encode_rows(batch, first, dumps)
         return RecordBlock(records, range(first, first + len(records)))
+
+    def _encode_rows(self, batch: Any, first: int, dumps: Any) -> RecordBlock:
+        names = self.schema.names
+        types = [field.type for field in self.schema]
+        columns = [c.to_pylist() for c in batch.columns]
+        for i, is_map in enumerate(self._maps):
+            if is_map:
+                columns[i] = [_maps_to_dicts(v, types[i]) for v in columns[i]]
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        records, positions, rejects = [], [], []
+        for pos, r in enumerate(rows, first):
+            try:
+                records.append(dumps(r))
+                positions.append(pos)
+            except TypeError as exc:
+                rejects.append(Rejected(repr(r)[:65536], pos, f"row {pos}: cannot encode: {exc}"))
+        return RecordBlock(records, positions, rejects)
 
     async def blocks(self) -> AsyncIterator[RecordBlock]:
         worker = _Worker(f"asyncsync-read {os.path.basename(self.path)}")
@@ -307,7 +325,7 @@ class ParquetSource(SourceBase):
                     return True, next(it)
                 except StopIteration:
                     return False, None
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, OverflowError) as exc:  # a date past 9999
                     raise SourceError(f"{self.path}: read failed: {exc}", path=self.path) from exc
 
             async with contextlib.aclosing(_read_ahead(worker, step)) as blocks:
