@@ -287,6 +287,6 @@ def _cut(joined: Any, n: int, pa: Any) -> list[bytes]:
     ends = np.frombuffer(offsets, np.int32, count=n + 1, offset=joined.offset * 4)
     start, end = int(ends[0]), int(ends[n])
     blob = data.slice(start, end - start).to_pybytes()
-    records = blob.split(b"\n")
+    records: list[bytes] = blob.split(b"\n")
     records.pop()  # after the last newline
     return records

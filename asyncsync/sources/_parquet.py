@@ -225,7 +225,7 @@ class ParquetSource(SourceBase):
         self.first_row = self.group_first[self.start_group] if first_row is None else first_row
         self.skip_through = skip_through
         if batch_rows is None:
-            per_row = sum(self.group_bytes) / max(1, sum(self.group_rows))
+            per_row = max(1.0, sum(self.group_bytes) / max(1, sum(self.group_rows)))
             batch_rows = int(
                 min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, BATCH_BYTES / max(1, per_row)))
             )
