@@ -80,6 +80,8 @@ class ArrowJsonEncoder:
         default: Callable[[Any], Any],
         to_python: Callable[[Any, Any], list[Any]],
     ) -> None:
+        import numpy  # noqa: F401 - loaded now, before the upload starts, as is compute
+
         pa, _ = _pa()
         self._pa = pa
         self._dumps = partial(orjson.dumps, default=default)
