@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import subprocess
+import sys
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -365,3 +367,40 @@ def test_unsupported_type_exits_2_before_sending(
     assert code == 2
     err = capsys.readouterr().err
     assert str(path) in err and "column 'attrs'" in err
+
+
+#: the cases the encoder hands to orjson value by value (``to_pylist``)
+PYTHON_PATH = (
+    *(k for k, (arr, _) in CASES.items() if pa.types.is_nested(arr.type)),
+    *("duration_s", "duration_ms", "duration_us", "binary", "large_binary", "fixed_binary"),
+    *("decimal128", "timestamp_zone"),
+)
+
+
+def test_reading_never_imports_pandas(tmp_path: Path) -> None:
+    """``pa.array``/``pa.scalar`` import pandas when it is installed (a fifth of a second and
+    tens of MB, in the middle of an upload): the encoder builds its arrays from buffers.
+    (pyarrow's own ``to_pylist`` imports it for many types: the types it is used for, rare in
+    exports, are left out.)"""
+    flat = {k: arr for k, (arr, _) in CASES.items() if k not in PYTHON_PATH}
+    n = max(map(len, flat.values()))
+    table = pa.table(
+        {
+            name: pa.concat_arrays([arr, pa.nulls(n - len(arr), arr.type)])
+            for name, arr in flat.items()
+        }
+    )
+    path = write(tmp_path, table)
+    code = (
+        "import asyncio, sys\n"
+        "from asyncsync.sources._parquet import ParquetSource\n"
+        "async def main():\n"
+        f"    async for block in ParquetSource({str(path)!r}).blocks():\n"
+        "        assert block.records\n"
+        "asyncio.run(main())\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False", out.stderr

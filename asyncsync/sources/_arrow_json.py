@@ -34,6 +34,7 @@ reject just those rows); a value Python cannot hold (a date past 9999) raises th
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from functools import partial
@@ -109,13 +110,13 @@ class ArrowJsonEncoder:
                 literal += got
                 continue
             array, quoted = got
-            parts += [pa.scalar(literal + b'"' if quoted else literal, pa.binary()), array]
+            parts += [_scalar(literal + b'"' if quoted else literal), array]
             literal = b'"' if quoted else b""
         literal += b"}" if self._keys else b"{}"
         if not parts:
             return [literal] * n
-        parts.append(pa.scalar(literal + b"\n", pa.binary()))
-        joined = pc.binary_join_element_wise(*parts, b"")
+        parts.append(_scalar(literal + b"\n"))
+        joined = pc.binary_join_element_wise(*parts, _scalar(b""))
         records = _cut(joined, n, pa)
         if len(records) != n:  # pragma: no cover - a line break inside a fragment
             raise RuntimeError(f"{n} rows made {len(records)} JSON lines")
@@ -180,16 +181,50 @@ class ArrowJsonEncoder:
             escape = pc.match_substring_regex(arr, _NEEDS_ESCAPE)
             if pc.any(escape).as_py():
                 odd = [orjson.dumps(v)[1:-1] for v in pc.filter(arr, escape).to_pylist()]
-                text = pc.replace_with_mask(text, escape, pa.array(odd, pa.binary()))
+                text = pc.replace_with_mask(text, escape, _bytes_array(odd))
         if not nulls:
             return text, True
-        return _null_text(pc.binary_join_element_wise(b"", text, b"", b'"')), False
+        return _null_text(_in_quotes(text)), False
 
     def _python(self, arr: Any) -> Fragment:
         """orjson on each value: the encoding by definition, at Python speed."""
         pa = self._pa
         values = self._to_python(arr, arr.type)
-        return pa.array(list(map(self._dumps, values)), pa.binary()), False
+        return _bytes_array(list(map(self._dumps, values))), False
+
+
+# Arrow values are made from buffers here, never with ``pa.scalar``/``pa.array``: those look
+# for pandas first, and importing pandas in the middle of an upload costs a fifth of a second
+# and tens of MB.
+
+
+@functools.cache
+def _scalar(data: bytes) -> Any:
+    """A binary scalar holding ``data``."""
+    return _bytes_array([data])[0]
+
+
+def _bytes_array(items: list[bytes]) -> Any:
+    """A binary array of ``items``; :class:`TypeError` past 2 GiB (the caller then encodes
+    row by row)."""
+    import numpy as np
+
+    pa, _ = _pa()
+    n = len(items)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, items), np.int64, n), out=offsets[1:])
+    if offsets[n] >= 2**31:
+        raise TypeError("a column of more than 2 GiB of JSON in one batch")
+    data = pa.py_buffer(b"".join(items))
+    return pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)), data]
+    )
+
+
+def _in_quotes(text: Any) -> Any:
+    """``"`` + each item of binary ``text`` + ``"`` (nulls stay null)."""
+    _, pc = _pa()
+    return pc.binary_join_element_wise(_scalar(b""), text, _scalar(b""), _scalar(b'"'))
 
 
 # ---------------------------------------------------------------------- column kernels
@@ -203,7 +238,7 @@ def _maybe_escaped(data: Any) -> bool:
 def _null_text(arr: Any) -> Any:
     """Binary ``arr`` with its nulls as the text ``null``."""
     _, pc = _pa()
-    return pc.fill_null(arr, b"null") if arr.null_count else arr
+    return pc.fill_null(arr, _scalar(b"null")) if arr.null_count else arr
 
 
 def _cast_text(arr: Any) -> Fragment:
@@ -222,7 +257,7 @@ def _quoted(text: Any, nulls: bool) -> Fragment:
     _, pc = _pa()
     if not nulls:
         return text, True
-    return _null_text(pc.binary_join_element_wise(b"", text, b"", b'"')), False
+    return _null_text(_in_quotes(text)), False
 
 
 def _floats(arr: Any) -> Fragment:
