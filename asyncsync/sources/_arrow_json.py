@@ -188,7 +188,6 @@ class ArrowJsonEncoder:
 
     def _python(self, arr: Any) -> Fragment:
         """orjson on each value: the encoding by definition, at Python speed."""
-        pa = self._pa
         values = self._to_python(arr, arr.type)
         return _bytes_array(list(map(self._dumps, values))), False
 
@@ -254,7 +253,6 @@ def _quoted_cast(arr: Any) -> Fragment:
 
 def _quoted(text: Any, nulls: bool) -> Fragment:
     """Binary ``text`` to go in quotes: the joiner's, or here when ``null`` goes bare."""
-    _, pc = _pa()
     if not nulls:
         return text, True
     return _null_text(_in_quotes(text)), False
