@@ -10,6 +10,7 @@ import base64
 import math
 import subprocess
 import sys
+import threading
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -404,3 +405,22 @@ def test_reading_never_imports_pandas(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_stopping_early_ends_the_decoding_thread(tmp_path: Path) -> None:
+    """A run that stops reading (an abort, a shard's end) leaves no decoding thread behind:
+    closing the source's blocks stops it, however far ahead it had decoded."""
+    n = 20_000
+    path = write(tmp_path, pa.table({"id": list(range(n))}), row_group_size=1000)
+
+    async def first_block_then_stop() -> int:
+        blocks = ParquetSource(path, batch_rows=100).blocks()
+        block = await anext(blocks)
+        await blocks.aclose()
+        return len(block.records)
+
+    assert asyncio.run(first_block_then_stop()) == 100
+    for thread in threading.enumerate():
+        if thread.name.startswith(("asyncsync-decode", "asyncsync-read")):
+            thread.join()  # ends: a hang here is the failure (pytest-timeout)
+    assert not [t for t in threading.enumerate() if t.name.startswith("asyncsync-decode")]

@@ -97,10 +97,15 @@ class ArrowJsonEncoder:
 
     def encode(self, batch: Any) -> list[bytes]:
         """The JSON object of every row of ``batch``, in order."""
-        pa, pc = _pa()
-        n = batch.num_rows
-        if n == 0:
-            return []
+        return self.cut(self.join(batch), batch.num_rows)
+
+    def join(self, batch: Any) -> Any:
+        """Every row's JSON, newline-ended, in one binary array (or the one text of every
+        row, as bytes, when no column varies): the Arrow part of :meth:`encode`, mostly
+        without the GIL."""
+        _, pc = _pa()
+        if batch.num_rows == 0:
+            return b""
         parts: list[Any] = []
         literal = b""
         for key, column, fragments in zip(self._keys, batch.columns, self._columns, strict=True):
@@ -114,10 +119,18 @@ class ArrowJsonEncoder:
             literal = b'"' if quoted else b""
         literal += b"}" if self._keys else b"{}"
         if not parts:
-            return [literal] * n
+            return literal
         parts.append(_scalar(literal + b"\n"))
-        joined = pc.binary_join_element_wise(*parts, _scalar(b""))
-        records = _cut(joined, n, pa)
+        return pc.binary_join_element_wise(*parts, _scalar(b""))
+
+    @staticmethod
+    def cut(joined: Any, n: int) -> list[bytes]:
+        """The ``n`` records of :meth:`join`'s result, as bytes (with the GIL)."""
+        if n == 0:
+            return []
+        if isinstance(joined, bytes):
+            return [joined] * n
+        records = _cut(joined, n)
         if len(records) != n:  # pragma: no cover - a line break inside a fragment
             raise RuntimeError(f"{n} rows made {len(records)} JSON lines")
         return records
@@ -313,7 +326,7 @@ def _plain_zone(tz: str) -> bool:
     return tz == "UTC" or _FIXED_OFFSET.fullmatch(tz) is not None
 
 
-def _cut(joined: Any, n: int, pa: Any) -> list[bytes]:
+def _cut(joined: Any, n: int) -> list[bytes]:
     """The ``n`` newline-ended texts of binary array ``joined``, as bytes, without the
     newlines: one copy of the data buffer, one split."""
     import numpy as np

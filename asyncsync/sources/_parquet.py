@@ -41,7 +41,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+import queue
+import threading
+from collections.abc import AsyncIterator, Generator, Mapping
 from functools import partial
 from itertools import accumulate
 from pathlib import Path
@@ -258,19 +260,71 @@ class ParquetSource(SourceBase):
             settings = {**settings, "row_groups": f"{start}-{'' if stop is None else stop}"}
         return file_fingerprint(self.path, 0, None, settings)
 
-    def _rows(self) -> Iterator[RecordBlock]:
-        """In the worker thread: one block per record batch."""
-        pq = _pq()
+    def _rows(self) -> Generator[RecordBlock, None, None]:
+        """In the worker thread: one block per record batch.
+
+        A second thread decodes the batches and joins each one's JSON (Arrow work, mostly
+        without the GIL), up to two batches ahead; this one cuts the records out (Python
+        work). So the two halves overlap, and neither waits on the GIL for the other."""
         groups = list(range(self.start_group, self.stop_group))
         if not groups:
             return
-        f = pq.ParquetFile(self.path)
+        dumps = partial(orjson.dumps, default=_default)
+        per_row = sum(self.group_bytes[self.start_group : self.stop_group]) / max(
+            1, sum(self.group_rows[self.start_group : self.stop_group])
+        )
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._produce,
+            args=(groups, ahead, stop),
+            name=f"asyncsync-decode {os.path.basename(self.path)}",
+            daemon=True,
+        )
+        producer.start()
         try:
-            dumps = partial(orjson.dumps, default=_default)
+            while True:
+                item = ahead.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch, n, first, joined = item
+                if batch is None:  # before the resume point: nothing to send
+                    yield RecordBlock([], [], bytes_read=int(n * per_row))
+                    continue
+                if joined is None:  # a value orjson cannot encode: row by row
+                    block = self._encode_rows(batch, first, dumps)
+                else:
+                    records = self._encoder.cut(joined, batch.num_rows)
+                    block = RecordBlock(records, range(first, first + len(records)))
+                block.bytes_read = int(n * per_row)
+                yield block
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting to put
+                with contextlib.suppress(queue.Empty):
+                    ahead.get(timeout=0.05)
+
+    def _produce(self, groups: list[int], ahead: queue.Queue[Any], stop: threading.Event) -> None:
+        """In the decoding thread: ``(batch, rows, first row, joined JSON)`` for each batch
+        (``batch`` None before the resume point, ``joined`` None for the row-by-row path),
+        then None; an exception instead, if reading fails."""
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    ahead.put(item, timeout=0.1)
+                    return True
+            return False
+
+        try:
+            f = _pq().ParquetFile(self.path)
+        except BaseException as exc:  # handed to the reading thread
+            put(exc)
+            return
+        try:
             row = self.first_row
-            per_row = sum(self.group_bytes[self.start_group : self.stop_group]) / max(
-                1, sum(self.group_rows[self.start_group : self.stop_group])
-            )
             # one thread: decoding columns on pyarrow's pool costs more CPU in all (~15 %
             # here) and hands the GIL back and forth with the event loop
             for batch in f.iter_batches(
@@ -280,27 +334,24 @@ class ParquetSource(SourceBase):
                 first = row
                 row += n
                 if row - 1 <= self.skip_through:
-                    yield RecordBlock([], [], bytes_read=int(n * per_row))
+                    if not put((None, n, first, None)):
+                        return
                     continue
                 skip = max(0, self.skip_through - first + 1)
                 if skip:
                     batch = batch.slice(skip)
                     first += skip
-                block = self._encode_batch(batch, first, dumps)
-                block.bytes_read = int(n * per_row)
-                yield block
+                try:
+                    joined = self._encoder.join(batch)
+                except TypeError:
+                    joined = None
+                if not put((batch, n, first, joined)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the reading thread
+            put(exc)
         finally:
             f.close()
-
-    def _encode_batch(self, batch: Any, first: int, dumps: Any) -> RecordBlock:
-        """One record batch to a block: column by column (:class:`ArrowJsonEncoder`), or row
-        by row when a value cannot be encoded (the rows that can are sent, the rest are
-        rejected with the reason)."""
-        try:
-            records = self._encoder.encode(batch)
-        except TypeError:
-            return self._encode_rows(batch, first, dumps)
-        return RecordBlock(records, range(first, first + len(records)))
 
     def _encode_rows(self, batch: Any, first: int, dumps: Any) -> RecordBlock:
         names = self.schema.names
@@ -321,8 +372,8 @@ class ParquetSource(SourceBase):
 
     async def blocks(self) -> AsyncIterator[RecordBlock]:
         worker = _Worker(f"asyncsync-read {os.path.basename(self.path)}")
+        it = self._rows()
         try:
-            it = self._rows()
 
             def step() -> tuple[bool, RecordBlock | None]:
                 try:
@@ -336,7 +387,7 @@ class ParquetSource(SourceBase):
                 async for block in blocks:
                     yield block
         finally:
-            worker.close()
+            worker.close(it.close)  # in the thread: stops the decoding thread, if still going
 
 
 def plan_row_group_shards(path: str, n: int) -> list[tuple[int, int, int]]:
