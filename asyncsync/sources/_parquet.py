@@ -1,10 +1,12 @@
 """Parquet files (pyarrow, extra ``parquet``): one JSON object per row, streamed by row group.
 
 Rows are read one record batch at a time (``ParquetFile.iter_batches``), never the whole
-file: memory holds one batch (about 2 MiB of decoded columns: 1 024 to 16 384 rows) and its
-JSON, plus pyarrow's buffers for the row group being read. Each row becomes one JSON object
-with the schema's column names, its values encoded as the SQL sources encode theirs
-(:mod:`.sql._encoding`), converted column by column (:mod:`._arrow_json`):
+file: memory holds a few batches (each about 2 MiB of decoded columns: 1 024 to 16 384 rows)
+and their JSON, plus pyarrow's buffers for the row group being read. Each row becomes one
+JSON object with the schema's column names, its values encoded as the SQL sources encode
+theirs (:mod:`.sql._encoding`), converted column by column (:mod:`._arrow_json`): a decoding
+thread decodes each batch and joins its JSON with Arrow kernels (mostly without the GIL), up
+to two batches ahead, while the reading thread cuts the records out.
 
 ==================================  ==========================================================
 Arrow / Parquet type                JSON
