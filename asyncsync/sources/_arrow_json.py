@@ -14,7 +14,7 @@ only where its output is that text, and the rest goes through orjson value by va
 column                            fragments
 ================================  ================================================================
 integers, bool                    cast to string (the same digits, ``true``/``false``)
-float16/32/64                     one ``orjson.dumps`` of the column's list, cut at the commas
+float32/64                        one ``orjson.dumps`` of the column's list, cut at the commas
 string, large_string              ``"`` + text + ``"``; the few values holding a ``"``, ``\\`` or a
                                   control character: ``orjson.dumps`` of each
 decimal, scale 0 to 6             ``"`` + cast to string + ``"`` (plain notation at those scales)
