@@ -38,7 +38,7 @@ from .sinks import ROOT, MiniSink, NginxSink, Sink, child_env, find_nginx
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TOKEN = "bench-static-token"
-ALL_SCENARIOS = "abcde"
+ALL_SCENARIOS = "abcdef"
 
 
 # --- contenders -------------------------------------------------------------------------------
@@ -189,6 +189,17 @@ SCENARIOS: dict[str, Scenario] = {
             batch=200,
             workers=32,
             contenders=(PLAIN, LIB),
+        ),
+        Scenario(
+            "f",
+            "export sources: the same records as JSON Lines, .jsonl.gz and Parquet (CLI)",
+            sizes=(2_000_000,),
+            quick_sizes=(200_000,),
+            batch=200,  # the CLI's defaults
+            workers=32,
+            contenders=(),  # benchmarks/bench_sources.py runs it
+            note="Targets (issue 18): Parquet >= 0.8x the records/s of JSONL; the .jsonl.gz "
+            "upload under 100 MB peak RSS.",
         ),
     )
 }
@@ -643,6 +654,37 @@ def run_scenario(
     return lines, all_runs
 
 
+def run_sources(
+    scenario: Scenario, args: argparse.Namespace, sink_kinds: set[str]
+) -> tuple[list[str], list[Run]]:
+    """Scenario f: :mod:`benchmarks.bench_sources` (one row per input file)."""
+    from . import bench_sources
+
+    size = args.records or (scenario.quick_sizes if args.quick else scenario.sizes)[0]
+    uploads = bench_sources.measure(size, args.reps, args.data_dir)
+    sink_kinds.add("aiohttp minisink")
+    lines = [f"### ({scenario.key}) {scenario.title}", ""]
+    lines += bench_sources.report(uploads, size, args.reps)
+    lines += ["", f"- {scenario.note}", ""]
+    runs = [
+        Run(
+            scenario.key,
+            f"cli:{u.file}",
+            size,
+            u.rep,
+            records=u.records,
+            duration_s=u.duration_s,
+            records_per_s=u.records_per_s,
+            peak_rss_mb=u.peak_rss_mb,
+            cpu_s=u.cpu_s,
+            loop="cli",
+            extra={"load_average": u.load_average},
+        )
+        for u in uploads
+    ]
+    return lines, runs
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -652,7 +694,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=ALL_SCENARIOS,
-        help="comma-separated subset of a,b,c,d,e (default: all)",
+        help="comma-separated subset of a,b,c,d,e,f (default: all)",
     )
     p.add_argument("--reps", type=int, help="repetitions per contender (default 3; quick 1)")
     p.add_argument(
@@ -799,7 +841,10 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     all_runs: list[Run] = []
     for key in args.scenario_keys:
-        lines, runs = run_scenario(SCENARIOS[key], args, sink_kinds)
+        if key == "f":
+            lines, runs = run_sources(SCENARIOS[key], args, sink_kinds)
+        else:
+            lines, runs = run_scenario(SCENARIOS[key], args, sink_kinds)
         sections += lines
         all_runs += runs
     info = machine_info(sink_kinds, uvloop_used)

@@ -91,3 +91,34 @@ def test_quick_run_produces_table(tmp_path: Path) -> None:
     # the peer chart is drawn next to the markdown
     [png] = out.glob("*-a-quick.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_sources_scenario_reports_the_parquet_ratio(tmp_path: Path) -> None:
+    """Scenario f (issue 18): the three inputs uploaded by the CLI, every record delivered,
+    the Parquet/JSONL ratio and each upload's own peak RSS in the saved report."""
+    records = 3_000
+    out = tmp_path / "results"
+    args = ["--quick", "--scenarios", "f", "--records", str(records), "--reps", "1"]
+    args += ["--out", str(out), "--data-dir", str(tmp_path / "data")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = proc.stdout
+    assert "### (f)" in report and "Parquet / JSONL = **" in report
+    for name in ("d.jsonl", "d.jsonl.gz", "d.parquet"):
+        assert f"(`{name}`) | {records:,} |" in report
+    [raw] = out.glob("*-f-quick.json")
+    runs = {r["contender"]: r for r in json.loads(raw.read_text())["runs"]}
+    assert set(runs) == {"cli:d.jsonl", "cli:d.jsonl.gz", "cli:d.parquet"}
+    for run in runs.values():
+        assert run["records"] == records
+        assert run["records_per_s"] > 0
+        assert 5 < run["peak_rss_mb"] < 1_000
+        assert run["cpu_s"] > 0

@@ -87,6 +87,26 @@ def test_truncated_gzip_delivers_what_precedes_and_names_the_record(tmp_path: Pa
     assert len(dead) == 1 and f"after line {last}" in str(dead[0])
 
 
+@pytest.mark.parametrize("name", ["export.jsonl.gz", "export.csv.gz"])
+def test_damage_before_the_first_record_exits_2_with_nothing_sent(
+    tmp_path: Path, name: str
+) -> None:
+    """Exit 2 when no record precedes the damage (1 is for a partial delivery, above)."""
+    if name.endswith(".csv.gz"):  # the header whole in a member of its own, then damage
+        rows = b"".join(b"%d,n%d\n" % (i, i) for i in range(1, 3000))
+        packed = gzip.compress(b"id,name\n") + gzip.compress(rows)[:40]
+    else:
+        packed = gzip.compress(write_records(tmp_path / "p.jsonl", 3000).read_bytes())[:40]
+    path = tmp_path / name
+    path.write_bytes(packed)
+    with run_sink(tmp_path) as sink:
+        done = Job(tmp_path, sink, str(path)).run()
+        assert sink.stats()["records"] == 0
+    assert done.code == 2, done.err
+    assert str(path) in done.err and "damaged gzip archive" in done.err
+    assert "nothing sent" in done.err
+
+
 def test_gz_suffix_without_gzip_bytes_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "export.jsonl.gz"
     path.write_bytes(b'{"id": 1}\n')

@@ -19,7 +19,8 @@ per core). For the same reason ``--shard``/``--processes`` refuse a compressed f
 A damaged archive (truncated, bad CRC, corrupt data, trailing garbage): every record before
 the damage is delivered; the damage is one dead letter, at the position after the last good
 record, whose reason names the file and that record (and the cut-off line, if any); the run
-then ends as a run with dead letters does (exit 1), with the error logged. Nothing after the
+then ends as a run with dead letters does (exit 1), with the error logged. Damage before the
+first record is a :class:`SourceError` instead (exit 2: nothing was sent). Nothing after the
 damage is read (a stream cannot be re-synchronised), so nothing is silently dropped: the
 dead letter says where reading stopped.
 """
@@ -276,13 +277,17 @@ def _open_stream(path: str, compression: str, *, withhold: bool = True) -> _Stre
     return _Stream(path, compression, f, withhold=withhold)
 
 
-def _damage_reject(stream: _Stream, last_good: int) -> Rejected:
-    """The dead letter that says where reading stopped, and why."""
+def _damage_reject(stream: _Stream, last_good: int, records: int) -> Rejected:
+    """The dead letter that says where reading stopped, and why; a :class:`SourceError`
+    (exit 2) when no record came before the damage: nothing was sent."""
     at = last_good + 1
-    reason = (
-        f"{stream.path}: damaged {stream._inflater.compression} archive: {stream.damage}; "
-        f"reading stopped after line {last_good} (the last good record)"
-    )
+    damaged = f"{stream.path}: damaged {stream._inflater.compression} archive: {stream.damage}"
+    if not records:
+        raise SourceError(
+            f"{damaged}; no record could be read before the damage (line {at}): nothing sent",
+            path=stream.path,
+        )
+    reason = f"{damaged}; reading stopped after line {last_good} (the last good record)"
     if stream.fragment:
         reason += f"; line {at} is cut off ({len(stream.fragment)} bytes kept in 'record')"
     log.error("%s", reason)
@@ -346,10 +351,10 @@ class CompressedJsonlSource(_CompressedBase):
                 )
             )
             parser = _LineParser(max_line_bytes=self.max_line_bytes, file_offsets=False)
-            reported = 0
+            reported = records = 0
 
             def step() -> tuple[bool, RecordBlock | None]:
-                nonlocal reported
+                nonlocal reported, records
                 chunk = stream.read(self.read_size)
                 if chunk:
                     block = parser.feed(chunk)
@@ -357,8 +362,10 @@ class CompressedJsonlSource(_CompressedBase):
                     block = parser.finish()
                 else:  # the line the parser holds was cut off by the damage: not a record
                     stream.fragment = parser.carried()
-                    block = RecordBlock([], [], [_damage_reject(stream, parser.line - 1)])
+                    reject = _damage_reject(stream, parser.line - 1, records)
+                    block = RecordBlock([], [], [reject])
                 if block is not None:
+                    records += len(block.records)
                     block.bytes_read = stream.raw_read - reported
                     reported = stream.raw_read
                 return bool(chunk), block
@@ -400,15 +407,17 @@ class CompressedCsvSource(_CompressedBase):
             reader = await worker.call(lambda: _CsvReader(self._csv, worker, opener=opener))
             stream = cast(_Stream, reader.f)
             done = False
-            reported = 0
+            reported = records = 0
 
             def step() -> tuple[bool, RecordBlock | None]:
-                nonlocal done, reported
+                nonlocal done, reported, records
                 block = reader.read_block()
                 if block is None and stream.damage is not None and not done:
                     done = True
-                    block = RecordBlock([], [], [_damage_reject(stream, reader.lines_read)])
+                    reject = _damage_reject(stream, reader.lines_read, records)
+                    block = RecordBlock([], [], [reject])
                 if block is not None:
+                    records += len(block.records)
                     block.bytes_read = stream.raw_read - reported
                     reported = stream.raw_read
                     block.end_offset = None

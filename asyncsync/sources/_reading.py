@@ -86,8 +86,11 @@ class _Worker:
         self._files.append(f)
         return f
 
-    def close(self) -> None:
-        """Close the owned files and stop the thread, after the call in progress if any."""
+    def close(self, *last: Callable[[], object]) -> None:
+        """Close the owned files and stop the thread, after the call in progress if any;
+        ``last`` are calls to make in the thread before that (errors dropped)."""
+        for fn in last:
+            self._jobs.put((None, None, fn))
         self._jobs.put((None, None, self._close_files))
         self._jobs.put(None)
 
