@@ -109,7 +109,11 @@ class _LineParser:
         if parts:
             # chunk[:body] is the part of this chunk made of complete lines
             body = len(chunk) - len(rest)
-            utf8_ok = chunk.isascii() or _utf8_ok(memoryview(chunk)[:body])
+            if self._prevalidator is not None:
+                # the helper checks UTF-8 too; should it fail, each line is checked alone
+                utf8_ok = False
+            else:
+                utf8_ok = chunk.isascii() or _utf8_ok(memoryview(chunk)[:body])
             if utf8_ok and carried:
                 first = parts[0]
                 utf8_ok = first.isascii() or _utf8_ok(first)
