@@ -121,6 +121,8 @@ EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-t
 GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
 GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still worth raising
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
+HOLD_SECONDS: Final = 5.0  # a limit above measured flat this recently is not raised to again
+EPOCH_SECONDS: Final = 0.2  # ... and last at least this long (goodput over a few ms is noise)
 TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
 _BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
 _REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
@@ -142,6 +144,7 @@ class AdaptiveLimit:
         "_e_samples",
         "_e_start",
         "_e_windows",
+        "_first_probe",
         "_goodput",
         "_inflight_sum",
         "_last_decrease",
@@ -195,6 +198,7 @@ class AdaptiveLimit:
         self._probe_left = 0
         self._probe_saved = 0
         self._settling = False
+        self._first_probe = True
         #: limit -> (goodput in successes/s measured at that limit, when)
         self._goodput: dict[int, tuple[float, float]] = {}
         self._reset_window(clock())
@@ -249,7 +253,7 @@ class AdaptiveLimit:
     def on_backpressure(self) -> None:
         """The server refused or failed for load (429/502/503/504, timeout, reset)."""
         now = self._clock()
-        self.slow_start = False
+        self._end_slow_start(now)
         self._step = 1
         if now - self._last_decrease < max(self._rtt, 1e-3):
             return  # one cut per window: these answers were sent under the old limit
@@ -280,7 +284,10 @@ class AdaptiveLimit:
         if self._probe_left:
             self._probe_left -= 1
             if self._probe_left == 0:  # the measuring window: below the knee, rtt is base
-                self._base = rtt
+                # the first probe corrects slow start's base (too high while the pool grew);
+                # later ones re-learn it, so an endpoint that became slower is not a queue
+                self._base = min(self._base, rtt) if self._first_probe else rtt
+                self._first_probe = False
                 self._set(self._probe_saved)
             self._reset_epoch(now)
             return
@@ -299,7 +306,7 @@ class AdaptiveLimit:
         self._e_rtt += rtt_sum
         self._e_inflight += inflight_sum
         self._e_peak = max(self._e_peak, peak)
-        if self._e_windows >= EPOCH_WINDOWS:
+        if self._e_windows >= EPOCH_WINDOWS and now - self._e_start >= EPOCH_SECONDS:
             self._close_epoch(now)
 
     def _remember(self, now: float, goodput: float) -> None:
@@ -325,10 +332,18 @@ class AdaptiveLimit:
             if used:
                 self._set(self._limit * 2)
             return
-        self.slow_start = False
+        self._end_slow_start(now)
         self._reset_epoch(now)
         alpha, _ = _band(n)
         self._set(min(self._limit - 1, math.ceil(n - queue + alpha)))
+
+    def _end_slow_start(self, now: float) -> None:
+        if self.slow_start:
+            self.slow_start = False
+            # slow start's base is an upper bound (the pool was growing, the windows are
+            # short): measure it below the knee at once instead of in PROBE_INTERVAL
+            if self._probe_interval > 0:
+                self._next_probe = now
 
     def _close_epoch(self, now: float) -> None:
         samples = self._e_samples
@@ -361,8 +376,15 @@ class AdaptiveLimit:
             k = max(far or below)
             if known[k] > 0 and here > 0:
                 rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
-        # 2. no queue, or goodput still rising with the limit: raise it
-        if used and (queue < alpha or rising):
+        # the nearest limit above, measured recently, delivered no more than this one
+        above = [k for k in known if k > limit]
+        flat_above = bool(above) and (
+            known[min(above)] <= (1 + GOODPUT_TOLERANCE) * here
+            and now - self._goodput[min(above)][1] < HOLD_SECONDS
+        )
+        # 2. goodput still rising with the limit, or no queue and no sign that more in flight
+        # buys nothing: raise it
+        if used and (rising or (queue < alpha and not flat_above)):
             self._set(limit + (self._step if queue < alpha else 1))
             if queue < alpha:
                 self._step = min(self._step * 2, max(1, limit // 4))
@@ -370,20 +392,18 @@ class AdaptiveLimit:
         self._step = 1
         if now - self._last_decrease < self._rtt:
             return
+        # 3 and 4 only lower the limit to levels not measured to deliver clearly less
+        target = limit
         if queue <= beta:
-            # 3. a small queue: step down by one unless the limit below delivered clearly less
-            # (equal goodput with fewer in flight is the same work at a lower latency)
-            if (
-                used
-                and queue >= alpha
-                and (not below or known[max(below)] >= here * (1 - GOODPUT_TOLERANCE))
-            ):
-                self._last_decrease = now
-                self._set(limit - 1)
-            return
-        # 4. a queue: cut to the estimated capacity plus alpha, but not to a limit measured
-        # to deliver clearly less than this one (the goodput guard)
-        target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
+            # 3. a small queue, or a limit above that delivered no more: goodput does not
+            # rise with the requests in flight, so do the same work with fewer. Walk down
+            # by 1/8 (multiplicative: a flat endpoint is left in a few epochs) unless the
+            # limit below delivered clearly less
+            if used and (not below or known[max(below)] >= here * (1 - GOODPUT_TOLERANCE)):
+                target = min(limit - 1, math.floor(limit * _REFERENCE))
+        else:
+            # 4. a queue: cut to the estimated capacity plus alpha, at most by half
+            target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
         for k in below:
             if k >= target and known[k] < (1 - GOODPUT_TOLERANCE) * here:
                 target = k + 1

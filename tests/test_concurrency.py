@@ -203,13 +203,16 @@ def test_client_bound_does_not_ratchet_down() -> None:
     """An endpoint where the round trip is the client's own queue (throughput flat from 3 in
     flight on, RTT proportional to the number out: a fast sink on a busy client). The
     Vegas estimate drifts down with every lower limit; the goodput guard stops it where
-    goodput starts to fall, instead of at 1."""
+    goodput starts to fall, instead of at 1. The walk-down may measure 2 once (that is how
+    it learns that 2 delivers half): at most 5% of the answers come at a limit below 3."""
 
     def service(m: int) -> float:
         return 0.0005 * max(m, 3) if m >= 3 else 0.0005 * (6 - m)
 
     server, _ = simulate(lambda t: 1, 10.0, service=service)
-    assert min(server.limits(2.0, 10.0)) >= 3
+    limits = server.limits(2.0, 10.0)
+    assert sum(1 for limit in limits if limit < 3) <= 0.05 * len(limits)
+    assert min(limits) >= 2
     assert server.goodput(2.0, 10.0) >= 0.9 * 1 / 0.0005
 
 
