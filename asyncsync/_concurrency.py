@@ -374,7 +374,8 @@ class AdaptiveLimit:
             # against a limit far enough below for the difference to stand out of the noise
             far = [k for k in below if k <= limit * _REFERENCE]
             k = max(far or below)
-            if known[k] > 0 and here > 0:
+            # and no lower limit delivered more (a noisy low reference is no gradient)
+            if known[k] > 0 and here >= max(known[j] for j in below):
                 rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
         # the nearest limit above, measured recently, delivered no more than this one
         above = [k for k in known if k > limit]
