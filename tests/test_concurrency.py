@@ -26,9 +26,9 @@ class SimServer:
     server sees it, half after): it adds to the round trip without loading the server, as
     the client's CPU does on a loaded host. ``connect`` is the extra time of a request that
     opens a new connection (one more in flight than ever before): the pool grows during slow
-    start, so its round trips are longer than the steady state's. ``service`` replaces the capacity model with any
-    service time as a function of ``m``. The client keeps as many requests out as the limit
-    allows (an endless backlog)."""
+    start, so its round trips are longer than the steady state's. ``service`` replaces the
+    capacity model with any service time as a function of ``m``. The client keeps as many
+    requests out as the limit allows (an endless backlog)."""
 
     capacity: Callable[[float], int]
     base: float = 0.020
