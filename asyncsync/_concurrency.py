@@ -158,6 +158,7 @@ class AdaptiveLimit:
         "_rtt_sum",
         "_samples",
         "_settling",
+        "_ss_rate",
         "_step",
         "_window_start",
         "maximum",
@@ -199,6 +200,7 @@ class AdaptiveLimit:
         self._probe_saved = 0
         self._settling = False
         self._first_probe = True
+        self._ss_rate: tuple[int, float] | None = None  # slow start: (limit, answers/s) before
         #: limit -> (goodput in successes/s measured at that limit, when)
         self._goodput: dict[int, tuple[float, float]] = {}
         self._reset_window(clock())
@@ -274,6 +276,7 @@ class AdaptiveLimit:
             self._inflight_sum,
             self._peak,
         )
+        elapsed = max(now - self._window_start, 1e-9)
         self._reset_window(now)
         rtt = rtt_sum / samples
         self._rtt = 0.5 * self._rtt + 0.5 * rtt
@@ -299,7 +302,9 @@ class AdaptiveLimit:
                 self._set(self._limit / 2)
                 return
         if self.slow_start:
-            self._slow_start_window(now, rtt, inflight_sum / samples, peak, samples)
+            self._slow_start_window(
+                now, rtt, inflight_sum / samples, peak, samples, samples / elapsed
+            )
             return
         self._e_windows += 1
         self._e_samples += samples
@@ -322,15 +327,31 @@ class AdaptiveLimit:
     def _known(self, now: float) -> dict[int, float]:
         return {k: g for k, (g, t) in self._goodput.items() if now - t < MEMORY_SECONDS}
 
-    def _slow_start_window(self, now: float, rtt: float, n: float, peak: int, samples: int) -> None:
+    def _slow_start_window(
+        self, now: float, rtt: float, n: float, peak: int, samples: int, rate: float
+    ) -> None:
         if samples >= _BASE_SAMPLES:
             self._base = min(self._base, rtt)
-        used = peak >= _USED * self._limit
+        limit = self._limit
+        used = peak >= _USED * limit
         queue = _queue(n, rtt, self._base)
         _, beta = _band(n)
         if queue < beta:
-            if used:
-                self._set(self._limit * 2)
+            if not used:
+                return
+            before = self._ss_rate
+            if before is not None and before[0] < limit and before[1] > 0:
+                k, k_rate = before
+                if math.log(rate / k_rate) < GOODPUT_ELASTICITY * math.log(limit / k):
+                    # more in flight, hardly more goodput: past the knee, whatever the RTT
+                    # says. Below the knee goodput is k / base, at it rate: so the knee is
+                    # about k * rate / k_rate in flight (Little's law)
+                    self._end_slow_start(now)
+                    self._reset_epoch(now)
+                    self._set(min(limit - 1, max(k, math.ceil(k * rate / k_rate))))
+                    return
+            self._ss_rate = (limit, rate)
+            self._set(limit * 2)
             return
         self._end_slow_start(now)
         self._reset_epoch(now)
@@ -386,9 +407,11 @@ class AdaptiveLimit:
         # 2. goodput still rising with the limit, or no queue and no sign that more in flight
         # buys nothing: raise it
         if used and (rising or (queue < alpha and not flat_above)):
-            self._set(limit + (self._step if queue < alpha else 1))
-            if queue < alpha:
+            if queue < alpha and not above:  # unexplored: the step doubles while it is empty
+                self._set(limit + self._step)
                 self._step = min(self._step * 2, max(1, limit // 4))
+            else:  # a limit above was measured lately: one at a time
+                self._set(limit + 1)
             return
         self._step = 1
         if now - self._last_decrease < self._rtt:
