@@ -127,6 +127,7 @@ TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many 
 _BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
 _REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
 _USED: Final = 0.8  # a window tested the limit when its peak in flight reached this share
+_BINDING: Final = 0.9  # the limit binds when the mean in flight is at least this share of it
 
 Clock = Callable[[], float]
 
@@ -414,7 +415,9 @@ class AdaptiveLimit:
                 self._set(limit + 1)
             return
         self._step = 1
-        if now - self._last_decrease < self._rtt:
+        if now - self._last_decrease < self._rtt or n < _BINDING * limit:
+            # a limit that does not bind (the source, not the gate, keeps fewer requests out)
+            # is not what makes them wait: lowering it would change nothing but the bursts
             return
         # 3 and 4 only lower the limit to levels not measured to deliver clearly less
         target = limit

@@ -28,7 +28,8 @@ class SimServer:
     opens a new connection (one more in flight than ever before): the pool grows during slow
     start, so its round trips are longer than the steady state's. ``service`` replaces the
     capacity model with any service time as a function of ``m``. The client keeps as many
-    requests out as the limit allows (an endless backlog)."""
+    requests out as the limit allows (an endless backlog), or as many as ``ready(t)`` says
+    the source has batches for."""
 
     capacity: Callable[[float], int]
     base: float = 0.020
@@ -36,6 +37,7 @@ class SimServer:
     jitter: float = 0.1
     overhead: float = 0.0
     connect: float = 0.0
+    ready: Callable[[float], int] | None = None
     service: Callable[[int], float] | None = None
     seed: int = 0
     now: float = 0.0
@@ -50,7 +52,8 @@ class SimServer:
         events: list[tuple[float, int, str, float]] = []  # (at, id, what, sent at)
         in_flight = at_server = n = 0
         while self.now < until:
-            while in_flight < control.limit:
+            cap = control.limit if self.ready is None else min(control.limit, self.ready(self.now))
+            while in_flight < cap:
                 in_flight += 1
                 n += 1
                 setup = 0.0
@@ -184,6 +187,22 @@ def test_flat_goodput_walks_down_to_a_low_limit(initial: int) -> None:
     server, _ = simulate(lambda t: 1, 10.0, service=service, jitter=0.05, initial=initial)
     assert max(server.limits(5.0, 10.0)) <= 8
     assert server.goodput(5.0, 10.0) >= 0.95 * 1 / 0.0001
+
+
+def test_a_limit_that_does_not_bind_is_not_cut() -> None:
+    """A source-bound client (nginx again: encoding the batches is the bottleneck): the
+    source has 2 batches ready most of the time and 12 in bursts, and the round trip grows
+    with the requests out. The limit only binds in the bursts; cutting it would not shorten
+    the round trips, only clip the bursts. It must stay at least 12."""
+
+    def service(m: int) -> float:
+        return 0.0002 * m
+
+    def ready(t: float) -> int:
+        return 12 if int(t * 20) % 5 == 0 else 2
+
+    server, _ = simulate(lambda t: 1, 10.0, service=service, ready=ready, initial=16)
+    assert min(server.limits(1.0, 10.0)) >= 12
 
 
 def test_rising_goodput_is_not_throttled() -> None:
