@@ -21,26 +21,34 @@ The law: Vegas's queue estimate, checked against measured goodput::
     a window closes at the first answer one smoothed RTT after it opened; the window after a
     change of the limit is skipped (its answers were sent under the old limit)
 
-    slow start, every window:
+    slow start, every window (rate = answers/s over the window):
         base  = min(base, rtt)                  (windows with at least 4 answers)
         queue = n * (1 - base / rtt)            n: mean requests in flight at the answers
-        queue < beta -> limit *= 2              (only if the limit was used)
-        else         -> limit = n - queue + alpha; slow start ends
+        queue >= beta -> limit = n - queue + alpha (at most limit - 1); slow start ends
+        else, if the limit was used:
+            rate < sqrt(2) * rate at the limit k before (half this one)
+                      -> limit = k * rate / rate_k (between k and limit - 1); slow start ends
+            else      -> limit *= 2
+        when slow start ends (here or by back-pressure) the base is probed at once
 
-    steady state, every epoch of 4 windows (rtt, n, goodput = answers/s over the epoch):
+    steady state, every epoch of 4 windows and at least 0.2 s (rtt, n, goodput = answers/s):
         base = min(base, rtt); G[limit] = goodput (averaged with a recent value; all of G is
         forgotten when the same limit now delivers 10% less: the endpoint changed)
         1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k
-        2. queue < alpha, or goodput still rising with the limit
-           (ln(G[limit]/G[k]) >= 0.5 ln(limit/k), k about 1/8 below)
-                      -> limit += step  (step doubles while the queue stays empty; 1 if rising)
-        3. alpha <= queue <= beta, and the limit below delivered within 5% -> limit -= 1
-        4. queue > beta -> limit = max(n - queue + alpha, limit / 2), but never down to a
-                           limit measured to deliver 5% less than this one
-        at most one decrease (3, 4) per window
-    back-pressure (at most once per window): limit *= 0.75; slow start ends; the measured
-    goodput of this limit and above is forgotten (they are no goal for rule 1)
-    every 30 s (after slow start): halve the limit for two windows and re-measure base there
+        rising: G[limit] >= G[j] for every lower j measured, and
+                ln(G[limit] / G[k]) >= 0.5 ln(limit / k), k the highest measured <= 7/8 limit
+        flat above: the nearest higher limit, measured in the last 5 s, gave <= 1.05 G[limit]
+        2. rising, or queue < alpha and not flat above -> limit += 1; += step instead when
+           queue < alpha and no higher limit is remembered (step doubles, up to limit/4)
+        decreases (3, 4): at most one per window, only when the limit binds (n >= 0.9 limit),
+        and never down to a limit measured to deliver 5% less than this one (just above it)
+        3. queue <= beta (and not raised by 2), and the nearest lower limit measured delivered
+           within 5% (or none is known) -> limit = min(limit - 1, floor(7/8 limit))
+        4. queue > beta -> limit = max(n - queue + alpha, limit / 2)
+    back-pressure (at most once per window): limit = min(limit - 1, 0.75 limit); slow start
+    ends; the measured goodput of this limit and above is forgotten (no goal for rule 1)
+    probe (right after slow start, then every 30 s): halve the limit for two windows and
+    measure base in the second; the first probe only lowers base, later ones replace it
 
 with ``alpha = max(1, 0.05 n)`` and ``beta = max(2, 0.15 n)``.
 
@@ -51,41 +59,66 @@ Why this law:
   queue, so the law can jump to ``L + alpha`` in one step instead of creeping there (the
   gradient controllers' strength: Netflix concurrency-limits, Envoy), and the cut goes to
   the estimated capacity, not to half: near equilibrium a cut is a step of a few requests.
+* The estimate is only as good as ``base``. Slow start's windows are short and their round
+  trips include opening the connections the pool grows by, so the base they give is too
+  high (about 10% against the reference server, 20 ms: 24 ms read, 21.5 ms true), the queue
+  reads too small and the limit settles too high (23-26 against L=16). So when slow start
+  ends the law halves the limit for two windows and measures the base there, below the
+  knee, at once: three round trips at half the limit, instead of 30 s off the knee.
+* The knee the client sees is not L: with per-request client time ``c`` (encoding,
+  parsing, the event loop) it is ``L (base + c) / base`` in flight, because the requests
+  being encoded or parsed are in flight for the client but not at the server. Measured on
+  a 2-core host against L=16 (benchmarks/bench_adaptive.py, scenario ``rtt``): the round
+  trip is flat at 21.5 ms to 16 in flight and grows from there (25.4 ms at 20), so the knee
+  is about 17.4 and every limit from 18 on delivers within 1-2% of the best. The law aims
+  at the smallest limit whose goodput is within a few % of the best, which is this knee.
 * The latency signal alone is wrong whenever the round trip grows with the client's own
   load rather than the endpoint's queue. On a busy client (or a fast endpoint such as nginx,
-  where the event loop *is* the bottleneck) every request more in flight adds its share of
-  the client's CPU to everybody's RTT: Vegas reads a queue, cuts, measures a lower ``base``
-  at the lower limit, reads a queue again and ratchets down to 2 or 3, far below the best
-  fixed limit. And with per-request client overhead ``c`` the knee the client sees is
-  ``L (base + c) / base`` in flight, not L: the requests being encoded or parsed are in
-  flight for the client but not at the server. Goodput is the quantity the user wants, so
-  the law keeps a short memory of the goodput each limit delivered and lets it veto the
-  latency signal: no latency cut to a limit that delivered clearly less (rule 4), a return
-  to a limit that delivered clearly more (rule 1), and a raise while goodput still grows at
-  least half as fast as the limit (rule 2; a server whose throughput keeps rising past its
-  latency knee is not throttled). When goodput is flat, latency decides (rule 3): the same
-  work with fewer in flight is the same goodput at a lower latency, so the limit walks down
-  one at a time until goodput starts to fall.
+  where the client is the bottleneck) every request more in flight adds its share of the
+  client's CPU to everybody's RTT, and goodput is flat in the limit. Vegas then holds
+  wherever it measured ``base`` (a round trip proportional to the requests out reads as no
+  queue at the lowest limit seen), or ratchets down when a lower limit gives it a lower
+  base. Goodput is
+  the quantity the user wants, so the law keeps a short memory of the goodput each limit
+  delivered and lets it decide where latency cannot: a return to a limit that delivered
+  clearly more (rule 1); a raise while goodput still grows at least half as fast as the
+  limit (rule 2; a server whose throughput keeps rising past its latency knee is not
+  throttled); no raise into limits just measured to deliver no more (flat above), and a
+  walk down by 1/8 per epoch while the limit below delivers as much (rule 3: the same work
+  with fewer in flight; multiplicative, so a flat endpoint is left in a few epochs, not one
+  request per epoch); no decrease to a limit measured to deliver clearly less (3 and 4).
+* A limit that does not bind is not what makes requests wait. When the source keeps fewer
+  requests out than the limit (mean in flight under 90% of it: the client cannot encode
+  batches faster, as against nginx), lowering the limit would not shorten a round trip,
+  only clip the bursts in which it does bind; so the latency rules do not lower it then.
+* Slow start stops on goodput as well as on the queue: when doubling the limit raised the
+  answers per second by less than sqrt(2) (elasticity 1/2), the knee lies between the two
+  limits, at about ``k * rate / rate_k`` in flight by Little's law (below the knee goodput
+  is ``k / base``; past it, the capacity ``rate``). Against L=16 with the inflated base it
+  would otherwise double to 64 and draw 429s from the hard limit at 32.
 * The measurements are averaged before they are compared: decisions in steady state use an
-  epoch of four windows (a one-RTT window holds about ``limit`` answers, too few to tell 5%
-  of goodput from noise on a loaded host), ``base`` only comes from windows with enough
-  answers, the goodput gradient is taken against a limit about 1/8 below (a step of one is
-  lost in the noise), and rule 1 needs a 10% difference. The memory lasts 10 s and is
-  dropped when the endpoint changes, so a capacity that halves is not chased upward.
+  epoch of four windows and at least 0.2 s (a one-RTT window holds about ``limit``
+  answers, and a few milliseconds of a fast endpoint are scheduler noise on a loaded host),
+  ``base`` only comes from windows with enough answers, the goodput gradient is taken
+  against a limit about 1/8 below and only counts when no lower limit did better (a noisy
+  low reference is no gradient), and rule 1 needs a 10% difference. The memory lasts 10 s
+  and is dropped when the endpoint changes, so a capacity that halves is not chased upward.
 * AIMD on back-pressure alone (Vector's ARC, TCP Reno) only learns the knee by crossing it:
   it saws between the hard limit and half of it, drawing 429s every cycle and losing
   throughput on the way down (vectordotdev/vector#7371). The latency and goodput signals
   stop the increase *before* the server refuses; back-pressure remains the safety net, a
   hard multiplicative cut (0.75) once per window.
 * Slow start doubles per window, so 8 -> 256 takes five round trips, not 250 (Vector's slow
-  ramp, #3255). In steady state the additive step doubles while the queue stays empty, so a
-  capacity that doubles mid-run is found in a handful of epochs.
+  ramp, #3255). In steady state the additive step doubles while the queue stays empty above
+  every limit measured lately, so a capacity that doubles mid-run is found in a handful of
+  epochs, while near a known knee the limit moves one at a time.
 * At most one decrease per window: the answers that arrive in the window after a cut were
   sent under the old limit and say nothing about the new one.
 * The limit never grows when it was not used (a slow source): a window whose peak in flight
   stayed under 80% of the limit cannot have tested it, and its goodput is not remembered.
-* ``base`` only ever falls, so an endpoint that becomes slower for good would read as a
-  permanent queue; the periodic probe (Envoy's minRTT window) re-measures it below the knee.
+* ``base`` only ever falls between probes, so an endpoint that becomes slower for good
+  would read as a permanent queue; the periodic probe (Envoy's minRTT window) re-measures
+  it below the knee.
 
 Floor 1, ceiling ``maximum``; the limit is an integer.
 """
