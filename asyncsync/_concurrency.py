@@ -33,7 +33,7 @@ The law: Vegas's queue estimate, checked against measured goodput::
 
     steady state, every epoch of 4 windows and at least 0.2 s (rtt, n, goodput = answers/s):
         base = min(base, rtt); G[limit] = goodput (averaged with a recent value; all of G is
-        forgotten when the same limit now delivers 10% less: the endpoint changed)
+        forgotten when the same limit now delivers 25% less: the endpoint changed)
         1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k
         rising: G[limit] >= G[j] for every lower j measured, and
                 ln(G[limit] / G[k]) >= 0.5 ln(limit / k), k the highest measured <= 7/8 limit
@@ -43,7 +43,8 @@ The law: Vegas's queue estimate, checked against measured goodput::
         decreases (3, 4): at most one per window, only when the limit binds (n >= 0.9 limit),
         and never down to a limit measured to deliver 5% less than this one (just above it)
         3. queue <= beta (and not raised by 2), and the nearest lower limit measured delivered
-           within 5% (or none is known) -> limit = min(limit - 1, floor(7/8 limit))
+           within 5% of the best G remembered (or none is known)
+                      -> limit = min(limit - 1, floor(7/8 limit))
         4. queue > beta -> limit = max(n - queue + alpha, limit / 2)
     back-pressure (at most once per window): limit = min(limit - 1, 0.75 limit); slow start
     ends; the measured goodput of this limit and above is forgotten (no goal for rule 1)
@@ -87,6 +88,9 @@ Why this law:
   walk down by 1/8 per epoch while the limit below delivers as much (rule 3: the same work
   with fewer in flight; multiplicative, so a flat endpoint is left in a few epochs, not one
   request per epoch); no decrease to a limit measured to deliver clearly less (3 and 4).
+  "As much" is against the best goodput remembered, not the limit just above: against
+  nginx each step down cost about 4%, inside the tolerance, and steps judged one by one
+  walked down to 1 at 0.8x.
 * A limit that does not bind is not what makes requests wait. When the source keeps fewer
   requests out than the limit (mean in flight under 90% of it: the client cannot encode
   batches faster, as against nginx), lowering the limit would not shorten a round trip,
@@ -102,7 +106,10 @@ Why this law:
   ``base`` only comes from windows with enough answers, the goodput gradient is taken
   against a limit about 1/8 below and only counts when no lower limit did better (a noisy
   low reference is no gradient), and rule 1 needs a 10% difference. The memory lasts 10 s
-  and is dropped when the endpoint changes, so a capacity that halves is not chased upward.
+  and is dropped when the endpoint changes, so a capacity that halves is not chased upward;
+  "changes" means the same limit delivering 25% less, because a fast endpoint on a loaded
+  host varies by 10-20% from one epoch to the next and a tighter test forgot everything
+  every other epoch.
 * AIMD on back-pressure alone (Vector's ARC, TCP Reno) only learns the knee by crossing it:
   it saws between the hard limit and half of it, drawing 429s every cycle and losing
   throughput on the way down (vectordotdev/vector#7371). The latency and goodput signals
@@ -152,6 +159,7 @@ PROBE_INTERVAL: Final = 30.0  # seconds between re-measurements of the unloaded 
 PROBE_WINDOWS: Final = 2  # the first drains the queue, the second measures
 EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-trip windows
 GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
+CHANGE_DROP: Final = 0.25  # the same limit delivering this share less: the endpoint changed
 GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still worth raising
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
 HOLD_SECONDS: Final = 5.0  # a limit above measured flat this recently is not raised to again
@@ -351,7 +359,7 @@ class AdaptiveLimit:
     def _remember(self, now: float, goodput: float) -> None:
         old = self._goodput.get(self._limit)
         if old is not None and now - old[1] < MEMORY_SECONDS:
-            if goodput < (1 - 2 * GOODPUT_TOLERANCE) * old[0]:
+            if goodput < (1 - CHANGE_DROP) * old[0]:
                 # the same limit now delivers clearly less: the endpoint changed, forget it all
                 self._goodput = {}
             else:
@@ -459,7 +467,10 @@ class AdaptiveLimit:
             # rise with the requests in flight, so do the same work with fewer. Walk down
             # by 1/8 (multiplicative: a flat endpoint is left in a few epochs) unless the
             # limit below delivered clearly less
-            if used and (not below or known[max(below)] >= here * (1 - GOODPUT_TOLERANCE)):
+            # (against the best goodput remembered, not this limit's: steps of 4% each,
+            # each within the tolerance, must not add up to a walk down to 1)
+            best = max([here, *known.values()])
+            if used and (not below or known[max(below)] >= best * (1 - GOODPUT_TOLERANCE)):
                 target = min(limit - 1, math.floor(limit * _REFERENCE))
         else:
             # 4. a queue: cut to the estimated capacity plus alpha, at most by half
