@@ -62,7 +62,7 @@ Why this law:
   the estimated capacity, not to half: near equilibrium a cut is a step of a few requests.
 * The estimate is only as good as ``base``. Slow start's windows are short and their round
   trips include opening the connections the pool grows by, so the base they give is too
-  high (about 10% against the reference server, 20 ms: 24 ms read, 21.5 ms true), the queue
+  high (about 10% against the reference server, 20 ms: 24 ms read, 22 ms true), the queue
   reads too small and the limit settles too high (23-26 against L=16). So when slow start
   ends the law halves the limit for two windows and measures the base there, below the
   knee, at once: three round trips at half the limit, instead of 30 s off the knee.
@@ -70,9 +70,9 @@ Why this law:
   parsing, the event loop) it is ``L (base + c) / base`` in flight, because the requests
   being encoded or parsed are in flight for the client but not at the server. Measured on
   a 2-core host against L=16 (benchmarks/bench_adaptive.py, scenario ``rtt``): the round
-  trip is flat at 21.5 ms to 16 in flight and grows from there (25.4 ms at 20), so the knee
-  is about 17.4 and every limit from 18 on delivers within 1-2% of the best. The law aims
-  at the smallest limit whose goodput is within a few % of the best, which is this knee.
+  trip is flat at about 22 ms to 16 in flight and grows from there (25.3 ms at 20), so the
+  knee is about 17.5; 16 delivers 0.89x of the best, 20 0.99x. The law aims at the smallest
+  limit whose goodput is within a few % of the best, which is this knee (it settles 17-19).
 * The latency signal alone is wrong whenever the round trip grows with the client's own
   load rather than the endpoint's queue. On a busy client (or a fast endpoint such as nginx,
   where the client is the bottleneck) every request more in flight adds its share of the
