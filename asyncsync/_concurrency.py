@@ -34,16 +34,19 @@ The law: Vegas's queue estimate, checked against measured goodput::
     steady state, every epoch of 4 windows and at least 0.2 s (rtt, n, goodput = answers/s):
         base = min(base, rtt); G[limit] = goodput (averaged with a recent value; all of G is
         forgotten when the same limit now delivers 25% less: the endpoint changed)
-        1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k
+        1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k (the
+           lowest such k; only if the limit was used)
         rising: G[limit] >= G[j] for every lower j measured, and
                 ln(G[limit] / G[k]) >= 0.5 ln(limit / k), k the highest measured <= 7/8 limit
+                (else the nearest below)
         flat above: the nearest higher limit, measured in the last 5 s, gave <= 1.05 G[limit]
-        2. rising, or queue < alpha and not flat above -> limit += 1; += step instead when
-           queue < alpha and no higher limit is remembered (step doubles, up to limit/4)
+        2. the limit was used, and rising, or queue < alpha and not flat above
+                      -> limit += 1; += step instead when queue < alpha and no higher limit
+                         is remembered (step doubles, up to limit/4)
         decreases (3, 4): at most one per window, only when the limit binds (n >= 0.9 limit),
         and never down to a limit measured to deliver 5% less than this one (just above it)
-        3. queue <= beta (and not raised by 2), and the nearest lower limit measured delivered
-           within 5% of the best G remembered (or none is known)
+        3. queue <= beta (and not raised by 2), the limit was used, and the nearest lower
+           limit measured delivered within 5% of the best G remembered (or none is known)
                       -> limit = min(limit - 1, floor(7/8 limit))
         4. queue > beta -> limit = max(n - queue + alpha, limit / 2)
     back-pressure (at most once per window): limit = min(limit - 1, 0.75 limit); slow start
