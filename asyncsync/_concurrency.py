@@ -551,8 +551,8 @@ class ConcurrencyLimiter:
             if fut.done() and not fut.cancelled():  # the slot was ours already: hand it on
                 self.in_flight -= 1
                 self._wake()
-            else:
-                self._waiters.remove(fut)
+            elif fut in self._waiters:  # a release may have dropped it already (_wake skips
+                self._waiters.remove(fut)  # cancelled waiters), before this task ran
             raise
 
     def _wake(self) -> None:

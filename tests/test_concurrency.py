@@ -358,6 +358,24 @@ async def test_gate_cancelled_waiter_leaves_no_hole() -> None:
     assert gate.in_flight == 0
 
 
+async def test_gate_waiter_cancelled_then_skipped_by_a_release() -> None:
+    """A waiter cancelled, and a release that pops (and skips) its cancelled future before
+    the cancelled task runs: the task ends with CancelledError, not a ValueError from
+    removing a future the queue no longer holds (the README's auto example hit this)."""
+    control = AdaptiveLimit(initial=1, maximum=4)
+    gate = ConcurrencyLimiter(control)
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    gate.release()  # before the waiter's task runs its cancellation
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert gate.in_flight == 0
+    await gate.acquire()
+    assert gate.in_flight == 1
+
+
 def test_timeline_is_bounded() -> None:
     """The limit over time keeps at most a few hundred points however often it moves."""
     now = 0.0
