@@ -21,26 +21,38 @@ The law: Vegas's queue estimate, checked against measured goodput::
     a window closes at the first answer one smoothed RTT after it opened; the window after a
     change of the limit is skipped (its answers were sent under the old limit)
 
-    slow start, every window:
+    slow start, every window (rate = answers/s over the window):
         base  = min(base, rtt)                  (windows with at least 4 answers)
         queue = n * (1 - base / rtt)            n: mean requests in flight at the answers
-        queue < beta -> limit *= 2              (only if the limit was used)
-        else         -> limit = n - queue + alpha; slow start ends
+        queue >= beta -> limit = n - queue + alpha (at most limit - 1); slow start ends
+        else, if the limit was used:
+            rate < sqrt(2) * rate at the limit k before (half this one)
+                      -> limit = k * rate / rate_k (between k and limit - 1); slow start ends
+            else      -> limit *= 2
+        when slow start ends (here or by back-pressure) the base is probed at once
 
-    steady state, every epoch of 4 windows (rtt, n, goodput = answers/s over the epoch):
+    steady state, every epoch of 4 windows and at least 0.2 s (rtt, n, goodput = answers/s):
         base = min(base, rtt); G[limit] = goodput (averaged with a recent value; all of G is
-        forgotten when the same limit now delivers 10% less: the endpoint changed)
-        1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k
-        2. queue < alpha, or goodput still rising with the limit
-           (ln(G[limit]/G[k]) >= 0.5 ln(limit/k), k about 1/8 below)
-                      -> limit += step  (step doubles while the queue stays empty; 1 if rising)
-        3. alpha <= queue <= beta, and the limit below delivered within 5% -> limit -= 1
-        4. queue > beta -> limit = max(n - queue + alpha, limit / 2), but never down to a
-                           limit measured to deliver 5% less than this one
-        at most one decrease (3, 4) per window
-    back-pressure (at most once per window): limit *= 0.75; slow start ends; the measured
-    goodput of this limit and above is forgotten (they are no goal for rule 1)
-    every 30 s (after slow start): halve the limit for two windows and re-measure base there
+        forgotten when the same limit now delivers 25% less: the endpoint changed)
+        1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k (the
+           lowest such k; only if the limit was used)
+        rising: G[limit] >= G[j] for every lower j measured, and
+                ln(G[limit] / G[k]) >= 0.5 ln(limit / k), k the highest measured <= 7/8 limit
+                (else the nearest below)
+        flat above: the nearest higher limit, measured in the last 5 s, gave <= 1.05 G[limit]
+        2. the limit was used, and rising, or queue < alpha and not flat above
+                      -> limit += 1; += step instead when queue < alpha and no higher limit
+                         is remembered (step doubles, up to limit/4)
+        decreases (3, 4): at most one per window, only when the limit binds (n >= 0.9 limit),
+        and never down to a limit measured to deliver 5% less than this one (just above it)
+        3. queue <= beta (and not raised by 2), the limit was used, and the nearest lower
+           limit measured delivered within 5% of the best G remembered (or none is known)
+                      -> limit = min(limit - 1, floor(7/8 limit))
+        4. queue > beta -> limit = max(n - queue + alpha, limit / 2)
+    back-pressure (at most once per window): limit = min(limit - 1, 0.75 limit); slow start
+    ends; the measured goodput of this limit and above is forgotten (no goal for rule 1)
+    probe (right after slow start, then every 30 s): halve the limit for two windows and
+    measure base in the second; the first probe only lowers base, later ones replace it
 
 with ``alpha = max(1, 0.05 n)`` and ``beta = max(2, 0.15 n)``.
 
@@ -51,41 +63,72 @@ Why this law:
   queue, so the law can jump to ``L + alpha`` in one step instead of creeping there (the
   gradient controllers' strength: Netflix concurrency-limits, Envoy), and the cut goes to
   the estimated capacity, not to half: near equilibrium a cut is a step of a few requests.
+* The estimate is only as good as ``base``. Slow start's windows are short and their round
+  trips include opening the connections the pool grows by, so the base they give is too
+  high (about 10% against the reference server, 20 ms: 24 ms read, 22 ms true), the queue
+  reads too small and the limit settles too high (23-26 against L=16). So when slow start
+  ends the law halves the limit for two windows and measures the base there, below the
+  knee, at once: three round trips at half the limit, instead of 30 s off the knee.
+* The knee the client sees is not L: with per-request client time ``c`` (encoding,
+  parsing, the event loop) it is ``L (base + c) / base`` in flight, because the requests
+  being encoded or parsed are in flight for the client but not at the server. Measured on
+  a 2-core host against L=16 (benchmarks/bench_adaptive.py, scenario ``rtt``): the round
+  trip is flat at about 22 ms to 16 in flight and grows from there (25.3 ms at 20), so the
+  knee is about 17.5; 16 delivers 0.89x of the best, 20 0.99x. The law aims at the smallest
+  limit whose goodput is within a few % of the best, which is this knee (it settles 17-19).
 * The latency signal alone is wrong whenever the round trip grows with the client's own
   load rather than the endpoint's queue. On a busy client (or a fast endpoint such as nginx,
-  where the event loop *is* the bottleneck) every request more in flight adds its share of
-  the client's CPU to everybody's RTT: Vegas reads a queue, cuts, measures a lower ``base``
-  at the lower limit, reads a queue again and ratchets down to 2 or 3, far below the best
-  fixed limit. And with per-request client overhead ``c`` the knee the client sees is
-  ``L (base + c) / base`` in flight, not L: the requests being encoded or parsed are in
-  flight for the client but not at the server. Goodput is the quantity the user wants, so
-  the law keeps a short memory of the goodput each limit delivered and lets it veto the
-  latency signal: no latency cut to a limit that delivered clearly less (rule 4), a return
-  to a limit that delivered clearly more (rule 1), and a raise while goodput still grows at
-  least half as fast as the limit (rule 2; a server whose throughput keeps rising past its
-  latency knee is not throttled). When goodput is flat, latency decides (rule 3): the same
-  work with fewer in flight is the same goodput at a lower latency, so the limit walks down
-  one at a time until goodput starts to fall.
+  where the client is the bottleneck) every request more in flight adds its share of the
+  client's CPU to everybody's RTT, and goodput is flat in the limit. Vegas then holds
+  wherever it measured ``base`` (a round trip proportional to the requests out reads as no
+  queue at the lowest limit seen), or ratchets down when a lower limit gives it a lower
+  base. Goodput is
+  the quantity the user wants, so the law keeps a short memory of the goodput each limit
+  delivered and lets it decide where latency cannot: a return to a limit that delivered
+  clearly more (rule 1); a raise while goodput still grows at least half as fast as the
+  limit (rule 2; a server whose throughput keeps rising past its latency knee is not
+  throttled); no raise into limits just measured to deliver no more (flat above), and a
+  walk down by 1/8 per epoch while the limit below delivers as much (rule 3: the same work
+  with fewer in flight; multiplicative, so a flat endpoint is left in a few epochs, not one
+  request per epoch); no decrease to a limit measured to deliver clearly less (3 and 4).
+  "As much" is against the best goodput remembered, not the limit just above: against
+  nginx each step down cost about 4%, inside the tolerance, and steps judged one by one
+  walked down to 1 at 0.8x.
+* A limit that does not bind is not what makes requests wait. When the source keeps fewer
+  requests out than the limit (mean in flight under 90% of it: the client cannot encode
+  batches faster, as against nginx), lowering the limit would not shorten a round trip,
+  only clip the bursts in which it does bind; so the latency rules do not lower it then.
+* Slow start stops on goodput as well as on the queue: when doubling the limit raised the
+  answers per second by less than sqrt(2) (elasticity 1/2), the knee lies between the two
+  limits, at about ``k * rate / rate_k`` in flight by Little's law (below the knee goodput
+  is ``k / base``; past it, the capacity ``rate``). Against L=16 with the inflated base it
+  would otherwise double to 64 and draw 429s from the hard limit at 32.
 * The measurements are averaged before they are compared: decisions in steady state use an
-  epoch of four windows (a one-RTT window holds about ``limit`` answers, too few to tell 5%
-  of goodput from noise on a loaded host), ``base`` only comes from windows with enough
-  answers, the goodput gradient is taken against a limit about 1/8 below (a step of one is
-  lost in the noise), and rule 1 needs a 10% difference. The memory lasts 10 s and is
-  dropped when the endpoint changes, so a capacity that halves is not chased upward.
+  epoch of four windows and at least 0.2 s (a one-RTT window holds about ``limit``
+  answers, and a few milliseconds of a fast endpoint are scheduler noise on a loaded host),
+  ``base`` only comes from windows with enough answers, the goodput gradient is taken
+  against a limit about 1/8 below and only counts when no lower limit did better (a noisy
+  low reference is no gradient), and rule 1 needs a 10% difference. The memory lasts 10 s
+  and is dropped when the endpoint changes, so a capacity that halves is not chased upward;
+  "changes" means the same limit delivering 25% less, because a fast endpoint on a loaded
+  host varies by 10-20% from one epoch to the next and a tighter test forgot everything
+  every other epoch.
 * AIMD on back-pressure alone (Vector's ARC, TCP Reno) only learns the knee by crossing it:
   it saws between the hard limit and half of it, drawing 429s every cycle and losing
   throughput on the way down (vectordotdev/vector#7371). The latency and goodput signals
   stop the increase *before* the server refuses; back-pressure remains the safety net, a
   hard multiplicative cut (0.75) once per window.
 * Slow start doubles per window, so 8 -> 256 takes five round trips, not 250 (Vector's slow
-  ramp, #3255). In steady state the additive step doubles while the queue stays empty, so a
-  capacity that doubles mid-run is found in a handful of epochs.
+  ramp, #3255). In steady state the additive step doubles while the queue stays empty above
+  every limit measured lately, so a capacity that doubles mid-run is found in a handful of
+  epochs, while near a known knee the limit moves one at a time.
 * At most one decrease per window: the answers that arrive in the window after a cut were
   sent under the old limit and say nothing about the new one.
 * The limit never grows when it was not used (a slow source): a window whose peak in flight
   stayed under 80% of the limit cannot have tested it, and its goodput is not remembered.
-* ``base`` only ever falls, so an endpoint that becomes slower for good would read as a
-  permanent queue; the periodic probe (Envoy's minRTT window) re-measures it below the knee.
+* ``base`` only ever falls between probes, so an endpoint that becomes slower for good
+  would read as a permanent queue; the periodic probe (Envoy's minRTT window) re-measures
+  it below the knee.
 
 Floor 1, ceiling ``maximum``; the limit is an integer.
 """
@@ -119,12 +162,16 @@ PROBE_INTERVAL: Final = 30.0  # seconds between re-measurements of the unloaded 
 PROBE_WINDOWS: Final = 2  # the first drains the queue, the second measures
 EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-trip windows
 GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
+CHANGE_DROP: Final = 0.25  # the same limit delivering this share less: the endpoint changed
 GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still worth raising
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
+HOLD_SECONDS: Final = 5.0  # a limit above measured flat this recently is not raised to again
+EPOCH_SECONDS: Final = 0.2  # ... and last at least this long (goodput over a few ms is noise)
 TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
 _BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
 _REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
 _USED: Final = 0.8  # a window tested the limit when its peak in flight reached this share
+_BINDING: Final = 0.9  # the limit binds when the mean in flight is at least this share of it
 
 Clock = Callable[[], float]
 
@@ -142,6 +189,7 @@ class AdaptiveLimit:
         "_e_samples",
         "_e_start",
         "_e_windows",
+        "_first_probe",
         "_goodput",
         "_inflight_sum",
         "_last_decrease",
@@ -155,6 +203,7 @@ class AdaptiveLimit:
         "_rtt_sum",
         "_samples",
         "_settling",
+        "_ss_rate",
         "_step",
         "_window_start",
         "maximum",
@@ -195,6 +244,8 @@ class AdaptiveLimit:
         self._probe_left = 0
         self._probe_saved = 0
         self._settling = False
+        self._first_probe = True
+        self._ss_rate: tuple[int, float] | None = None  # slow start: (limit, answers/s) before
         #: limit -> (goodput in successes/s measured at that limit, when)
         self._goodput: dict[int, tuple[float, float]] = {}
         self._reset_window(clock())
@@ -249,7 +300,7 @@ class AdaptiveLimit:
     def on_backpressure(self) -> None:
         """The server refused or failed for load (429/502/503/504, timeout, reset)."""
         now = self._clock()
-        self.slow_start = False
+        self._end_slow_start(now)
         self._step = 1
         if now - self._last_decrease < max(self._rtt, 1e-3):
             return  # one cut per window: these answers were sent under the old limit
@@ -270,6 +321,7 @@ class AdaptiveLimit:
             self._inflight_sum,
             self._peak,
         )
+        elapsed = max(now - self._window_start, 1e-9)
         self._reset_window(now)
         rtt = rtt_sum / samples
         self._rtt = 0.5 * self._rtt + 0.5 * rtt
@@ -280,7 +332,10 @@ class AdaptiveLimit:
         if self._probe_left:
             self._probe_left -= 1
             if self._probe_left == 0:  # the measuring window: below the knee, rtt is base
-                self._base = rtt
+                # the first probe corrects slow start's base (too high while the pool grew);
+                # later ones re-learn it, so an endpoint that became slower is not a queue
+                self._base = min(self._base, rtt) if self._first_probe else rtt
+                self._first_probe = False
                 self._set(self._probe_saved)
             self._reset_epoch(now)
             return
@@ -292,20 +347,22 @@ class AdaptiveLimit:
                 self._set(self._limit / 2)
                 return
         if self.slow_start:
-            self._slow_start_window(now, rtt, inflight_sum / samples, peak, samples)
+            self._slow_start_window(
+                now, rtt, inflight_sum / samples, peak, samples, samples / elapsed
+            )
             return
         self._e_windows += 1
         self._e_samples += samples
         self._e_rtt += rtt_sum
         self._e_inflight += inflight_sum
         self._e_peak = max(self._e_peak, peak)
-        if self._e_windows >= EPOCH_WINDOWS:
+        if self._e_windows >= EPOCH_WINDOWS and now - self._e_start >= EPOCH_SECONDS:
             self._close_epoch(now)
 
     def _remember(self, now: float, goodput: float) -> None:
         old = self._goodput.get(self._limit)
         if old is not None and now - old[1] < MEMORY_SECONDS:
-            if goodput < (1 - 2 * GOODPUT_TOLERANCE) * old[0]:
+            if goodput < (1 - CHANGE_DROP) * old[0]:
                 # the same limit now delivers clearly less: the endpoint changed, forget it all
                 self._goodput = {}
             else:
@@ -315,20 +372,44 @@ class AdaptiveLimit:
     def _known(self, now: float) -> dict[int, float]:
         return {k: g for k, (g, t) in self._goodput.items() if now - t < MEMORY_SECONDS}
 
-    def _slow_start_window(self, now: float, rtt: float, n: float, peak: int, samples: int) -> None:
+    def _slow_start_window(
+        self, now: float, rtt: float, n: float, peak: int, samples: int, rate: float
+    ) -> None:
         if samples >= _BASE_SAMPLES:
             self._base = min(self._base, rtt)
-        used = peak >= _USED * self._limit
+        limit = self._limit
+        used = peak >= _USED * limit
         queue = _queue(n, rtt, self._base)
         _, beta = _band(n)
         if queue < beta:
-            if used:
-                self._set(self._limit * 2)
+            if not used:
+                return
+            before = self._ss_rate
+            if before is not None and before[0] < limit and before[1] > 0:
+                k, k_rate = before
+                if math.log(rate / k_rate) < GOODPUT_ELASTICITY * math.log(limit / k):
+                    # more in flight, hardly more goodput: past the knee, whatever the RTT
+                    # says. Below the knee goodput is k / base, at it rate: so the knee is
+                    # about k * rate / k_rate in flight (Little's law)
+                    self._end_slow_start(now)
+                    self._reset_epoch(now)
+                    self._set(min(limit - 1, max(k, math.ceil(k * rate / k_rate))))
+                    return
+            self._ss_rate = (limit, rate)
+            self._set(limit * 2)
             return
-        self.slow_start = False
+        self._end_slow_start(now)
         self._reset_epoch(now)
         alpha, _ = _band(n)
         self._set(min(self._limit - 1, math.ceil(n - queue + alpha)))
+
+    def _end_slow_start(self, now: float) -> None:
+        if self.slow_start:
+            self.slow_start = False
+            # slow start's base is an upper bound (the pool was growing, the windows are
+            # short): measure it below the knee at once instead of in PROBE_INTERVAL
+            if self._probe_interval > 0:
+                self._next_probe = now
 
     def _close_epoch(self, now: float) -> None:
         samples = self._e_samples
@@ -359,31 +440,44 @@ class AdaptiveLimit:
             # against a limit far enough below for the difference to stand out of the noise
             far = [k for k in below if k <= limit * _REFERENCE]
             k = max(far or below)
-            if known[k] > 0 and here > 0:
+            # and no lower limit delivered more (a noisy low reference is no gradient)
+            if known[k] > 0 and here >= max(known[j] for j in below):
                 rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
-        # 2. no queue, or goodput still rising with the limit: raise it
-        if used and (queue < alpha or rising):
-            self._set(limit + (self._step if queue < alpha else 1))
-            if queue < alpha:
+        # the nearest limit above, measured recently, delivered no more than this one
+        above = [k for k in known if k > limit]
+        flat_above = bool(above) and (
+            known[min(above)] <= (1 + GOODPUT_TOLERANCE) * here
+            and now - self._goodput[min(above)][1] < HOLD_SECONDS
+        )
+        # 2. goodput still rising with the limit, or no queue and no sign that more in flight
+        # buys nothing: raise it
+        if used and (rising or (queue < alpha and not flat_above)):
+            if queue < alpha and not above:  # unexplored: the step doubles while it is empty
+                self._set(limit + self._step)
                 self._step = min(self._step * 2, max(1, limit // 4))
+            else:  # a limit above was measured lately: one at a time
+                self._set(limit + 1)
             return
         self._step = 1
-        if now - self._last_decrease < self._rtt:
+        if now - self._last_decrease < self._rtt or n < _BINDING * limit:
+            # a limit that does not bind (the source, not the gate, keeps fewer requests out)
+            # is not what makes them wait: lowering it would change nothing but the bursts
             return
+        # 3 and 4 only lower the limit to levels not measured to deliver clearly less
+        target = limit
         if queue <= beta:
-            # 3. a small queue: step down by one unless the limit below delivered clearly less
-            # (equal goodput with fewer in flight is the same work at a lower latency)
-            if (
-                used
-                and queue >= alpha
-                and (not below or known[max(below)] >= here * (1 - GOODPUT_TOLERANCE))
-            ):
-                self._last_decrease = now
-                self._set(limit - 1)
-            return
-        # 4. a queue: cut to the estimated capacity plus alpha, but not to a limit measured
-        # to deliver clearly less than this one (the goodput guard)
-        target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
+            # 3. a small queue, or a limit above that delivered no more: goodput does not
+            # rise with the requests in flight, so do the same work with fewer. Walk down
+            # by 1/8 (multiplicative: a flat endpoint is left in a few epochs) unless the
+            # limit below delivered clearly less
+            # (against the best goodput remembered, not this limit's: steps of 4% each,
+            # each within the tolerance, must not add up to a walk down to 1)
+            best = max([here, *known.values()])
+            if used and (not below or known[max(below)] >= best * (1 - GOODPUT_TOLERANCE)):
+                target = min(limit - 1, math.floor(limit * _REFERENCE))
+        else:
+            # 4. a queue: cut to the estimated capacity plus alpha, at most by half
+            target = max(math.ceil(n - queue + alpha), math.ceil(limit / 2))
         for k in below:
             if k >= target and known[k] < (1 - GOODPUT_TOLERANCE) * here:
                 target = k + 1
@@ -457,8 +551,8 @@ class ConcurrencyLimiter:
             if fut.done() and not fut.cancelled():  # the slot was ours already: hand it on
                 self.in_flight -= 1
                 self._wake()
-            else:
-                self._waiters.remove(fut)
+            elif fut in self._waiters:  # a release may have dropped it already (_wake skips
+                self._waiters.remove(fut)  # cancelled waiters), before this task ran
             raise
 
     def _wake(self) -> None:

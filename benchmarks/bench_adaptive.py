@@ -9,7 +9,13 @@ the client's backoff jitter):
 * ``halve``: L 16 -> 8 at 10 s. Goodput from 10 s to 20 s (and 15-20 s) against the best fixed
   limit at L=8.
 * ``double``: L 16 -> 32 at 10 s. When the limit gets (and stays) within ±25% of 32.
-* ``fast``: nginx answering 200 (the client's CPU is the limit): fixed sweep vs ``auto``.
+* ``fast``: nginx answering 200 (the client's CPU is the limit): fixed sweep vs ``auto``,
+  with each cell's spread over the seeds (is the best fixed limit a real optimum or noise?).
+* ``rtt``: where the knee is as the client sees it. Against L=16, for limits 12..32: goodput
+  and the median round trip of the successful requests, once with that many fixed workers
+  and once through the ``auto`` gate held at that limit (``auto``'s own machinery: every
+  worker waits at the gate with its batch, so there is no gap between an answer and the next
+  request; the fixed workers have one).
 
 The client runs in this process (the library), each sink in its own. Not a unit test::
 
@@ -17,8 +23,8 @@ The client runs in this process (the library), each sink in its own. Not a unit 
     python -m benchmarks.bench_adaptive --seeds 5 --scenarios knee,halve
     python -m benchmarks.bench_adaptive --quick               # 1 seed, short cells
 
-Writes ``benchmarks/results/<date>-adaptive.json`` and ``.md`` and ``-adaptive.png`` (the
-limit over time against L).
+Writes ``benchmarks/results/<date>-<name>.json`` and ``.md`` and ``.png`` (the limit over
+time against L); ``--name`` defaults to ``adaptive``.
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncsync._uploader
 from asyncsync import BatchLimits, Interrupted, StateOptions, StaticToken, UploadHooks, upload
+from asyncsync._concurrency import AdaptiveLimit
+from asyncsync._hooks import RequestDone
 from asyncsync._records import BatchResult
 from benchmarks.sinks import ROOT, NginxSink, _free_port, child_env, find_nginx
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
+RTT_SWEEP = (12, 16, 20, 24, 28, 32)
 RECORD = b'{"id":%d,"name":"adaptive concurrency benchmark","payload":"xxxxxxxxxxxxxxxxxxxxxxxx"}'
 
 
@@ -83,12 +93,47 @@ class RefSink:
             self.proc.wait(10)
 
 
+class Pinned(AdaptiveLimit):
+    """The ``auto`` gate held at one limit: the control law's signals are ignored."""
+
+    __slots__ = ()
+    pin = 16
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["initial"] = kwargs["maximum"] = min(self.pin, kwargs["maximum"])
+        super().__init__(**kwargs)
+
+    def on_success(self, rtt: float, in_flight: int) -> None:
+        return None
+
+    def on_backpressure(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def pinned_gate(limit: int) -> Iterator[None]:
+    """``concurrency="auto"`` runs through the gate held at ``limit`` inside this block."""
+    saved = asyncsync._uploader.AdaptiveLimit
+    Pinned.pin = limit
+    asyncsync._uploader.AdaptiveLimit = Pinned  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        asyncsync._uploader.AdaptiveLimit = saved  # type: ignore[misc]
+
+
 class Acks(UploadHooks):
-    """When each batch was acknowledged, for goodput over time windows."""
+    """When each batch was acknowledged, for goodput over time windows; and the round trip
+    of every successful request."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.times: list[tuple[float, int]] = []
+        self.rtts: list[float] = []
+
+    def on_request(self, event: RequestDone) -> None:
+        if event.status is not None and 200 <= event.status < 300:
+            self.rtts.append(event.latency_s)
 
     def on_batch_done(self, result: BatchResult) -> None:
         if result.delivered:
@@ -159,14 +204,29 @@ def in_band(timeline: list[list[float]], target: float, t0: float, t1: float) ->
 
 
 def capacity_cell(
-    capacity_args: list[str], concurrency: int | str, seconds: float, seed: int, batch: int
+    capacity_args: list[str],
+    concurrency: int | str,
+    seconds: float,
+    seed: int,
+    batch: int,
+    *,
+    gate: int | None = None,
 ) -> dict[str, Any]:
     sink = RefSink("--latency", "0.018-0.022", "--seed", str(seed), *capacity_args)
     try:
-        summary, acks = asyncio.run(run_client(sink.ingest_url, concurrency, seconds, batch=batch))
+        if gate is not None:
+            with pinned_gate(gate):
+                summary, acks = asyncio.run(
+                    run_client(sink.ingest_url, "auto", seconds, batch=batch)
+                )
+        else:
+            summary, acks = asyncio.run(
+                run_client(sink.ingest_url, concurrency, seconds, batch=batch)
+            )
         stats = sink.stats()
     finally:
         sink.close()
+    steady = acks.rtts[len(acks.rtts) // 5 :]  # past the first fifth: connections are open
     requests = max(1, stats["ingest_requests"])
     return {
         "concurrency": concurrency,
@@ -180,6 +240,7 @@ def capacity_cell(
         "concurrency_max_seen": summary["concurrency_max_seen"],
         "timeline": summary.get("concurrency_timeline"),
         "acks_per_s": [round(acks.rate(t, t + 1), 1) for t in range(int(seconds))],
+        "rtt_ms_median": 1000 * median(steady),
     }
 
 
@@ -209,7 +270,8 @@ def median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_adaptive")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--scenarios", default="knee,halve,double,fast")
+    p.add_argument("--scenarios", default="knee,rtt,halve,double,fast")
+    p.add_argument("--name", default="adaptive", help="results file stem after the date")
     p.add_argument("--fixed-seconds", type=float, default=5.0)
     p.add_argument("--auto-seconds", type=float, default=20.0)
     p.add_argument("--quick", action="store_true", help="1 seed, short cells")
@@ -238,6 +300,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"bp {cell['backpressure_share']:.2%}", flush=True)  # fmt: skip
                 cells.append(cell)
         out["knee"] = cells
+    if "rtt" in scenarios:
+        cells = []
+        for seed in seeds:
+            for c in RTT_SWEEP:  # alternate the two ways at every limit
+                for mode in ("fixed", "gate"):
+                    cell = capacity_cell(
+                        knee, c, args.fixed_seconds, seed, batch, gate=c if mode == "gate" else None
+                    ) | {"mode": mode}
+                    print(f"rtt {mode} c={c} seed={seed}: {cell['records_per_s']:.0f} rec/s, "
+                          f"RTT {cell['rtt_ms_median']:.1f} ms", flush=True)  # fmt: skip
+                    cells.append(cell)
+        out["rtt"] = cells
     if "halve" in scenarios:
         cells = []
         for c in (4, 8, 16):  # the best fixed limit once L=8
@@ -283,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     out["load_after"] = os.getloadavg()
     out["targets"] = targets(out)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{datetime.date.today().isoformat()}-adaptive"
+    stem = args.out / f"{datetime.date.today().isoformat()}-{args.name}"
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
     md = report(out)
     stem.with_suffix(".md").write_text(md)
@@ -327,6 +401,19 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
             f"settled (for good) at {when} s; in band {min(shares):.0%}+ of 10 s..end; final "
             f"{', '.join(str(c['concurrency_final']) for c in autos)}",
             worst <= 10.0,
+        )
+    if out.get("rtt"):
+        table = _rtt_table(out["rtt"])
+        best = max(row["gate"][0] for row in table.values())
+        knee_at = min(c for c, row in table.items() if row["gate"][0] >= 0.97 * best)
+        flat = table[min(table)]["gate"][1]
+        row(
+            "rtt: the smallest limit within 3% of the best goodput lies in 12..20 (L ±25%)",
+            f"{knee_at} through the auto gate (best {best:.0f} rec/s; at 20: "
+            f"{table[20]['gate'][0] / best:.2f}x; RTT {flat:.1f} ms at {min(table)}, "
+            f"{table[20]['gate'][1]:.1f} at 20); fixed workers at 20: "
+            f"{table[20]['fixed'][0] / max(r['fixed'][0] for r in table.values()):.2f}x their best",
+            12 <= knee_at <= 20,
         )
     if "halve" in out:
         cells = out["halve"]
@@ -388,13 +475,43 @@ def report(out: dict[str, Any]) -> str:
     for name in ("knee", "halve", "double", "fast"):
         if not out.get(name):
             continue
-        lines += ["", f"## {name}", "", "| concurrency | records/s (median) | seeds |"]
+        lines += ["", f"## {name}", "", "| concurrency | records/s (median) | seeds (min..max) |"]
         lines.append("|---|---|---|")
         by = _by(out[name])
         for c, v in by.items():
-            n = sum(1 for x in out[name] if x["concurrency"] == c)
-            lines.append(f"| {c} | {v:.0f} | {n} |")
+            values = [x["records_per_s"] for x in out[name] if x["concurrency"] == c]
+            lines.append(
+                f"| {c} | {v:.0f} | {len(values)} ({min(values):.0f}..{max(values):.0f}) |"
+            )
+    if out.get("rtt"):
+        lines += [
+            "",
+            "## rtt: the knee as the client sees it (L=16, 20 ms)",
+            "",
+            "| limit | fixed workers: records/s | RTT ms | auto gate held there: records/s "
+            "| RTT ms |",
+            "|---|---|---|---|---|",
+        ]
+        table = _rtt_table(out["rtt"])
+        for c, row in table.items():
+            lines.append(
+                f"| {c} | {row['fixed'][0]:.0f} | {row['fixed'][1]:.1f} | {row['gate'][0]:.0f} "
+                f"| {row['gate'][1]:.1f} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _rtt_table(cells: list[dict[str, Any]]) -> dict[int, dict[str, tuple[float, float]]]:
+    """limit -> mode -> (median records/s, median RTT ms) over the seeds."""
+    table: dict[int, dict[str, tuple[float, float]]] = {}
+    for c in sorted({x["concurrency"] for x in cells}):
+        for mode in ("fixed", "gate"):
+            mine = [x for x in cells if x["concurrency"] == c and x["mode"] == mode]
+            table.setdefault(c, {})[mode] = (
+                median([x["records_per_s"] for x in mine]),
+                median([x["rtt_ms_median"] for x in mine]),
+            )
+    return table
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
