@@ -16,17 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from recording import assert_delivered_once, record_sink
 from test_sources import _line, drain, parse
+from test_upload_e2e import oauth
 
 from asyncsync import StateOptions, upload
-from asyncsync.auth._oauth2 import OAuth2ClientCredentials
 from asyncsync.sink import Sink, SinkConfig
 from asyncsync.sources import _jsoncheck, _prevalidate
 from asyncsync.sources._jsonl import JsonlSource
 from asyncsync.sources._prevalidate import Prevalidator, worth_it
-
-
-def oauth(sink: Sink) -> OAuth2ClientCredentials:
-    return OAuth2ClientCredentials(sink.token_url, "asyncsync-demo", "demo-secret")
 
 
 def helper_verdict(

@@ -143,9 +143,13 @@ def check_range(
             parts[0] = b"".join(carry)
             carry, carry_len = [], 0
         if parts:
-            too_long = [i for i, p in enumerate(parts) if len(p) - 1 > max_line_bytes]
-            found = set(_check_lines(parts, line, bom)) | {line + i for i in too_long}
-            bad.extend(sorted(found))
+            flagged = _check_lines(parts, line, bom)
+            # a line can only be over-long if the lines together are (as the parser checks):
+            # no per-line scan for the usual block of short lines
+            if len(chunk) - len(rest) + len(parts[0]) > max_line_bytes + 1:
+                long = {line + i for i, p in enumerate(parts) if len(p) - 1 > max_line_bytes}
+                flagged = sorted(long.union(flagged))
+            bad.extend(flagged)
             bom = False
             line += len(parts)
         if rest:
