@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
 import pytest
+from rich.console import Console
 
 from asyncsync._exceptions import ConfigError
 from asyncsync.cli._metrics import MetricsExporter, parse_listen_address
 from asyncsync.cli._plan import plan_run
+from asyncsync.cli._processes import _parent
 from asyncsync.cli._run import run_plan
 from asyncsync.cli._settings import settings_from_argv
 from asyncsync.sink import Sink, SinkConfig
@@ -96,7 +101,7 @@ async def test_metrics_rise_during_a_faulty_upload_and_equal_the_summary_at_the_
                 {"ASYNCSYNC_CLIENT_SECRET": "demo-secret"},
             )  # fmt: skip
             plan = await plan_run(settings)
-            run = asyncio.ensure_future(run_plan(plan, observe=lambda _tokens: exporter))
+            run = asyncio.ensure_future(run_plan(plan, observe=lambda _tokens: exporter.recorder))
             while not run.done():
                 scrapes.append(await scrape(session, url))
                 await asyncio.sleep(0.05)
@@ -166,7 +171,7 @@ async def test_concurrency_limit_gauge_follows_the_auto_limit(tmp_path: Path) ->
                 {"ASYNCSYNC_CLIENT_SECRET": "demo-secret"},
             )  # fmt: skip
             plan = await plan_run(settings)
-            run = asyncio.ensure_future(run_plan(plan, observe=lambda _tokens: exporter))
+            run = asyncio.ensure_future(run_plan(plan, observe=lambda _tokens: exporter.recorder))
             while not run.done():
                 seen.append(total(await scrape(session, url), "asyncsync_concurrency_limit"))
                 await asyncio.sleep(0.02)
@@ -199,8 +204,12 @@ def _cli_env() -> Mapping[str, str]:
 
 
 @pytest.mark.slow
-async def test_cli_serves_metrics_while_the_run_lasts(tmp_path: Path, unused_tcp_port: int) -> None:
-    """`asyncsync upload --metrics HOST:PORT`: /metrics answers during the run, not after."""
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_cli_serves_metrics_while_the_run_lasts(
+    tmp_path: Path, unused_tcp_port: int, processes: int
+) -> None:
+    """`asyncsync upload --metrics HOST:PORT` (also with `--processes 2`: one port for the
+    run): /metrics answers during the run, not after."""
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"".join(b'{"id":%d}\n' % i for i in range(1000)))
     url = f"http://127.0.0.1:{unused_tcp_port}/metrics"
@@ -209,7 +218,7 @@ async def test_cli_serves_metrics_while_the_run_lasts(tmp_path: Path, unused_tcp
             *command(), "upload", str(source), "--url", sink.ingest_url,
             "--token-url", sink.token_url, "--client-id", "asyncsync-demo",
             "--batch-size", "20", "--concurrency", "2", "--no-resume", "-q",
-            "--metrics", f"127.0.0.1:{unused_tcp_port}",
+            "--metrics", f"127.0.0.1:{unused_tcp_port}", "--processes", str(processes),
             cwd=tmp_path, env=dict(_cli_env()), stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         seen: list[float] = []
@@ -229,18 +238,74 @@ async def test_cli_serves_metrics_while_the_run_lasts(tmp_path: Path, unused_tcp
 
 
 @pytest.mark.slow
-async def test_metrics_with_processes_is_a_clear_usage_error(tmp_path: Path) -> None:
-    """Not wrong numbers: --metrics with --processes is refused (exit 2), naming both."""
+async def test_processes_serve_the_sum_of_every_child_on_one_port(tmp_path: Path) -> None:
+    """--processes 2 --metrics: one endpoint, the children's numbers summed; scraped during
+    the run it never goes down, and at the end it equals the merged summary and the sink's
+    own counts (a parent serving one child's numbers, or none, fails here)."""
     source = tmp_path / "in.jsonl"
-    source.write_bytes(b'{"id":1}\n')
-    proc = await asyncio.create_subprocess_exec(
-        *command(), "upload", str(source), "--url", "http://127.0.0.1:9/ingest",
-        "--processes", "2", "--metrics", "127.0.0.1:9464",
-        cwd=tmp_path, env=dict(_cli_env()), stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    assert "--metrics" in err.decode() and "--processes" in err.decode()
+    source.write_bytes(b"".join(b'{"id":%d,"pad":"%s"}\n' % (i, b"x" * 40) for i in range(6000)))
+    summary_path = tmp_path / "summary.json"
+    config = SinkConfig(latency=0.01, error_rate=0.05, throttle_every=25, retry_after=0.05, seed=5)
+    exporter = MetricsExporter("127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    scrapes: list[Samples] = []
+    try:
+        async with Sink(config) as sink, aiohttp.ClientSession() as session:
+            settings = settings_from_argv(
+                [
+                    str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+                    "--client-id", "asyncsync-demo", "--batch-size", "50", "--concurrency", "4",
+                    "--processes", "2", "--checkpoint", str(tmp_path / "ckpt"), "-q",
+                    "--summary-json", str(summary_path),
+                ],
+                {"ASYNCSYNC_CLIENT_SECRET": "demo-secret"},
+            )  # fmt: skip
+            console = Console(file=io.StringIO())
+            run = asyncio.ensure_future(
+                _parent(settings, console, started=time.monotonic(), exporter=exporter)
+            )
+            while not run.done():
+                scrapes.append(await scrape(session, url))
+                await asyncio.sleep(0.05)
+            code = await run
+            final = await scrape(session, url)
+            stats = sink.stats()
+    finally:
+        exporter.close()
+
+    assert code == 0
+    summary = json.loads(summary_path.read_text())
+    assert summary["records_sent"] == 6000 == stats["records"]
+    assert len(summary["shards"]) == 2
+    for name in COUNTERS:
+        values = [total(s, name) for s in [*scrapes, final]]
+        assert values == sorted(values), f"{name} went down: {values}"
+    assert any(0 < total(s, "asyncsync_records_sent_total") < 6000 for s in scrapes)
+    assert total(final, "asyncsync_records_read_total") == summary["records_read"] == 6000
+    assert total(final, "asyncsync_records_sent_total") == 6000
+    assert total(final, "asyncsync_requests_total") == summary["requests"]
+    assert summary["requests"] == stats["ingest_requests"]
+    requests_by_status = by_label(final, "asyncsync_requests_total", "status")
+    assert requests_by_status == {k: float(v) for k, v in stats["statuses"].items()}
+    assert {"200", "429"} <= set(requests_by_status)
+    assert total(final, "asyncsync_retries_total") == summary["retries"] > 0
+    assert total(final, "asyncsync_token_requests_total") == stats["token_requests"]
+    assert total(final, "asyncsync_bytes_sent_total") == summary["bytes_sent"]
+    assert total(final, "asyncsync_request_duration_seconds_count") == summary["requests"]
+    assert total(final, "asyncsync_checkpoint_saves_total") >= 4  # first and last, per child
+    assert total(final, "asyncsync_concurrency_limit") == 8  # 2 processes x 4
+    jobs = {dict(labels)["job_id"] for (n, labels), v in final.items() if n == "asyncsync_run_info"}
+    assert jobs == set(summary["job_id"].split(","))
+
+
+def test_metrics_with_the_dask_engine_is_a_clear_usage_error() -> None:
+    """Not wrong numbers: --metrics with --engine dask is refused (exit 2), naming both."""
+    with pytest.raises(ConfigError, match=r"--metrics.*--engine dask"):
+        settings_from_argv(
+            ["in.jsonl", "--url", "http://127.0.0.1:9/ingest", "--engine", "dask",
+             "--workers", "2", "--metrics", "127.0.0.1:9464", "--auth", "none"],
+            {},
+        )  # fmt: skip
 
 
 def test_missing_prometheus_client_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

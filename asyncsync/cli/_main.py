@@ -258,7 +258,7 @@ async def _upload(settings: Settings, console: Console) -> int:
             settings.progress, verbosity=settings.verbosity, log_format=settings.log_format
         ):
             display = ProgressDisplay(console, token_requests=token_requests)
-        return HookGroup([display, exporter])
+        return HookGroup([display, exporter.recorder if exporter is not None else None])
 
     try:
         summary, error = await run_plan(plan, observe=observe)

@@ -65,7 +65,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -75,7 +75,7 @@ from rich.console import Console
 
 from .._deadletter import merge_dead_letters
 from .._exceptions import AsyncSyncError
-from .._hooks import UploadHooks
+from .._hooks import HookGroup, UploadHooks
 from .._paths import CHECKPOINT_SUFFIX, shard_path
 from .._summary import COUNTER_FIELDS, Counters, RunSummary, merge_summaries
 from .._transports import resolve_transport
@@ -88,6 +88,7 @@ from ._exit import (
     summary_exit_code,
 )
 from ._logs import logging_to_stderr
+from ._metrics import MetricsExporter, MetricsRecorder, parse_listen_address
 from ._plan import RunPlan, plan_processes, state_paths
 from ._progress import ProgressDisplay, progress_wanted
 from ._report import report
@@ -115,6 +116,8 @@ class _Child:
     snapshot: dict[str, Any] = dataclasses.field(default_factory=dict)
     final: dict[str, Any] | None = None
     code: int | None = None
+    #: its latest metrics snapshot (``--metrics``)
+    metrics: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -145,10 +148,27 @@ def run_processes(settings: Settings, console: Console) -> int:
     """``upload --processes N``: plan, run N children, report once; returns the exit code."""
     # the stock loop: uvloop's subprocess_exec has no process_group, and the parent only
     # relays lines (the children run uvloop when installed)
-    return asyncio.run(_parent(settings, console, started=time.monotonic()))
+    started = time.monotonic()
+    exporter = None
+    if settings.metrics is not None:
+        # listening before the children start: the first scrape finds it (all zeros)
+        exporter = MetricsExporter(*parse_listen_address(settings.metrics), read=list).start()
+    try:
+        return asyncio.run(_parent(settings, console, started=started, exporter=exporter))
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
-async def _parent(settings: Settings, console: Console, *, started: float) -> int:
+async def _parent(
+    settings: Settings,
+    console: Console,
+    *,
+    started: float,
+    exporter: MetricsExporter | None = None,
+) -> int:
+    """The parent of a ``--processes`` run. ``exporter`` (``--metrics``) serves the sum of
+    the children's metrics while they run; the caller starts and closes it."""
     plan = await plan_processes(settings)
     if settings.db is None:
         _warn_about_single_checkpoint(settings)
@@ -161,6 +181,11 @@ async def _parent(settings: Settings, console: Console, *, started: float) -> in
             tmpdir = tempfile.mkdtemp(prefix="asyncsync-tokens-")  # 0700
             spec = f"file:{os.path.join(tmpdir, 'token.json')}"
         children = [_Child(_with_token_store(p, spec)) for p in plan.children]
+        if exporter is not None:  # the children record (never serve); the parent serves the sum
+            metrics = f"{exporter.host}:{exporter.port}"
+            for child in children:
+                child.plan = _with_settings(child.plan, metrics=metrics)
+            exporter.read = lambda: [c.metrics for c in children if c.metrics is not None]
         display = None
         if progress_wanted(
             settings.progress, verbosity=settings.verbosity, log_format=settings.log_format
@@ -191,7 +216,11 @@ async def _parent(settings: Settings, console: Console, *, started: float) -> in
 
 def _with_token_store(plan: RunPlan, spec: str | None) -> RunPlan:
     """Every child shares the run's token through one store."""
-    return dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, token_store=spec))
+    return _with_settings(plan, token_store=spec)
+
+
+def _with_settings(plan: RunPlan, **changes: Any) -> RunPlan:
+    return dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, **changes))
 
 
 def _shard_summaries(children: list[_Child]) -> list[dict[str, Any]]:
@@ -306,6 +335,8 @@ async def _watch(child: _Child, children: list[_Child], total: Counters) -> None
                 message = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # not ours (the child's stdout is its report channel only)
+            if "m" in message:
+                child.metrics = message["m"]
             if message.get("t") == "p":
                 child.snapshot = message["c"]
                 for name in COUNTER_FIELDS:
@@ -378,9 +409,12 @@ class _Reporter(UploadHooks):
     then its summary, one JSON line each on the report descriptor. If the parent is gone (the
     pipe breaks), the child stops itself with SIGTERM: it drains and checkpoints."""
 
-    def __init__(self, fd: int, token_requests: TokenCount) -> None:
+    def __init__(
+        self, fd: int, token_requests: TokenCount, metrics: MetricsRecorder | None = None
+    ) -> None:
         self._fd = fd
         self._token_requests = token_requests
+        self._metrics = metrics
         self._counters: Counters | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._orphaned = False
@@ -395,7 +429,10 @@ class _Reporter(UploadHooks):
             return
         snapshot = {name: getattr(c, name) for name in COUNTER_FIELDS}
         snapshot["auth_requests"] = max(c.auth_requests, self._token_requests())
-        self._send({"t": "p", "c": snapshot})
+        message: dict[str, Any] = {"t": "p", "c": snapshot}
+        if self._metrics is not None:
+            message["m"] = self._metrics.snapshot()
+        self._send(message)
         with contextlib.suppress(RuntimeError):  # no running loop: no more ticks
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(REPORT_INTERVAL, self._tick)
@@ -409,7 +446,10 @@ class _Reporter(UploadHooks):
         final["latencies"] = (
             [round(v, 6) for v in self._counters.latencies.values] if self._counters else []
         )
-        self._send({"t": "s", "summary": final})
+        message: dict[str, Any] = {"t": "s", "summary": final}
+        if self._metrics is not None:
+            message["m"] = self._metrics.snapshot()  # the final numbers
+        self._send(message)
 
     def _send(self, message: dict[str, Any]) -> None:
         if self._orphaned:
@@ -421,6 +461,19 @@ class _Reporter(UploadHooks):
         except OSError:
             self._orphaned = True
             os.kill(os.getpid(), signal.SIGTERM)  # drain and checkpoint, exit 4
+
+
+def _child_hooks(settings: Settings, report_fd: int) -> Callable[[TokenCount], UploadHooks]:
+    """The child's hooks: its reports, and with ``--metrics`` a recorder whose snapshots ride
+    along with them (the parent serves the sum)."""
+
+    def observe(tokens: TokenCount) -> UploadHooks:
+        if settings.metrics is None:
+            return _Reporter(report_fd, tokens)
+        recorder = MetricsRecorder()
+        return HookGroup([_Reporter(report_fd, tokens, recorder), recorder])
+
+    return observe
 
 
 def child_main() -> int:
@@ -438,9 +491,7 @@ def child_main() -> int:
         settings.verbosity, settings.secret_values(), log_format=settings.log_format
     ):
         try:
-            summary, error = run_async(
-                run_plan(plan, observe=lambda tokens: _Reporter(report_fd, tokens))
-            )
+            summary, error = run_async(run_plan(plan, observe=_child_hooks(settings, report_fd)))
             if error is not None:
                 raise error
         except (Exception, KeyboardInterrupt) as exc:

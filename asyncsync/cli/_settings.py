@@ -1127,16 +1127,9 @@ def resolve(
         )
     if values["wrap"] is not None and values["body"] != "json":
         raise ConfigError(f"{label('wrap')}: only applies to --body json", field="wrap")
-    if values["metrics"] is not None and values["processes"] > 1:
-        # the children's counts are not summed into one endpoint (yet): refuse rather than
-        # serve the numbers of one process as if they were the run's
-        raise ConfigError(
-            f"{label('metrics')} does not work with --processes (yet); run one process, or "
-            "one process per --shard K/N, each with its own --metrics port",
-            field="metrics",
-        )
     if values["metrics"] is not None and values["engine"] == "dask":
-        # the workers' counts are not served by one endpoint (yet): refuse, as for --processes
+        # the workers' counts are not served by one endpoint (yet): refuse rather than serve
+        # one process's numbers as if they were the run's
         raise ConfigError(
             f"{label('metrics')} does not work with --engine dask (yet); the merged summary "
             "(--summary-json) has the run's counts",
