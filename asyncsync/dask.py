@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -85,7 +85,8 @@ from ._deadletter import merge_dead_letters
 from ._exceptions import ConfigError
 from ._hooks import UploadHooks
 from ._http import Transport
-from ._summary import Counters, RunSummary, merge_summaries
+from ._recorder import MetricsRecorder
+from ._summary import COUNTER_FIELDS, Counters, RunSummary, merge_summaries
 from ._transports import open_transport
 from ._uploader import Uploader
 from .auth._manager import (
@@ -168,6 +169,7 @@ class _WorkerSpec:
     ssl_factory: SslFactory | None
     token_skew: float
     auth_retry_time: float
+    metrics: bool = False  # each part keeps a MetricsRecorder (polled with its counters)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,13 +200,33 @@ class _PartSource(IterableSource):
 
 
 class _Collect(UploadHooks):
-    """Keeps the counters of one upload (for its latency samples and bytes read)."""
+    """Keeps the counters of one upload (for its latency samples and bytes read, and for the
+    client's progress polls)."""
 
     def __init__(self) -> None:
         self.counters: Counters | None = None
 
     def on_start(self, counters: Counters, *, total_bytes: int | None) -> None:
         self.counters = counters
+
+
+def _poll(name: str, metrics: bool, dask_worker: Any = None) -> dict[int, dict[str, Any]]:
+    """Run on every worker by the client's progress poll: the live counters (and with
+    ``metrics`` the metrics snapshot) of each part this worker has run in this run. Read from
+    the worker's thread while the plugin's loop updates them: plain ints, read whole."""
+    plugin = dask_worker.plugins.get(name) if dask_worker is not None else None
+    if not isinstance(plugin, UploaderPlugin):
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for index, collect in list(plugin.live.items()):
+        c = collect.counters
+        if c is None:
+            continue
+        part: dict[str, Any] = {"c": {f: getattr(c, f) for f in COUNTER_FIELDS}}
+        if metrics and isinstance(collect, MetricsRecorder):
+            part["m"] = collect.snapshot()
+        out[index] = part
+    return out
 
 
 class UploaderPlugin(WorkerPlugin):
@@ -221,6 +243,8 @@ class UploaderPlugin(WorkerPlugin):
         self._tokens: TokenManager | None = None
         self._token_transport: Transport | None = None
         self._store: TokenStore | None = None
+        #: the hooks of each part this worker ran, by part index (for the progress polls)
+        self.live: dict[int, _Collect | MetricsRecorder] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"name": self.name, "spec": self.spec}
@@ -317,7 +341,8 @@ class UploaderPlugin(WorkerPlugin):
             return done
         assert self._uploader is not None
         source = _open_part(data, task)
-        collect = _Collect()
+        collect = MetricsRecorder() if self.spec.metrics else _Collect()
+        self.live[task.index] = collect
         state = StateOptions(checkpoint=task.checkpoint, failed=task.failed, job_id=task.job_id)
         summary = await self._uploader.upload(source, state=state, hooks=collect)
         result = summary.to_dict()
@@ -400,6 +425,11 @@ def _run_task(data: Any, *, task: _Task) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # the client
+
+#: seconds between two progress polls of the workers
+PROGRESS_INTERVAL = 0.5
+#: ``on_progress``'s argument: every part's latest ``{"c": counters[, "m": metrics]}``
+ProgressCallback = Callable[[Mapping[int, Mapping[str, Any]]], None]
 
 
 def _fetches_tokens(auth: AuthProvider | None) -> bool:
@@ -531,6 +561,9 @@ def upload_dask_sync(
     ssl_factory: SslFactory | None = None,
     token_skew: float = DEFAULT_SKEW,
     auth_retry_time: float = DEFAULT_MAX_FETCH_TIME,
+    on_progress: ProgressCallback | None = None,
+    metrics: bool = False,
+    progress_interval: float = PROGRESS_INTERVAL,
 ) -> RunSummary:
     """Upload ``data`` on a Dask cluster; the merged summary (see the module docstring).
 
@@ -544,6 +577,11 @@ def upload_dask_sync(
     False starts every part over. ``rejects`` applies to every part; its
     ``max_split_requests`` budget is per part (each task's upload has its own). An
     SSLContext does not pickle: pass ``ssl_factory``.
+    ``on_progress`` is called about every ``progress_interval`` seconds (from a client
+    thread, and once more after the last part) with the latest numbers of every part
+    started so far: ``{part index: {"c": counters}}``, ``counters`` the
+    :data:`~asyncsync._summary.COUNTER_FIELDS` of the part's upload, plus ``"m"``, its
+    metrics snapshot (:class:`~asyncsync._recorder.MetricsRecorder`), with ``metrics=True``.
     Raises what a task raised (:class:`~asyncsync.AuthError` ...) after cancelling the rest.
     """
     started = time.monotonic()
@@ -571,6 +609,7 @@ def upload_dask_sync(
         ssl_factory=ssl_factory,
         token_skew=token_skew,
         auth_retry_time=auth_retry_time,
+        metrics=metrics,
     )
     Uploader(  # validates, opens nothing
         url,
@@ -616,7 +655,13 @@ def upload_dask_sync(
                 spec = dataclasses.replace(
                     spec, token_store=f"file:{os.path.join(tmpdir, 'token.json')}"
                 )
-            results = _run_on(cl, UploaderPlugin(base.plugin, spec), parts)
+            results = _run_on(
+                cl,
+                UploaderPlugin(base.plugin, spec),
+                parts,
+                on_progress=on_progress,
+                interval=progress_interval,
+            )
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -625,25 +670,85 @@ def upload_dask_sync(
 
 
 def _run_on(
-    client: Client, plugin: UploaderPlugin, parts: Sequence[tuple[Any, _Task]]
+    client: Client,
+    plugin: UploaderPlugin,
+    parts: Sequence[tuple[Any, _Task]],
+    *,
+    on_progress: ProgressCallback | None = None,
+    interval: float = PROGRESS_INTERVAL,
 ) -> list[dict[str, Any]]:
     from dask.delayed import delayed
 
     client.register_plugin(plugin, name=plugin.name)
     futures: list[Any] = []
+    poller = _Poller(client, plugin, on_progress, interval) if on_progress is not None else None
     try:
+        if poller is not None:
+            poller.start()
         # the task rides in a partial: dask does not look inside it for collections
         jobs = [delayed(functools.partial(_run_task, task=t), pure=False)(d) for d, t in parts]
         futures = client.compute(jobs)
         results: list[dict[str, Any]] = client.gather(futures)
+        if poller is not None:
+            poller.stop(final=True)  # the parts' last numbers, before the plugin goes
         return results
     except BaseException:
         with contextlib.suppress(Exception):
             client.cancel(futures)
         raise
     finally:
+        if poller is not None:
+            poller.stop(final=False)
         with contextlib.suppress(Exception):
             client.unregister_worker_plugin(plugin.name)
+
+
+class _Poller:
+    """Polls every worker for its parts' numbers (``client.run``) on a thread of its own and
+    hands ``on_progress`` the latest of every part. A part whose worker died keeps its last
+    numbers until its re-run reports (which resumes from its checkpoint, counters included)."""
+
+    def __init__(
+        self,
+        client: Client,
+        plugin: UploaderPlugin,
+        on_progress: ProgressCallback,
+        interval: float,
+    ) -> None:
+        self._client = client
+        self._name = plugin.name
+        self._metrics = plugin.spec.metrics
+        self._on_progress = on_progress
+        self._interval = interval
+        self._latest: dict[int, dict[str, Any]] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="asyncsync-dask-progress")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, final: bool) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        self._thread.join()
+        if final:
+            self._poll()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._interval):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            answers = self._client.run(_poll, self._name, self._metrics, on_error="return")
+        except Exception as exc:  # the cluster is going away: the summary will tell
+            log.debug("progress poll failed: %s", exc)
+            return
+        for answer in answers.values():
+            if isinstance(answer, dict):
+                self._latest.update(answer)
+        self._on_progress(dict(self._latest))
 
 
 async def upload_dask(data: DataLike, url: str, **options: Any) -> RunSummary:

@@ -285,15 +285,85 @@ async def test_cli_engine_dask_on_reject(tmp_path, on_reject: str) -> None:
         assert summary["split_requests"] == 0
 
 
-def test_metrics_with_engine_dask_is_a_usage_error() -> None:
-    """Not one worker's numbers served as the run's: --metrics with --engine dask is refused."""
-    from asyncsync._exceptions import ConfigError
-    from asyncsync.cli._settings import settings_from_argv
+async def test_progress_polls_sum_every_part_and_end_equal_to_the_summary(tmp_path) -> None:
+    """on_progress (the CLI's display and --metrics with --engine dask): the polls see the
+    run in progress, never go down, and the last one equals the merged summary; with
+    metrics=True each part's snapshot counts its requests by status as the sink does."""
+    n = 20_000
+    bag = db.from_sequence(range(1, n + 1), npartitions=4).map(record)
+    seen: list[dict[int, Any]] = []
+    async with Sink(sink_config(latency=0.01, throttle_every=30, retry_after=0.02)) as sink:
+        summary = await upload_dask(
+            bag,
+            sink.ingest_url,
+            auth=oauth(sink),
+            workers=2,
+            state_dir=tmp_path / "state",
+            limits=BatchLimits(max_records=100),
+            concurrency=2,
+            on_progress=lambda parts: seen.append(dict(parts)),
+            metrics=True,
+            progress_interval=0.05,
+        )
+        stats = sink.stats()
+        ids_once(sink, n)
 
-    with pytest.raises(ConfigError, match="--engine dask") as info:
-        settings_from_argv(
-            ["x.jsonl", "--url", "http://127.0.0.1:9/ingest", "--engine", "dask",
-             "--workers", "2", "--metrics", "127.0.0.1:9464"],
-            {},
+    def summed(parts: dict[int, Any], name: str) -> int:
+        return sum(int(p["c"][name]) for p in parts.values())
+
+    sent = [summed(parts, "records_sent") for parts in seen]
+    assert sent == sorted(sent), sent
+    assert any(0 < v < n for v in sent), sent
+    last = seen[-1]
+    assert sorted(last) == [0, 1, 2, 3]
+    for name in ("records_read", "records_sent", "requests", "retries", "batches"):
+        assert summed(last, name) == getattr(summary, name), name
+    from asyncsync._recorder import merge_snapshots
+
+    merged = merge_snapshots(p["m"] for p in last.values())
+    assert merged["requests"] == {k: v for k, v in stats["statuses"].items()}
+    assert "429" in merged["requests"]
+    assert sum(merged["latency_buckets"]) == summary.requests == stats["ingest_requests"]
+    assert sorted(merged["job_ids"]) == sorted(summary.job_id.split(","))
+
+
+async def test_cli_engine_dask_serves_metrics_and_shows_progress(
+    tmp_path, make_jsonl, unused_tcp_port: int
+) -> None:
+    """``--engine dask --metrics HOST:PORT --progress``: one endpoint for the cluster, whose
+    records_sent_total rises during the run; the progress display is fed by the workers."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    source = make_jsonl(6000)
+    url = f"http://127.0.0.1:{unused_tcp_port}/metrics"
+    sent: list[float] = []
+    async with Sink(sink_config(latency=0.02)) as sink, aiohttp.ClientSession() as session:
+        proc = await start_cli(
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--progress", "--batch-size", "50",
+            "--concurrency", "2", "--engine", "dask", "--workers", "2",
+            "--metrics", f"127.0.0.1:{unused_tcp_port}",
+            "--summary-json", str(tmp_path / "summary.json"),
+            cwd=tmp_path, env=clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET),
         )  # fmt: skip
-    assert info.value.field == "metrics"
+        while proc.returncode is None:
+            try:
+                async with session.get(url) as resp:
+                    text = await resp.text()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+                continue
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "asyncsync_records_sent_total":
+                        sent.append(sample.value)
+            await asyncio.sleep(0.1)
+        run = await finish_cli(proc, limit=60)
+        ids_once(sink, 6000)
+    assert run.code == 0, run.err
+    assert sent == sorted(sent), sent
+    assert any(0 < v < 6000 for v in sent), sent
+    assert "upload (" in run.err and "6,000 records (" in run.err  # the display's last line
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["records_sent"] == 6000

@@ -298,16 +298,6 @@ async def test_processes_serve_the_sum_of_every_child_on_one_port(tmp_path: Path
     assert jobs == set(summary["job_id"].split(","))
 
 
-def test_metrics_with_the_dask_engine_is_a_clear_usage_error() -> None:
-    """Not wrong numbers: --metrics with --engine dask is refused (exit 2), naming both."""
-    with pytest.raises(ConfigError, match=r"--metrics.*--engine dask"):
-        settings_from_argv(
-            ["in.jsonl", "--url", "http://127.0.0.1:9/ingest", "--engine", "dask",
-             "--workers", "2", "--metrics", "127.0.0.1:9464", "--auth", "none"],
-            {},
-        )  # fmt: skip
-
-
 def test_missing_prometheus_client_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the metrics extra: a ConfigError (exit 2) saying what to install."""
     monkeypatch.setitem(sys.modules, "prometheus_client", None)

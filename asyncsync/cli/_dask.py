@@ -11,13 +11,22 @@ a file source (``./asyncsync-dask/`` for ``--db``), or ``PATH.dask/`` with ``--c
 PATH``; every worker must see it at the same path. The parts' dead letters end in the run's one file
 (``--failed``, default ``<source>.failed.jsonl``), the summary is one merged report, and
 the exit code the contract's (0, 1 when records failed; errors as for one process).
-Progress fed by the workers is not shown (the summary is).
+
+Progress and ``--metrics``: the client polls the workers twice a second for every part's
+counters (and metrics snapshot), sums them into one :class:`~asyncsync._summary.Counters`
+for the progress display (on an event loop thread of its own: the Dask client's calls
+block the main thread, which keeps Ctrl-C), and serves the summed metrics on the one
+``--metrics`` port, as ``--processes`` does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ssl
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +34,12 @@ from rich.console import Console
 
 from .._config import BodyOptions, HttpOptions, RejectOptions
 from .._exceptions import ConfigError
+from .._hooks import UploadHooks
+from .._summary import COUNTER_FIELDS, Counters, RunSummary
 from .._transports import resolve_transport
 from ._exit import summary_exit_code
 from ._plan import state_paths
+from ._progress import ProgressDisplay, progress_wanted
 from ._report import report
 from ._run import build_auth
 from ._settings import Settings
@@ -69,7 +81,7 @@ def _check(settings: Settings) -> None:
 def run_dask(settings: Settings, console: Console) -> int:
     """Plan, run on the cluster, report once; the exit code."""
     _check(settings)
-    from ..dask import FileShards, SqlRanges, upload_dask_sync
+    from ..dask import FileShards, SqlRanges
 
     data: Any
     if settings.db is not None:
@@ -90,7 +102,84 @@ def run_dask(settings: Settings, console: Console) -> int:
     if settings.ca_bundle is not None:
         settings.ssl_context()  # a bad bundle is a ConfigError here, not on a worker
         ssl_factory = functools.partial(ssl.create_default_context, cafile=str(settings.ca_bundle))
-    summary = upload_dask_sync(
+    total = Counters()
+    display: UploadHooks | None = None
+    if progress_wanted(
+        settings.progress, verbosity=settings.verbosity, log_format=settings.log_format
+    ):
+        display = ProgressDisplay(console, description="upload (dask)")
+    exporter = None
+    if settings.metrics is not None:
+        from ._metrics import MetricsExporter, parse_listen_address
+
+        exporter = MetricsExporter(*parse_listen_address(settings.metrics), read=list).start()
+    latest: Mapping[int, Mapping[str, Any]] = {}
+
+    def on_progress(parts: Mapping[int, Mapping[str, Any]]) -> None:
+        nonlocal latest
+        latest = parts
+        for name in COUNTER_FIELDS:
+            setattr(total, name, sum(int(p["c"].get(name) or 0) for p in parts.values()))
+
+    if exporter is not None:
+        exporter.read = lambda: [p["m"] for p in latest.values() if "m" in p]
+    try:
+        with _shown(display, total) as done:
+            summary = _upload(settings, data, state_dir, failed, ssl_factory, on_progress)
+            done.append(summary)
+    finally:
+        if exporter is not None:
+            exporter.close()
+    report(
+        summary,
+        console,
+        command=settings.command,
+        failed=failed,
+        summary_json=settings.summary_json,
+        verbosity=settings.verbosity,
+        log_format=settings.log_format,
+        extra={"transport": resolve_transport(settings.transport)},
+    )
+    return summary_exit_code(summary)
+
+
+@contextlib.contextmanager
+def _shown(display: UploadHooks | None, total: Counters) -> Iterator[list[RunSummary]]:
+    """The progress display on an event loop thread of its own, reading ``total``; it ends
+    with the summary the caller appends to the list it is given (or ``total`` as it is)."""
+    done: list[RunSummary] = []
+    if display is None:
+        yield done
+        return
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="asyncsync-progress", daemon=True)
+    thread.start()
+    loop.call_soon_threadsafe(functools.partial(display.on_start, total, total_bytes=None))
+    try:
+        yield done
+    finally:
+        finished = done[0] if done else RunSummary.from_counters(total, duration_s=0.0)
+        asyncio.run_coroutine_threadsafe(_finish(display, finished), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.close()
+
+
+async def _finish(display: UploadHooks, summary: RunSummary) -> None:
+    display.on_finish(summary)
+
+
+def _upload(
+    settings: Settings,
+    data: Any,
+    state_dir: Path,
+    failed: Path,
+    ssl_factory: Any,
+    on_progress: Any,
+) -> RunSummary:
+    from ..dask import upload_dask_sync
+
+    return upload_dask_sync(
         data,
         settings.url,
         auth=build_auth(settings),
@@ -126,15 +215,6 @@ def run_dask(settings: Settings, console: Console) -> int:
         ssl_factory=ssl_factory,
         token_skew=settings.token_skew,
         auth_retry_time=settings.auth_retry_time,
+        on_progress=on_progress,
+        metrics=settings.metrics is not None,
     )
-    report(
-        summary,
-        console,
-        command=settings.command,
-        failed=failed,
-        summary_json=settings.summary_json,
-        verbosity=settings.verbosity,
-        log_format=settings.log_format,
-        extra={"transport": resolve_transport(settings.transport)},
-    )
-    return summary_exit_code(summary)

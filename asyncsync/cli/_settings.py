@@ -1127,14 +1127,6 @@ def resolve(
         )
     if values["wrap"] is not None and values["body"] != "json":
         raise ConfigError(f"{label('wrap')}: only applies to --body json", field="wrap")
-    if values["metrics"] is not None and values["engine"] == "dask":
-        # the workers' counts are not served by one endpoint (yet): refuse rather than serve
-        # one process's numbers as if they were the run's
-        raise ConfigError(
-            f"{label('metrics')} does not work with --engine dask (yet); the merged summary "
-            "(--summary-json) has the run's counts",
-            field="metrics",
-        )
     if values["insecure"] and values["ca_bundle"] is not None:
         raise ConfigError("--insecure and --ca-bundle exclude each other", field="insecure")
     if values["initial_concurrency"] > values["max_concurrency"]:
