@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
-from distributed import Client, LocalCluster, get_worker
+from distributed import Client, LocalCluster, get_worker, wait
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ._atomic import atomic_write
@@ -86,7 +86,7 @@ from ._exceptions import ConfigError
 from ._hooks import UploadHooks
 from ._http import Transport
 from ._recorder import MetricsRecorder
-from ._summary import COUNTER_FIELDS, Counters, RunSummary, merge_summaries
+from ._summary import COUNTER_FIELDS, Counters, Interrupted, RunSummary, merge_summaries
 from ._transports import open_transport
 from ._uploader import Uploader
 from .auth._manager import (
@@ -210,6 +210,15 @@ class _Collect(UploadHooks):
         self.counters = counters
 
 
+def _stop_worker(name: str, dask_worker: Any = None) -> bool:
+    """Run on every worker when the client drains: :meth:`UploaderPlugin.stop`."""
+    plugin = dask_worker.plugins.get(name) if dask_worker is not None else None
+    if not isinstance(plugin, UploaderPlugin):
+        return False
+    plugin.stop()
+    return True
+
+
 def _poll(name: str, metrics: bool, dask_worker: Any = None) -> dict[int, dict[str, Any]]:
     """Run on every worker by the client's progress poll: the live counters (and with
     ``metrics`` the metrics snapshot) of each part this worker has run in this run. Read from
@@ -245,6 +254,8 @@ class UploaderPlugin(WorkerPlugin):
         self._store: TokenStore | None = None
         #: the hooks of each part this worker ran, by part index (for the progress polls)
         self.live: dict[int, _Collect | MetricsRecorder] = {}
+        #: the client asked to drain (Ctrl-C): parts in flight stop, no part starts
+        self.stopping = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"name": self.name, "spec": self.spec}
@@ -273,6 +284,13 @@ class UploaderPlugin(WorkerPlugin):
                 self._thread.join(timeout=10)
             self._loop.close()
             self._loop = None
+
+    def stop(self) -> None:
+        """Drain (from any thread): the part uploading stops reading, lets its batches in
+        flight finish and checkpoints; a part not started yet does not start."""
+        self.stopping = True
+        if self._loop is not None and self._uploader is not None:
+            self._loop.call_soon_threadsafe(self._uploader.stop)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the plugin's loop from a task's thread; its result."""
@@ -340,17 +358,28 @@ class UploaderPlugin(WorkerPlugin):
             log.info("part %d/%d: finished already in this run", task.index, task.count)
             return done
         assert self._uploader is not None
+        if self.stopping:  # the run is draining: leave the part to a re-run
+            stopped = RunSummary.from_counters(
+                Counters(), duration_s=0.0, job_id=task.job_id, interrupted=True
+            )
+            return {**stopped.to_dict(), "bytes_read": 0, "latencies": [], "part": task.index}
         source = _open_part(data, task)
         collect = MetricsRecorder() if self.spec.metrics else _Collect()
         self.live[task.index] = collect
         state = StateOptions(checkpoint=task.checkpoint, failed=task.failed, job_id=task.job_id)
-        summary = await self._uploader.upload(source, state=state, hooks=collect)
+        try:
+            summary = await self._uploader.upload(source, state=state, hooks=collect)
+        except Interrupted as exc:  # drained: its checkpoint holds what was acknowledged
+            if exc.summary is None:
+                raise
+            summary = exc.summary
         result = summary.to_dict()
         counters = collect.counters
         result["bytes_read"] = counters.bytes_read if counters is not None else 0
         result["latencies"] = [round(v, 6) for v in counters.latencies.values] if counters else []
         result["part"] = task.index
-        atomic_write(task.done, orjson.dumps({"run_id": task.run_id, "summary": result}))
+        if not summary.interrupted:
+            atomic_write(task.done, orjson.dumps({"run_id": task.run_id, "summary": result}))
         return result
 
 
@@ -428,6 +457,8 @@ def _run_task(data: Any, *, task: _Task) -> dict[str, Any]:
 
 #: seconds between two progress polls of the workers
 PROGRESS_INTERVAL = 0.5
+#: seconds the parts in flight get to drain after a Ctrl-C before the run is cancelled
+DRAIN_GRACE = 30.0
 #: ``on_progress``'s argument: every part's latest ``{"c": counters[, "m": metrics]}``
 ProgressCallback = Callable[[Mapping[int, Mapping[str, Any]]], None]
 
@@ -676,6 +707,7 @@ def _run_on(
     *,
     on_progress: ProgressCallback | None = None,
     interval: float = PROGRESS_INTERVAL,
+    grace: float = DRAIN_GRACE,
 ) -> list[dict[str, Any]]:
     from dask.delayed import delayed
 
@@ -688,7 +720,11 @@ def _run_on(
         # the task rides in a partial: dask does not look inside it for collections
         jobs = [delayed(functools.partial(_run_task, task=t), pure=False)(d) for d, t in parts]
         futures = client.compute(jobs)
-        results: list[dict[str, Any]] = client.gather(futures)
+        results: list[dict[str, Any]]
+        try:
+            results = client.gather(futures)
+        except KeyboardInterrupt:
+            results = _drain(client, plugin, futures, grace)
         if poller is not None:
             poller.stop(final=True)  # the parts' last numbers, before the plugin goes
         return results
@@ -701,6 +737,21 @@ def _run_on(
             poller.stop(final=False)
         with contextlib.suppress(Exception):
             client.unregister_worker_plugin(plugin.name)
+
+
+def _drain(
+    client: Client, plugin: UploaderPlugin, futures: list[Any], grace: float
+) -> list[dict[str, Any]]:
+    """The first Ctrl-C (KeyboardInterrupt) while the parts run: every worker drains (the
+    part uploading checkpoints and returns its interrupted summary; a part not started
+    returns at once); the summaries within ``grace`` seconds. A second Ctrl-C, or the grace
+    running out, raises (the caller cancels what is left; the checkpoints still hold what
+    was acknowledged)."""
+    log.warning("interrupted: draining the parts in flight (Ctrl-C again to abort)")
+    client.run(_stop_worker, plugin.name, on_error="return")
+    wait(futures, timeout=grace)  # a TimeoutError when the grace runs out
+    results: list[dict[str, Any]] = client.gather(futures)
+    return results
 
 
 class _Poller:

@@ -367,3 +367,40 @@ async def test_cli_engine_dask_serves_metrics_and_shows_progress(
     assert "upload (" in run.err and "6,000 records (" in run.err  # the display's last line
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["records_sent"] == 6000
+
+
+async def test_cli_engine_dask_ctrl_c_drains_and_a_rerun_delivers_the_rest(
+    tmp_path, make_jsonl
+) -> None:
+    """SIGINT to ``upload --engine dask``: the parts drain (exit 4, the summary says
+    interrupted, fewer records sent than read in all); the same command again resumes every
+    part from its checkpoint: each record stored once over both runs."""
+    n = 20_000
+    source = make_jsonl(n)
+    summary_path = tmp_path / "summary.json"
+    async with Sink(sink_config(latency=0.03)) as sink:
+        args = (
+            "upload", str(source), "--url", sink.ingest_url, "--token-url", sink.token_url,
+            "--client-id", sink.config.client_id, "--no-progress", "--batch-size", "50",
+            "--concurrency", "2", "--engine", "dask", "--workers", "2",
+            "--summary-json", str(summary_path),
+        )  # fmt: skip
+        env = clean_env(ASYNCSYNC_CLIENT_SECRET=SECRET)
+        proc = await start_cli(*args, cwd=tmp_path, env=env)
+        deadline = time.monotonic() + 60
+        while sink.stats()["records"] < 1000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        first = await finish_cli(proc, limit=60)
+        stored_first = sink.stats()["records"]
+        assert first.code == 4, first.err
+        interrupted = json.loads(summary_path.read_text())
+        assert interrupted["interrupted"] is True
+        assert 1000 <= interrupted["records_sent"] < n
+        assert interrupted["records_sent"] <= stored_first
+        proc = await start_cli(*args, cwd=tmp_path, env=env)
+        second = await finish_cli(proc, limit=90)
+        assert second.code == 0, second.err
+        ids_once(sink, n)
+    resumed = json.loads(summary_path.read_text())
+    assert resumed["interrupted"] is False and resumed["records_sent"] == n

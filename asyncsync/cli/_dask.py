@@ -17,6 +17,12 @@ counters (and metrics snapshot), sums them into one :class:`~asyncsync._summary.
 for the progress display (on an event loop thread of its own: the Dask client's calls
 block the main thread, which keeps Ctrl-C), and serves the summed metrics on the one
 ``--metrics`` port, as ``--processes`` does.
+
+Ctrl-C or SIGTERM drains (:func:`asyncsync.dask._drain`): every worker's part in flight stops
+reading, finishes its batches in flight and checkpoints, parts not started do not start, and
+the run reports its summary and exits 4; a re-run resumes every part. A second Ctrl-C (or 30 s
+without the drain ending) cancels the rest and exits 4 as well; the checkpoints keep what
+was acknowledged.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import signal
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -124,7 +131,8 @@ def run_dask(settings: Settings, console: Console) -> int:
     if exporter is not None:
         exporter.read = lambda: [p["m"] for p in latest.values() if "m" in p]
     try:
-        with _shown(display, total) as done:
+        with _shown(display, total) as done, _sigterm_interrupts():
+            # Ctrl-C (or SIGTERM): the parts drain, the summary says interrupted, exit 4
             summary = _upload(settings, data, state_dir, failed, ssl_factory, on_progress)
             done.append(summary)
     finally:
@@ -163,6 +171,20 @@ def _shown(display: UploadHooks | None, total: Counters) -> Iterator[list[RunSum
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
         loop.close()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does (a drain)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def _finish(display: UploadHooks, summary: RunSummary) -> None:
