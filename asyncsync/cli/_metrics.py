@@ -98,42 +98,38 @@ class MetricsExporter:
                 m = merge_snapshots(exporter.read())
                 for name, help_ in LIVE_COUNTERS:
                     yield CounterMetricFamily(PREFIX + name, help_, value=m[name])
-                requests = CounterMetricFamily(
-                    PREFIX + "requests",
-                    "Requests to --url (retries included; token requests not), by HTTP "
-                    "status or error",
-                    labels=["status"],
-                )
-                for label, n in sorted(m["requests"].items()):
-                    requests.add_metric([label], n)
-                yield requests
-                retries = CounterMetricFamily(
-                    PREFIX + "retries",
-                    "Batches sent again, by reason (status, or error for a connection error)",
-                    labels=["reason"],
-                )
-                for label, n in sorted(m["retries"].items()):
-                    retries.add_metric([label], n)
-                yield retries
-                yield CounterMetricFamily(
-                    PREFIX + "token_requests",
-                    "Requests to the token endpoint",
-                    value=m["token_requests"],
-                )
-                refreshes = CounterMetricFamily(
-                    PREFIX + "token_refreshes",
-                    "Token refreshes started, by reason (proactive, 401, expired)",
-                    labels=["reason"],
-                )
-                # every reason exported from the start (at 0), so rate() sees the first rise
-                for label, n in m["token_refreshes"].items():
-                    refreshes.add_metric([label], n)
-                yield refreshes
-                yield CounterMetricFamily(
-                    PREFIX + "checkpoint_saves",
-                    "Checkpoints written",
-                    value=m["checkpoint_saves"],
-                )
+                # every refresh reason is exported from the start (at 0), so that rate()
+                # sees the first rise
+                for name, help_, label, key in (
+                    (
+                        "requests",
+                        "Requests to --url (retries included; token requests not), by HTTP "
+                        "status or error",
+                        "status",
+                        "requests",
+                    ),
+                    (
+                        "retries",
+                        "Batches sent again, by reason (status, or error for a connection error)",
+                        "reason",
+                        "retries",
+                    ),
+                    (
+                        "token_refreshes",
+                        "Token refreshes started, by reason (proactive, 401, expired)",
+                        "reason",
+                        "token_refreshes",
+                    ),
+                ):
+                    family = CounterMetricFamily(PREFIX + name, help_, labels=[label])
+                    for value, n in sorted(m[key].items()):
+                        family.add_metric([value], n)
+                    yield family
+                for name, help_ in (
+                    ("token_requests", "Requests to the token endpoint"),
+                    ("checkpoint_saves", "Checkpoints written"),
+                ):
+                    yield CounterMetricFamily(PREFIX + name, help_, value=m[name])
                 cumulative, buckets = 0, []
                 for bound, n in zip(BOUNDS, m["latency_buckets"], strict=True):
                     cumulative += n
