@@ -417,8 +417,6 @@ class Sender:
         tokens = self._tokens
         reauths = 0
         first_unauthorized: float | None = None
-        if started is None:
-            started = clock()
         status: int | None = None
         reason = ""
         # None until the key was sent; then the retry the next request is (why, which attempt)
@@ -426,7 +424,7 @@ class Sender:
         gate = self._gate
         on_request = self._on_request
         on_in_flight = self._on_in_flight
-        if attempts:  # items the server asked to retry: back off as for a retry
+        if attempts and started is not None:  # items the server asked to retry: back off
             wait = min(self._backoff.delay(attempts), budget.left(self._clock() - started))
             if wait > 0:
                 await self._sleep(wait)
@@ -446,7 +444,8 @@ class Sender:
             headers = self._base_headers.copy()
             headers["Idempotency-Key"] = key
             if tokens is not None:
-                token = await tokens.get()
+                # the common case, a token in hand, without a coroutine; get() when not
+                token = tokens.current() or await tokens.get()
                 headers["Authorization"] = token.authorization
             if limiter is not None:  # --concurrency auto: one slot per attempt
                 await limiter.acquire()
@@ -466,6 +465,8 @@ class Sender:
             if on_in_flight is not None:
                 on_in_flight(InFlight(counters.in_flight))
             sent_at = clock()
+            if started is None:  # the retry budget runs from the first request of the key
+                started = sent_at
             retry_after: float | None = None
             rtt = -1.0  # an ack's round trip; -1: no latency signal
             congested = False  # back-pressure: 429/502/503/504, a timeout, a reset
