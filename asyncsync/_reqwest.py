@@ -158,7 +158,7 @@ class _LazyHeaders(Mapping[str, str]):
     def __contains__(self, key: object) -> bool:
         return key in self._headers()
 
-    def get(self, key: str, default: Any = None) -> Any:  # noqa: ANN401 - Mapping.get's own
+    def get(self, key: str, default: Any = None) -> Any:
         return self._headers().get(key, default)
 
     def __repr__(self) -> str:
@@ -251,10 +251,8 @@ class ReqwestTransport:
                     # the common case, a short answer of declared length: hyper stopped at
                     # that length, so the whole body is already buffered with the head, and
                     # nothing is left to close (the connection is back in the pool)
-                    if declared == "0":
-                        data = b""
-                    else:
-                        data = bytes(await resp.bytes())  # served from the buffer
+                    # (the bytes come from that buffer)
+                    data = b"" if declared == "0" else bytes(await resp.bytes())
                 else:
                     data = await _read_bounded(resp.body_reader, max_body)
                     # drops the connection if a longer body is left unread

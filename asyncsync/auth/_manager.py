@@ -444,7 +444,7 @@ class TokenManager:
             failures=self._failures,
         )
 
-    def current(self) -> Token | None:
+    def ready(self) -> Token | None:
         """The token :meth:`get` would answer at once, or None when it would have to wait
         (none yet, or due for a refresh). The senders' per-request fast path: no coroutine."""
         token = self._token
