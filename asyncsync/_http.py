@@ -313,7 +313,9 @@ class AiohttpTransport:
                 )
             async with request as resp:
                 length = resp.content_length
-                if length is not None and length <= max_body:
+                if length == 0:  # an empty answer (a bare 200/202/204): nothing to read
+                    data = b""
+                elif length is not None and length <= max_body:
                     data = await resp.read()  # the common case: one read, connection reused
                 else:
                     data = await _read_bounded(resp, max_body)
