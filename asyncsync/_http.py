@@ -27,9 +27,8 @@ from __future__ import annotations
 import ssl as ssl_module
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ._exceptions import AsyncSyncError, ConfigError
@@ -198,9 +197,11 @@ def _tls_error(detail: BaseException, where: str, url: str | None) -> TLSError:
 # The seam
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """One answer: status, headers (case-insensitive lookup), at most ``max_body`` bytes."""
+class Response(NamedTuple):
+    """One answer: status, headers (case-insensitive lookup), at most ``max_body`` bytes.
+
+    A named tuple, not a frozen dataclass: immutable all the same, and made in a third of
+    the time (one per request)."""
 
     status: int
     headers: Mapping[str, str]
@@ -312,7 +313,9 @@ class AiohttpTransport:
                 )
             async with request as resp:
                 length = resp.content_length
-                if length is not None and length <= max_body:
+                if length == 0:  # an empty answer (a bare 200/202/204): nothing to read
+                    data = b""
+                elif length is not None and length <= max_body:
                     data = await resp.read()  # the common case: one read, connection reused
                 else:
                     data = await _read_bounded(resp, max_body)

@@ -34,14 +34,15 @@ directory or a client certificate in the context are not carried over.
 from __future__ import annotations
 
 import ssl as ssl_module
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from http import HTTPStatus
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from pyreqwest import exceptions as rq
 from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.response import Response as RqResponse
 from pyreqwest.response import ResponseBodyReader
 
 from ._exceptions import AsyncSyncError, ConfigError
@@ -130,6 +131,40 @@ def map_reqwest_exception(
 _LOWER: Final = (rq.TransportError, rq.DecodeError, rq.RedirectError, rq.BuilderError, ValueError)
 
 
+class _LazyHeaders(Mapping[str, str]):
+    """The response's headers, made a Python ``HeaderMap`` only when first looked at: a 2xx
+    is settled on its status alone, and most answers are never asked for a header."""
+
+    __slots__ = ("_map", "_resp")
+
+    def __init__(self, resp: RqResponse) -> None:
+        self._resp = resp
+        self._map: Mapping[str, str] | None = None
+
+    def _headers(self) -> Mapping[str, str]:
+        if self._map is None:
+            self._map = self._resp.headers
+        return self._map
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._headers())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._headers()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._headers().get(key, default)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self._headers().items())!r})"
+
+
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
@@ -201,22 +236,32 @@ class ReqwestTransport:
             raise RuntimeError("Cannot send a request, as the transport has been closed.")
         try:
             builder = self._client.post(url).headers(headers).body_bytes(body)
+            # one byte over the bound: a body of exactly max_body bytes is still read whole
+            # with the head, so that reading it needs no further round trip
+            limit = max_body + 1 if max_body >= 0 else 1
             if timeout is not None and timeout != self._timeout:  # else the client's own
                 builder = builder.timeout(self._request_timeout(timeout))
-            # streamed: the first max_body bytes are buffered with the head, the rest is never
-            # read (leaving the block drops the connection instead of reusing it)
-            request = builder.streamed_read_buffer_limit(max(max_body, 1)).build_streamed()
-            async with request as resp:
-                headers = resp.headers
-                declared = headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) <= max_body:
-                    # the common case (a short answer of declared length): one read, which
-                    # hyper bounds by the declared length
-                    data = bytes(await resp.bytes())
+            # streamed: the first max_body bytes are buffered with the head (in one go, on
+            # pyreqwest's thread), the rest is never read
+            request = builder.streamed_read_buffer_limit(limit).build_streamed()
+            resp = await request.__aenter__()
+            try:
+                declared = resp.get_header("content-length")
+                if declared is not None and declared.isdigit() and int(declared) < limit:
+                    # the common case, a short answer of declared length: hyper stopped at
+                    # that length, so the whole body is already buffered with the head, and
+                    # nothing is left to close (the connection is back in the pool)
+                    # (the bytes come from that buffer)
+                    data = b"" if declared == "0" else bytes(await resp.bytes())
                 else:
                     data = await _read_bounded(resp.body_reader, max_body)
-                status = resp.status
-                return Response(status, headers, data, _REASONS.get(status, ""))
+                    # drops the connection if a longer body is left unread
+                    await request.__aexit__(None, None, None)
+            except BaseException:
+                await request.__aexit__(None, None, None)
+                raise
+            status = resp.status
+            return Response(status, _LazyHeaders(resp), data, _REASONS.get(status, ""))
         except _LOWER as exc:
             mapped = map_reqwest_exception(
                 exc, url=url, timeout=self._timeout if timeout is None else timeout

@@ -405,29 +405,20 @@ class Sender:
         else:
             key = self.key_for(batch)
         body = self._encoder.encode(batch.records)
+        # locals only for what the first request uses more than once (each costs a store)
         counters = self._counters
-        policy = self._retry
-        budget = self._budget
-        actions = self._actions
-        transport = self._transport
-        url = self._url
-        timeout = self._timeout
-        max_body = self._max_body
         clock = self._clock
         tokens = self._tokens
         reauths = 0
         first_unauthorized: float | None = None
-        if started is None:
-            started = clock()
         status: int | None = None
         reason = ""
         # None until the key was sent; then the retry the next request is (why, which attempt)
         retry: RetryDetails | None = None
-        gate = self._gate
         on_request = self._on_request
         on_in_flight = self._on_in_flight
-        if attempts:  # items the server asked to retry: back off as for a retry
-            wait = min(self._backoff.delay(attempts), budget.left(self._clock() - started))
+        if attempts and started is not None:  # items the server asked to retry: back off
+            wait = min(self._backoff.delay(attempts), self._budget.left(self._clock() - started))
             if wait > 0:
                 await self._sleep(wait)
         limiter = self._limiter
@@ -438,15 +429,16 @@ class Sender:
                 return BatchResult(
                     batch, key, False, status, attempts, f"{reason} (not retried: {self._spent()})"
                 )
-            if gate.paused_until > 0:  # a Retry-After was seen at some point
-                await gate.wait()
+            if self._gate.paused_until > 0:  # a Retry-After was seen at some point
+                await self._gate.wait()
             if self._rate is not None:
                 await self._rate.acquire()
             token: Token | None = None
             headers = self._base_headers.copy()
             headers["Idempotency-Key"] = key
             if tokens is not None:
-                token = await tokens.get()
+                # the common case, a token in hand, without a coroutine; get() when not
+                token = tokens.ready() or await tokens.get()
                 headers["Authorization"] = token.authorization
             if limiter is not None:  # --concurrency auto: one slot per attempt
                 await limiter.acquire()
@@ -466,12 +458,18 @@ class Sender:
             if on_in_flight is not None:
                 on_in_flight(InFlight(counters.in_flight))
             sent_at = clock()
+            if started is None:  # the retry budget runs from the first request of the key
+                started = sent_at
             retry_after: float | None = None
             rtt = -1.0  # an ack's round trip; -1: no latency signal
             congested = False  # back-pressure: 429/502/503/504, a timeout, a reset
             try:
-                resp = await transport.post(
-                    url, body=body, headers=headers, timeout=timeout, max_body=max_body
+                resp = await self._transport.post(
+                    self._url,
+                    body=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    max_body=self._max_body,
                 )
             except TransportError as exc:
                 if on_request is not None:
@@ -484,7 +482,7 @@ class Sender:
                 congested = True
             else:
                 status = resp.status
-                action = actions.get(status) or policy.action_for(status)
+                action = self._actions.get(status) or self._retry.action_for(status)
                 if action is Action.ACK:
                     if token is not None and token is not self._accepted:
                         # the API takes this token: our credentials work (once per token)
@@ -584,6 +582,8 @@ class Sender:
                 return result
 
             # RETRY
+            policy = self._retry
+            budget = self._budget
             elapsed = clock() - started
             if budget.exhausted(attempts, elapsed):
                 why = (

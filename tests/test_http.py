@@ -588,3 +588,31 @@ def test_reqwest_mapping_leaves_other_exceptions_alone() -> None:
     assert map_reqwest_exception(KeyError("x")) is None
     assert map_reqwest_exception(_rq("ClientClosedError")) is None
     assert map_reqwest_exception(_rq("RequestPanicError")) is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001], ids=lambda n: f"{n}B")
+async def test_loopback_declared_body_near_the_bound_and_keep_alive(
+    serve: Any, size: int, transport_kind: str
+) -> None:
+    """Answers of declared length up to the bound are read whole (empty ones without a read,
+    short ones with the head), one byte more is cut at the bound; either way the next
+    requests still get their answers, and answers within the bound leave the connection
+    in the pool (eight sequential requests, one connection)."""
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.Response(status=200, body=b"y" * size)
+
+    url = await serve(handler)
+    async with kind_transport(transport_kind, timeout=5) as transport:
+        for _ in range(8):
+            response = await transport.post(url, body=b"[]", headers={}, max_body=1000)
+            assert response.status == 200
+            assert response.body == b"y" * min(size, 1000)
+            assert response.headers["content-length"] == str(size)
+    assert len(peers) == 8
+    if size <= 1000:
+        assert len(set(peers)) == 1

@@ -444,6 +444,14 @@ class TokenManager:
             failures=self._failures,
         )
 
+    def ready(self) -> Token | None:
+        """The token :meth:`get` would answer at once, or None when it would have to wait
+        (none yet, or due for a refresh). The senders' per-request fast path: no coroutine."""
+        token = self._token
+        if token is not None and self._clock() < self._refresh_at:
+            return token
+        return None
+
     async def get(self) -> Token:
         """A token valid beyond the refresh skew; waits only when there is none usable.
 
