@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
+import logging
 import os
 import queue
 import threading
@@ -57,8 +59,12 @@ from .._exceptions import SourceError
 from .._records import RecordBlock, Rejected
 from ..checkpoint._state import Fingerprint, SettingValue
 from ._arrow_json import ArrowJsonEncoder
+from ._parquet_helper import ParquetHelper
+from ._prevalidate import worth_it
 from ._protocol import Source, SourceBase
 from ._reading import _check_path, _read_ahead, _Worker, file_fingerprint
+
+logger = logging.getLogger("asyncsync.sources")
 
 __all__ = ["ParquetSource", "plan_row_group_shards"]
 
@@ -203,6 +209,7 @@ class ParquetSource(SourceBase):
         skip_through: int = 0,
         batch_rows: int | None = None,
         shard_range: tuple[int, int | None] | None = None,
+        helper: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.name = self.path
@@ -236,9 +243,16 @@ class ParquetSource(SourceBase):
         self.batch_rows = batch_rows
         # the range a checkpoint is for: the shard's, kept through resumes
         self.shard_range = shard_range if shard_range is not None else (start_group, stop_group)
+        #: decode in a helper process (None: when the file is large and there are two cores)
+        self.helper = helper
         self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
         self._maps = [_has_maps(f.type) for f in schema]
-        self._encoder = ArrowJsonEncoder(schema, _default, _column_values)
+
+    @functools.cached_property
+    def _encoder(self) -> ArrowJsonEncoder:
+        """Made on first use: with a helper process, this one never encodes (and so never
+        imports numpy and pyarrow's compute module, ~25 MB)."""
+        return ArrowJsonEncoder(self.schema, _default, _column_values)
 
     def resumed(self, *, position: int, offset: int | None = None, key: Any = None) -> Source:
         """From the row group holding row ``position + 1``, skipping the rows before it."""
@@ -254,6 +268,7 @@ class ParquetSource(SourceBase):
             skip_through=position,
             batch_rows=self.batch_rows,
             shard_range=self.shard_range,
+            helper=self.helper,
         )
 
     def fingerprint(self, settings: Mapping[str, SettingValue]) -> Fingerprint:
@@ -265,21 +280,77 @@ class ParquetSource(SourceBase):
     def _rows(self) -> Generator[RecordBlock, None, None]:
         """In the worker thread: one block per record batch.
 
+        With a helper process (:mod:`._parquet_helper`, on the second core), the records
+        come as newline-ended JSON and are only cut out here; if it cannot go on (it failed
+        to start, died, met a row only the row-by-row path handles), this process reads on
+        from the first row not delivered yet. Without one, :meth:`_rows_here`."""
+        groups = range(self.start_group, self.stop_group)
+        if not groups:
+            return
+        per_row = self._per_row()
+        use = self.helper if self.helper is not None else worth_it(self.size)
+        if not use:
+            yield from self._rows_here(self.start_group, self.first_row, self.skip_through)
+            return
+        #: the first row not delivered yet (nor skipped as before the resume point)
+        next_row = max(self.first_row, self.skip_through + 1)
+        helper = ParquetHelper(
+            self.path,
+            start_group=self.start_group,
+            stop_group=self.stop_group,
+            first_row=self.first_row,
+            skip_through=self.skip_through,
+            batch_rows=self.batch_rows,
+        )
+        try:
+            for first, rows, count, data in helper.frames():
+                bytes_read = int(rows * per_row)
+                if data is None:  # before the resume point: nothing to send
+                    yield RecordBlock([], [], bytes_read=bytes_read)
+                    continue
+                records = data.split(b"\n")
+                records.pop()  # after the last newline
+                if len(records) != count or first != next_row:
+                    logger.debug("Parquet helper out of step at row %d; decoding here", first)
+                    break
+                yield RecordBlock(records, range(first, first + count), bytes_read=bytes_read)
+                next_row = first + count
+            else:
+                if helper.finished:
+                    return
+        finally:
+            helper.close()
+        if next_row >= self.group_first[self.stop_group]:
+            return
+        g = bisect.bisect_right(self.group_first, next_row) - 1
+        yield from self._rows_here(g, self.group_first[g], next_row - 1, recount=False)
+
+    def _per_row(self) -> float:
+        """Bytes of the file per row (for progress)."""
+        return sum(self.group_bytes[self.start_group : self.stop_group]) / max(
+            1, sum(self.group_rows[self.start_group : self.stop_group])
+        )
+
+    def _rows_here(
+        self, start_group: int, first_row: int, skip_through: int, *, recount: bool = True
+    ) -> Generator[RecordBlock, None, None]:
+        """In the worker thread, without a helper: one block per record batch of groups
+        ``start_group...``, the rows up to ``skip_through`` skipped (counted as read only
+        when ``recount``).
+
         A second thread decodes the batches and joins each one's JSON (Arrow work, mostly
         without the GIL), up to two batches ahead; this one cuts the records out (Python
         work). So the two halves overlap, and neither waits on the GIL for the other."""
-        groups = list(range(self.start_group, self.stop_group))
+        groups = list(range(start_group, self.stop_group))
         if not groups:
             return
         dumps = partial(orjson.dumps, default=_default)
-        per_row = sum(self.group_bytes[self.start_group : self.stop_group]) / max(
-            1, sum(self.group_rows[self.start_group : self.stop_group])
-        )
+        per_row = self._per_row()
         ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
         producer = threading.Thread(
             target=self._produce,
-            args=(groups, ahead, stop),
+            args=(groups, first_row, skip_through, ahead, stop),
             name=f"asyncsync-decode {os.path.basename(self.path)}",
             daemon=True,
         )
@@ -293,7 +364,7 @@ class ParquetSource(SourceBase):
                     raise item
                 batch, n, first, joined = item
                 if batch is None:  # before the resume point: nothing to send
-                    yield RecordBlock([], [], bytes_read=int(n * per_row))
+                    yield RecordBlock([], [], bytes_read=int(n * per_row) if recount else 0)
                     continue
                 if joined is None:  # a value orjson cannot encode: row by row
                     block = self._encode_rows(batch, first, dumps)
@@ -308,10 +379,54 @@ class ParquetSource(SourceBase):
                 with contextlib.suppress(queue.Empty):
                     ahead.get(timeout=0.05)
 
-    def _produce(self, groups: list[int], ahead: queue.Queue[Any], stop: threading.Event) -> None:
-        """In the decoding thread: ``(batch, rows, first row, joined JSON)`` for each batch
-        (``batch`` None before the resume point, ``joined`` None for the row-by-row path),
-        then None; an exception instead, if reading fails."""
+    def joined_batches(
+        self, groups: list[int], first_row: int, skip_through: int
+    ) -> Generator[tuple[Any, int, int, Any], None, None]:
+        """``(batch, rows, first row, joined JSON)`` for each record batch of ``groups``
+        (``batch`` None before the resume point, ``joined`` None where orjson must go row
+        by row): the decoding, in the decoding thread or the helper process."""
+        f = _pq().ParquetFile(self.path)
+        try:
+            row = first_row
+            # one thread: decoding columns on pyarrow's pool costs more CPU in all (~15 %
+            # here) and hands the GIL back and forth with the event loop; one row group per
+            # call: over several, the reader reads ahead (peak RSS 224 -> 148 MB, 2 M rows)
+            batches = (
+                batch
+                for g in groups
+                for batch in f.iter_batches(
+                    batch_size=self.batch_rows, row_groups=[g], use_threads=False
+                )
+            )
+            for batch in batches:
+                n = batch.num_rows
+                first = row
+                row += n
+                if row - 1 <= skip_through:
+                    yield None, n, first, None
+                    continue
+                skip = max(0, skip_through - first + 1)
+                if skip:
+                    batch = batch.slice(skip)
+                    first += skip
+                try:
+                    joined = self._encoder.join(batch)
+                except TypeError:
+                    joined = None
+                yield batch, n, first, joined
+        finally:
+            f.close()
+
+    def _produce(
+        self,
+        groups: list[int],
+        first_row: int,
+        skip_through: int,
+        ahead: queue.Queue[Any],
+        stop: threading.Event,
+    ) -> None:
+        """In the decoding thread: the items of :meth:`joined_batches`, then None; an
+        exception instead, if reading fails."""
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -321,39 +436,12 @@ class ParquetSource(SourceBase):
             return False
 
         try:
-            f = _pq().ParquetFile(self.path)
-        except BaseException as exc:  # handed to the reading thread
-            put(exc)
-            return
-        try:
-            row = self.first_row
-            # one thread: decoding columns on pyarrow's pool costs more CPU in all (~15 %
-            # here) and hands the GIL back and forth with the event loop
-            for batch in f.iter_batches(
-                batch_size=self.batch_rows, row_groups=groups, use_threads=False
-            ):
-                n = batch.num_rows
-                first = row
-                row += n
-                if row - 1 <= self.skip_through:
-                    if not put((None, n, first, None)):
-                        return
-                    continue
-                skip = max(0, self.skip_through - first + 1)
-                if skip:
-                    batch = batch.slice(skip)
-                    first += skip
-                try:
-                    joined = self._encoder.join(batch)
-                except TypeError:
-                    joined = None
-                if not put((batch, n, first, joined)):
+            for item in self.joined_batches(groups, first_row, skip_through):
+                if not put(item):
                     return
             put(None)
         except BaseException as exc:  # handed to the reading thread
             put(exc)
-        finally:
-            f.close()
 
     def _encode_rows(self, batch: Any, first: int, dumps: Any) -> RecordBlock:
         names = self.schema.names

@@ -1,0 +1,216 @@
+"""Parquet decoding on the second core: a helper process reads and encodes, the parent cuts.
+
+A Parquet upload's own work per row (measured on the benchmark's 7-column rows, ns per row:
+decoding the pages ~160-200, the JSON kernels and the row join ~280-400, cutting the records
+out ~100-250) ran in the uploading process, next to the event loop, on the core that holds
+the GIL. :class:`ParquetHelper` starts this module as a second process, which decodes the
+same row groups and joins every row's JSON exactly as the in-process path does
+(:meth:`~._parquet.ParquetSource.joined_batches`, the same encoder), and writes it to a pipe;
+the parent only splits each batch at its newlines, as the JSON Lines reader does.
+
+The helper writes, for each record batch, a header of four little-endian int64::
+
+    FIRST ROWS COUNT NBYTES
+
+then ``NBYTES`` bytes holding ``COUNT`` newline-ended JSON objects, the rows ``FIRST ...
+FIRST + COUNT - 1``; ``ROWS`` is how many rows of the file the batch took (for progress;
+``COUNT`` is 0 for a batch before the resume point). Two headers end the stream:
+``ROWS == -1`` (every row written) and ``ROWS == -2`` (stopped before row ``FIRST``: a batch
+with a value only the row-by-row path encodes, or one that the in-process path must reject,
+or a read error: the parent reads on from ``FIRST`` itself, so a rejection or error is the
+same, with the same message, as without a helper).
+
+The helper is never needed: whenever it cannot answer (it failed to start, died, wrote
+something unreadable), the parent reads on from the first row it has not delivered, in
+process. The helper runs in its own session (a Ctrl-C at the terminal is the parent's to
+handle), is killed when the source closes, and dies of a broken pipe if the parent is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import IO, Any, Final
+
+__all__ = ["ParquetHelper"]
+
+logger = logging.getLogger("asyncsync.sources")
+
+HEADER: Final = struct.Struct("<qqqq")
+END: Final = -1
+STOPPED: Final = -2
+#: the pipe's capacity (Linux, ``F_SETPIPE_SZ``): fewer wake-ups per batch than 64 KiB
+PIPE_BYTES: Final = 1 << 20
+_F_SETPIPE_SZ: Final = 1031
+
+#: where the ``asyncsync`` package is, for the helper (``-I`` ignores PYTHONPATH)
+_ROOT: Final = str(Path(__file__).resolve().parent.parent.parent)
+_CODE: Final = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from asyncsync.sources._parquet_helper import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+class ParquetHelper:
+    """The helper process encoding row groups ``[start_group, stop_group)`` of ``path``
+    (see the module docstring); :meth:`frames` gives its batches."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        start_group: int,
+        stop_group: int,
+        first_row: int,
+        skip_through: int,
+        batch_rows: int,
+    ) -> None:
+        #: the helper wrote every row (else the caller reads on from the last row it got)
+        self.finished = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        argv = [start_group, stop_group, first_row, skip_through, batch_rows]
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _CODE, _ROOT, path, *map(str, argv)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            logger.debug("Parquet helper not started (%s); decoding here", exc)
+            return
+        self._out = self._proc.stdout
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._out.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+
+    def frames(self) -> Generator[tuple[int, int, int, bytes | None], None, None]:
+        """``(first row, rows taken, records, their newline-ended JSON or None)`` for each
+        batch, until the helper ends (:attr:`finished` then says whether it wrote every
+        row)."""
+        out = self._out
+        if out is None:
+            return
+        while True:
+            try:
+                head = out.read(HEADER.size)
+                if len(head) != HEADER.size:
+                    logger.debug("Parquet helper stopped; decoding here")
+                    return
+                first, rows, count, size = HEADER.unpack(head)
+                if rows == END:
+                    self.finished = True
+                    return
+                if rows == STOPPED:
+                    logger.debug("Parquet helper stopped before row %d; decoding here", first)
+                    return
+                data = out.read(size) if count else None
+            except (OSError, ValueError) as exc:
+                logger.debug("Parquet helper unreadable (%s); decoding here", exc)
+                return
+            if data is not None and len(data) != size:
+                logger.debug("Parquet helper wrote a short batch; decoding here")
+                return
+            yield first, rows, count, data
+
+    def close(self) -> None:
+        """Stop the helper (idempotent)."""
+        out, self._out = self._out, None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                proc.wait(5)
+        if out is not None:
+            out.close()
+
+
+# ---------------------------------------------------------------------- the helper's side
+
+
+def _write(fd: int, *parts: Any) -> None:
+    """All of ``parts`` (bytes-like) to ``fd``."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _memory_pool() -> None:
+    """jemalloc (else the system's malloc) rather than mimalloc, pyarrow's default: it
+    gives freed pages back, mimalloc keeps them (peak RSS 148 -> 115 MB decoding the 2 M
+    rows). This process is ours; ``ARROW_DEFAULT_MEMORY_POOL``, when set, still rules."""
+    import pyarrow as pa
+
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    for pool in (pa.jemalloc_memory_pool, pa.system_memory_pool):
+        try:
+            pa.set_memory_pool(pool())
+        except NotImplementedError:  # pyarrow built without jemalloc
+            continue
+        return
+
+
+def main(argv: list[str]) -> int:
+    """``PATH START_GROUP STOP_GROUP FIRST_ROW SKIP_THROUGH BATCH_ROWS``: the frames on
+    stdout (see the module docstring)."""
+    from ._parquet import ParquetSource
+
+    _memory_pool()
+    path = argv[0]
+    start_group, stop_group, first_row, skip_through, batch_rows = map(int, argv[1:6])
+    fd = sys.stdout.fileno()
+    next_row = max(first_row, skip_through + 1)
+    try:
+        src = ParquetSource(
+            path,
+            start_group=start_group,
+            stop_group=stop_group,
+            first_row=first_row,
+            skip_through=skip_through,
+            batch_rows=batch_rows,
+            helper=False,
+        )
+        groups = list(range(src.start_group, src.stop_group))
+        batches = src.joined_batches(groups, src.first_row, skip_through) if groups else ()
+        for batch, rows, first, joined in batches:
+            if batch is None:
+                _write(fd, HEADER.pack(first, rows, 0, 0))
+                continue
+            if joined is None:
+                break  # the row-by-row path: the parent's
+            count = batch.num_rows
+            if isinstance(joined, bytes):  # no column varies
+                data: Any = (joined + b"\n") * count
+            else:
+                _, offsets, buffer = joined.buffers()
+                ends = memoryview(offsets).cast("i")
+                start = ends[joined.offset]
+                data = memoryview(buffer)[start : ends[joined.offset + count]]
+            _write(fd, HEADER.pack(first, rows, count, len(data)), data)
+            next_row = first + count
+        else:
+            _write(fd, HEADER.pack(next_row, END, 0, 0))
+            return 0
+    except BrokenPipeError:
+        return 1  # the parent is gone
+    except Exception:  # noqa: BLE001 - the parent reads on and reports it
+        pass
+    with contextlib.suppress(OSError):
+        _write(fd, HEADER.pack(next_row, STOPPED, 0, 0))
+    return 0
