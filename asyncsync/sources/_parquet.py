@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import logging
 import os
 import queue
@@ -247,12 +246,7 @@ class ParquetSource(SourceBase):
         self.helper = helper
         self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
         self._maps = [_has_maps(f.type) for f in schema]
-
-    @functools.cached_property
-    def _encoder(self) -> ArrowJsonEncoder:
-        """Made on first use: with a helper process, this one never encodes (and so never
-        imports numpy and pyarrow's compute module, ~25 MB)."""
-        return ArrowJsonEncoder(self.schema, _default, _column_values)
+        self._encoder = ArrowJsonEncoder(schema, _default, _column_values)
 
     def resumed(self, *, position: int, offset: int | None = None, key: Any = None) -> Source:
         """From the row group holding row ``position + 1``, skipping the rows before it."""
@@ -281,29 +275,32 @@ class ParquetSource(SourceBase):
         """In the worker thread: one block per record batch.
 
         With a helper process (:mod:`._parquet_helper`, on the second core), the records
-        come as newline-ended JSON and are only cut out here; if it cannot go on (it failed
-        to start, died, met a row only the row-by-row path handles), this process reads on
-        from the first row not delivered yet. Without one, :meth:`_rows_here`."""
-        groups = range(self.start_group, self.stop_group)
-        if not groups:
+        come as newline-ended JSON and are only cut out here. Until it is ready (its start,
+        ~0.3 s, is mostly importing pyarrow), this process decodes, a row group at a time;
+        the helper takes over at the next group. If it cannot go on (it failed to start,
+        died, met a row only the row-by-row path handles), this process reads on from the
+        first row not delivered yet. Without a helper, :meth:`_rows_here`."""
+        if self.start_group >= self.stop_group:
             return
         per_row = self._per_row()
         use = self.helper if self.helper is not None else worth_it(self.size)
         if not use:
-            yield from self._rows_here(self.start_group, self.first_row, self.skip_through)
+            yield from self._rows_here(
+                self.start_group, self.stop_group, self.first_row, self.skip_through
+            )
             return
-        #: the first row not delivered yet (nor skipped as before the resume point)
-        next_row = max(self.first_row, self.skip_through + 1)
-        helper = ParquetHelper(
-            self.path,
-            start_group=self.start_group,
-            stop_group=self.stop_group,
-            first_row=self.first_row,
-            skip_through=self.skip_through,
-            batch_rows=self.batch_rows,
-        )
+        helper = ParquetHelper(self.path, stop_group=self.stop_group, batch_rows=self.batch_rows)
         try:
-            for first, rows, count, data in helper.frames():
+            g, first_row = self.start_group, self.first_row
+            while g < self.stop_group and not helper.ready():
+                yield from self._rows_here(g, g + 1, first_row, self.skip_through)
+                g += 1
+                first_row = self.group_first[g]
+            if g == self.stop_group:
+                return
+            #: the first row not delivered yet (nor skipped as before the resume point)
+            next_row = max(first_row, self.skip_through + 1)
+            for first, rows, count, data in helper.frames(g, first_row, self.skip_through):
                 bytes_read = int(rows * per_row)
                 if data is None:  # before the resume point: nothing to send
                     yield RecordBlock([], [], bytes_read=bytes_read)
@@ -323,7 +320,9 @@ class ParquetSource(SourceBase):
         if next_row >= self.group_first[self.stop_group]:
             return
         g = bisect.bisect_right(self.group_first, next_row) - 1
-        yield from self._rows_here(g, self.group_first[g], next_row - 1, recount=False)
+        yield from self._rows_here(
+            g, self.stop_group, self.group_first[g], next_row - 1, recount=False
+        )
 
     def _per_row(self) -> float:
         """Bytes of the file per row (for progress)."""
@@ -332,16 +331,22 @@ class ParquetSource(SourceBase):
         )
 
     def _rows_here(
-        self, start_group: int, first_row: int, skip_through: int, *, recount: bool = True
+        self,
+        start_group: int,
+        stop_group: int,
+        first_row: int,
+        skip_through: int,
+        *,
+        recount: bool = True,
     ) -> Generator[RecordBlock, None, None]:
         """In the worker thread, without a helper: one block per record batch of groups
-        ``start_group...``, the rows up to ``skip_through`` skipped (counted as read only
-        when ``recount``).
+        ``[start_group, stop_group)``, the rows up to ``skip_through`` skipped (counted as
+        read only when ``recount``).
 
         A second thread decodes the batches and joins each one's JSON (Arrow work, mostly
         without the GIL), up to two batches ahead; this one cuts the records out (Python
         work). So the two halves overlap, and neither waits on the GIL for the other."""
-        groups = list(range(start_group, self.stop_group))
+        groups = list(range(start_group, stop_group))
         if not groups:
             return
         dumps = partial(orjson.dumps, default=_default)

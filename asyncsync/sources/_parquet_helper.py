@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -46,6 +47,7 @@ logger = logging.getLogger("asyncsync.sources")
 HEADER: Final = struct.Struct("<qqqq")
 END: Final = -1
 STOPPED: Final = -2
+READY: Final = -3
 #: the pipe's capacity (Linux, ``F_SETPIPE_SZ``): fewer wake-ups per batch than 64 KiB
 PIPE_BYTES: Final = 1 << 20
 _F_SETPIPE_SZ: Final = 1031
@@ -59,28 +61,19 @@ _CODE: Final = (
 
 
 class ParquetHelper:
-    """The helper process encoding row groups ``[start_group, stop_group)`` of ``path``
-    (see the module docstring); :meth:`frames` gives its batches."""
+    """The helper process encoding row groups ``[g, stop_group)`` of ``path``, ``g`` given
+    once it is :meth:`ready` (see the module docstring); :meth:`frames` gives its batches."""
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        start_group: int,
-        stop_group: int,
-        first_row: int,
-        skip_through: int,
-        batch_rows: int,
-    ) -> None:
+    def __init__(self, path: str, *, stop_group: int, batch_rows: int) -> None:
         #: the helper wrote every row (else the caller reads on from the last row it got)
         self.finished = False
+        self._ready = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
-        argv = [start_group, stop_group, first_row, skip_through, batch_rows]
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _CODE, _ROOT, path, *map(str, argv)],
-                stdin=subprocess.DEVNULL,
+                [sys.executable, "-I", "-c", _CODE, _ROOT, path, str(stop_group), str(batch_rows)],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -93,12 +86,39 @@ class ParquetHelper:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self._out.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
-    def frames(self) -> Generator[tuple[int, int, int, bytes | None], None, None]:
-        """``(first row, rows taken, records, their newline-ended JSON or None)`` for each
-        batch, until the helper ends (:attr:`finished` then says whether it wrote every
-        row)."""
+    def ready(self) -> bool:
+        """Has the helper started (without waiting)? False for good once it has failed."""
         out = self._out
-        if out is None:
+        if self._ready or out is None:
+            return self._ready
+        try:
+            if not select.select([out], [], [], 0)[0]:
+                return False
+            head = out.read(HEADER.size)  # written at once, so never a partial read
+        except (OSError, ValueError) as exc:
+            head = repr(exc).encode()
+        if len(head) == HEADER.size and HEADER.unpack(head)[1] == READY:
+            self._ready = True
+            return True
+        logger.debug("Parquet helper failed to start; decoding here")
+        self.close()
+        return False
+
+    def frames(
+        self, start_group: int, first_row: int, skip_through: int
+    ) -> Generator[tuple[int, int, int, bytes | None], None, None]:
+        """Once :meth:`ready`: from row group ``start_group`` (its first row numbered
+        ``first_row``, the rows up to ``skip_through`` skipped), ``(first row, rows taken,
+        records, their newline-ended JSON or None)`` for each batch, until the helper ends
+        (:attr:`finished` then says whether it wrote every row)."""
+        out, proc = self._out, self._proc
+        if not self._ready or out is None or proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(f"{start_group} {first_row} {skip_through}\n".encode())
+            proc.stdin.close()
+        except OSError as exc:
+            logger.debug("Parquet helper gone (%s); decoding here", exc)
             return
         while True:
             try:
@@ -131,6 +151,9 @@ class ParquetHelper:
                 proc.kill()
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 proc.wait(5)
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
         if out is not None:
             out.close()
 
@@ -167,28 +190,26 @@ def _memory_pool() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``PATH START_GROUP STOP_GROUP FIRST_ROW SKIP_THROUGH BATCH_ROWS``: the frames on
-    stdout (see the module docstring)."""
-    from ._parquet import ParquetSource
-
-    _memory_pool()
+    """``PATH STOP_GROUP BATCH_ROWS``, then ``START_GROUP FIRST_ROW SKIP_THROUGH`` on stdin:
+    the frames on stdout (see the module docstring)."""
     path = argv[0]
-    start_group, stop_group, first_row, skip_through, batch_rows = map(int, argv[1:6])
+    stop_group, batch_rows = int(argv[1]), int(argv[2])
     fd = sys.stdout.fileno()
-    next_row = max(first_row, skip_through + 1)
+    next_row = 1
     try:
-        src = ParquetSource(
-            path,
-            start_group=start_group,
-            stop_group=stop_group,
-            first_row=first_row,
-            skip_through=skip_through,
-            batch_rows=batch_rows,
-            helper=False,
-        )
-        groups = list(range(src.start_group, src.stop_group))
-        batches = src.joined_batches(groups, src.first_row, skip_through) if groups else ()
-        for batch, rows, first, joined in batches:
+        _memory_pool()
+        from ._parquet import ParquetSource
+
+        # the schema checked, the encoder made (pyarrow's compute module imported)
+        src = ParquetSource(path, stop_group=stop_group, batch_rows=batch_rows, helper=False)
+        _write(fd, HEADER.pack(0, READY, 0, 0))
+        line = sys.stdin.readline()
+        if not line:
+            return 0  # not needed after all
+        start_group, first_row, skip_through = map(int, line.split())
+        next_row = max(first_row, skip_through + 1)
+        groups = list(range(start_group, src.stop_group))
+        for batch, rows, first, joined in src.joined_batches(groups, first_row, skip_through):
             if batch is None:
                 _write(fd, HEADER.pack(first, rows, 0, 0))
                 continue
