@@ -46,6 +46,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Generator, Mapping
 from functools import partial
 from itertools import accumulate
@@ -71,6 +72,13 @@ __all__ = ["ParquetSource", "plan_row_group_shards"]
 BATCH_BYTES: Final = 2 << 20
 MIN_BATCH_ROWS: Final = 1024
 MAX_BATCH_ROWS: Final = 16384
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _pq() -> Any:
@@ -214,15 +222,26 @@ class ParquetSource(SourceBase):
         self.name = self.path
         self.state_path: Path | None = Path(self.path)
         _check_path(self.path)
-        pq = _pq()
+        #: decode in a helper process (None: when the file is large and there are two cores)
+        self.helper = helper
+        self._helper: ParquetHelper | None = None
+        if helper if helper is not None else worth_it(_file_size(self.path)):
+            # started first: it imports pyarrow while this process does, and is ready sooner
+            self._helper = ParquetHelper(self.path)
+            weakref.finalize(self, self._helper.close)
         try:
-            meta = pq.read_metadata(self.path)
-            schema = pq.read_schema(self.path)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise SourceError(
-                f"{self.path}: not a readable Parquet file: {exc}", path=self.path
-            ) from None
-        _check_schema(self.path, schema)
+            pq = _pq()
+            try:
+                meta = pq.read_metadata(self.path)
+                schema = pq.read_schema(self.path)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise SourceError(
+                    f"{self.path}: not a readable Parquet file: {exc}", path=self.path
+                ) from None
+            _check_schema(self.path, schema)
+        except BaseException:
+            self._close_helper()
+            raise
         self.schema = schema
         groups = meta.num_row_groups
         self.group_rows = [meta.row_group(i).num_rows for i in range(groups)]
@@ -242,8 +261,6 @@ class ParquetSource(SourceBase):
         self.batch_rows = batch_rows
         # the range a checkpoint is for: the shard's, kept through resumes
         self.shard_range = shard_range if shard_range is not None else (start_group, stop_group)
-        #: decode in a helper process (None: when the file is large and there are two cores)
-        self.helper = helper
         self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
         self._maps = [_has_maps(f.type) for f in schema]
         self._encoder = ArrowJsonEncoder(schema, _default, _column_values)
@@ -255,15 +272,25 @@ class ParquetSource(SourceBase):
         # the group g with group_first[g] <= position + 1 < group_first[g + 1]
         g = bisect.bisect_right(self.group_first, position + 1) - 1
         g = max(self.start_group, min(g, self.stop_group))
-        return ParquetSource(
+        src = ParquetSource(
             self.path,
             start_group=g,
             stop_group=self.stop_group,
             skip_through=position,
             batch_rows=self.batch_rows,
             shard_range=self.shard_range,
-            helper=self.helper,
+            helper=False,  # this one's, if started
         )
+        src.helper = self.helper
+        src._helper, self._helper = self._helper, None
+        if src._helper is not None:
+            weakref.finalize(src, src._helper.close)
+        return src
+
+    def _close_helper(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.close()
 
     def fingerprint(self, settings: Mapping[str, SettingValue]) -> Fingerprint:
         start, stop = self.shard_range
@@ -283,13 +310,14 @@ class ParquetSource(SourceBase):
         if self.start_group >= self.stop_group:
             return
         per_row = self._per_row()
-        use = self.helper if self.helper is not None else worth_it(self.size)
-        if not use:
+        helper, self._helper = self._helper, None  # started by the constructor, used once
+        if helper is None and self.helper:
+            helper = ParquetHelper(self.path)
+        if helper is None:
             yield from self._rows_here(
                 self.start_group, self.stop_group, self.first_row, self.skip_through
             )
             return
-        helper = ParquetHelper(self.path, stop_group=self.stop_group, batch_rows=self.batch_rows)
         try:
             g, first_row = self.start_group, self.first_row
             while g < self.stop_group and not helper.ready():
@@ -300,7 +328,14 @@ class ParquetSource(SourceBase):
                 return
             #: the first row not delivered yet (nor skipped as before the resume point)
             next_row = max(first_row, self.skip_through + 1)
-            for first, rows, count, data in helper.frames(g, first_row, self.skip_through):
+            frames = helper.frames(
+                start_group=g,
+                stop_group=self.stop_group,
+                first_row=first_row,
+                skip_through=self.skip_through,
+                batch_rows=self.batch_rows,
+            )
+            for first, rows, count, data in frames:
                 bytes_read = int(rows * per_row)
                 if data is None:  # before the resume point: nothing to send
                     yield RecordBlock([], [], bytes_read=bytes_read)
@@ -488,7 +523,7 @@ class ParquetSource(SourceBase):
 def plan_row_group_shards(path: str, n: int) -> list[tuple[int, int, int]]:
     """``n`` shards of whole row groups, contiguous, balanced by rows: each
     ``(start group, stop group, number of its first row)``."""
-    src = ParquetSource(path)
+    src = ParquetSource(path, helper=False)
     total = sum(src.group_rows)
     cum = src.group_first  # group_first[g] - 1 rows before group g
     cuts = [0]

@@ -54,17 +54,26 @@ _F_SETPIPE_SZ: Final = 1031
 
 #: where the ``asyncsync`` package is, for the helper (``-I`` ignores PYTHONPATH)
 _ROOT: Final = str(Path(__file__).resolve().parent.parent.parent)
-_CODE: Final = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from asyncsync.sources._parquet_helper import main; sys.exit(main(sys.argv[2:]))"
-)
+#: the helper's program: the packages ``asyncsync``, ``asyncsync.sources`` and
+#: ``asyncsync.checkpoint`` stand in without their ``__init__`` (which imports the uploader,
+#: aiohttp...: ~0.14 s of start-up)
+_CODE: Final = """
+import sys, types
+root = sys.argv[1]
+for name in ("asyncsync", "asyncsync.sources", "asyncsync.checkpoint"):
+    package = types.ModuleType(name)
+    package.__path__ = [root + "/" + name.replace(".", "/")]
+    sys.modules[name] = package
+from asyncsync.sources._parquet_helper import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 class ParquetHelper:
     """The helper process encoding row groups ``[g, stop_group)`` of ``path``, ``g`` given
     once it is :meth:`ready` (see the module docstring); :meth:`frames` gives its batches."""
 
-    def __init__(self, path: str, *, stop_group: int, batch_rows: int) -> None:
+    def __init__(self, path: str) -> None:
         #: the helper wrote every row (else the caller reads on from the last row it got)
         self.finished = False
         self._ready = False
@@ -72,7 +81,7 @@ class ParquetHelper:
         self._out: IO[bytes] | None = None
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _CODE, _ROOT, path, str(stop_group), str(batch_rows)],
+                [sys.executable, "-I", "-c", _CODE, _ROOT, path],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -105,17 +114,25 @@ class ParquetHelper:
         return False
 
     def frames(
-        self, start_group: int, first_row: int, skip_through: int
+        self,
+        *,
+        start_group: int,
+        stop_group: int,
+        first_row: int,
+        skip_through: int,
+        batch_rows: int,
     ) -> Generator[tuple[int, int, int, bytes | None], None, None]:
-        """Once :meth:`ready`: from row group ``start_group`` (its first row numbered
-        ``first_row``, the rows up to ``skip_through`` skipped), ``(first row, rows taken,
-        records, their newline-ended JSON or None)`` for each batch, until the helper ends
-        (:attr:`finished` then says whether it wrote every row)."""
+        """Once :meth:`ready`: row groups ``[start_group, stop_group)`` (the first row
+        numbered ``first_row``, the rows up to ``skip_through`` skipped) in batches of
+        ``batch_rows``: ``(first row, rows taken, records, their newline-ended JSON or
+        None)`` for each batch, until the helper ends (:attr:`finished` then says whether
+        it wrote every row)."""
         out, proc = self._out, self._proc
         if not self._ready or out is None or proc is None or proc.stdin is None:
             return
+        args = (start_group, stop_group, first_row, skip_through, batch_rows)
         try:
-            proc.stdin.write(f"{start_group} {first_row} {skip_through}\n".encode())
+            proc.stdin.write(" ".join(map(str, args)).encode() + b"\n")
             proc.stdin.close()
         except OSError as exc:
             logger.debug("Parquet helper gone (%s); decoding here", exc)
@@ -190,24 +207,26 @@ def _memory_pool() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``PATH STOP_GROUP BATCH_ROWS``, then ``START_GROUP FIRST_ROW SKIP_THROUGH`` on stdin:
+    """``PATH``, then ``START_GROUP STOP_GROUP FIRST_ROW SKIP_THROUGH BATCH_ROWS`` on stdin:
     the frames on stdout (see the module docstring)."""
     path = argv[0]
-    stop_group, batch_rows = int(argv[1]), int(argv[2])
     fd = sys.stdout.fileno()
     next_row = 1
     try:
         _memory_pool()
+        import numpy  # noqa: F401 - imported before READY, as the encoder does
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
         from ._parquet import ParquetSource
 
-        # the schema checked, the encoder made (pyarrow's compute module imported)
-        src = ParquetSource(path, stop_group=stop_group, batch_rows=batch_rows, helper=False)
         _write(fd, HEADER.pack(0, READY, 0, 0))
         line = sys.stdin.readline()
         if not line:
             return 0  # not needed after all
-        start_group, first_row, skip_through = map(int, line.split())
+        start_group, stop_group, first_row, skip_through, batch_rows = map(int, line.split())
         next_row = max(first_row, skip_through + 1)
+        src = ParquetSource(path, stop_group=stop_group, batch_rows=batch_rows, helper=False)
         groups = list(range(start_group, src.stop_group))
         for batch, rows, first, joined in src.joined_batches(groups, first_row, skip_through):
             if batch is None:
