@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -79,6 +80,11 @@ def _file_size(path: str) -> int | None:
         return os.stat(path).st_size
     except OSError:
         return None
+
+
+def _close_helpers(helpers: list[ParquetHelper]) -> None:
+    while helpers:
+        helpers.pop().close()
 
 
 def _pq() -> Any:
@@ -224,11 +230,13 @@ class ParquetSource(SourceBase):
         _check_path(self.path)
         #: decode in a helper process (None: when the file is large and there are two cores)
         self.helper = helper
-        self._helper: ParquetHelper | None = None
+        #: the helper started for this source, until :meth:`_rows` takes it (a list: the
+        #: finalizer closes what is left in it, not what was handed on)
+        self._helpers: list[ParquetHelper] = []
+        weakref.finalize(self, _close_helpers, self._helpers)
         if helper if helper is not None else worth_it(_file_size(self.path)):
             # started first: it imports pyarrow while this process does, and is ready sooner
-            self._helper = ParquetHelper(self.path)
-            weakref.finalize(self, self._helper.close)
+            self._helpers.append(ParquetHelper(self.path))
         try:
             pq = _pq()
             try:
@@ -240,7 +248,7 @@ class ParquetSource(SourceBase):
                 ) from None
             _check_schema(self.path, schema)
         except BaseException:
-            self._close_helper()
+            _close_helpers(self._helpers)
             raise
         self.schema = schema
         groups = meta.num_row_groups
@@ -263,7 +271,14 @@ class ParquetSource(SourceBase):
         self.shard_range = shard_range if shard_range is not None else (start_group, stop_group)
         self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
         self._maps = [_has_maps(f.type) for f in schema]
-        self._encoder = ArrowJsonEncoder(schema, _default, _column_values)
+        if not self._helpers:  # made now, before the upload; else only if needed
+            self._encoder  # noqa: B018
+
+    @functools.cached_property
+    def _encoder(self) -> ArrowJsonEncoder:
+        """The JSON encoder: with a helper, this process may never need it (nor the numpy
+        and pyarrow compute modules it imports, ~15 MB)."""
+        return ArrowJsonEncoder(self.schema, _default, _column_values)
 
     def resumed(self, *, position: int, offset: int | None = None, key: Any = None) -> Source:
         """From the row group holding row ``position + 1``, skipping the rows before it."""
@@ -282,15 +297,9 @@ class ParquetSource(SourceBase):
             helper=False,  # this one's, if started
         )
         src.helper = self.helper
-        src._helper, self._helper = self._helper, None
-        if src._helper is not None:
-            weakref.finalize(src, src._helper.close)
+        src._helpers += self._helpers
+        self._helpers.clear()
         return src
-
-    def _close_helper(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper is not None:
-            helper.close()
 
     def fingerprint(self, settings: Mapping[str, SettingValue]) -> Fingerprint:
         start, stop = self.shard_range
@@ -310,7 +319,7 @@ class ParquetSource(SourceBase):
         if self.start_group >= self.stop_group:
             return
         per_row = self._per_row()
-        helper, self._helper = self._helper, None  # started by the constructor, used once
+        helper = self._helpers.pop() if self._helpers else None  # the constructor's, once
         if helper is None and self.helper:
             helper = ParquetHelper(self.path)
         if helper is None:
