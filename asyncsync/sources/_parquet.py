@@ -370,9 +370,8 @@ class ParquetSource(SourceBase):
 
     def _per_row(self) -> float:
         """Bytes of the file per row (for progress)."""
-        return sum(self.group_bytes[self.start_group : self.stop_group]) / max(
-            1, sum(self.group_rows[self.start_group : self.stop_group])
-        )
+        rows = sum(self.group_rows[self.start_group : self.stop_group])
+        return float(sum(self.group_bytes[self.start_group : self.stop_group])) / max(1, rows)
 
     def _rows_here(
         self,

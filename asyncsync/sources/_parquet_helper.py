@@ -214,8 +214,9 @@ def main(argv: list[str]) -> int:
     next_row = 1
     try:
         _memory_pool()
-        import numpy  # noqa: F401 - imported before READY, as the encoder does
-        import pyarrow.compute  # noqa: F401
+        # imported before READY (the encoder needs them), and while the parent starts
+        import numpy  # noqa: F401
+        import pyarrow.compute
         import pyarrow.parquet  # noqa: F401
 
         from ._parquet import ParquetSource
@@ -249,7 +250,7 @@ def main(argv: list[str]) -> int:
             return 0
     except BrokenPipeError:
         return 1  # the parent is gone
-    except Exception:  # noqa: BLE001 - the parent reads on and reports it
+    except Exception:  # noqa: S110 - the parent reads on from next_row and reports it
         pass
     with contextlib.suppress(OSError):
         _write(fd, HEADER.pack(next_row, STOPPED, 0, 0))
