@@ -370,7 +370,7 @@ class ParquetSource(SourceBase):
 
     def _per_row(self) -> float:
         """Bytes of the file per row (for progress)."""
-        rows = sum(self.group_rows[self.start_group : self.stop_group])
+        rows: int = sum(self.group_rows[self.start_group : self.stop_group])
         return float(sum(self.group_bytes[self.start_group : self.stop_group])) / max(1, rows)
 
     def _rows_here(
