@@ -1,12 +1,18 @@
 """Parquet files (pyarrow, extra ``parquet``): one JSON object per row, streamed by row group.
 
-Rows are read one record batch at a time (``ParquetFile.iter_batches``), never the whole
-file: memory holds a few batches (each about 2 MiB of decoded columns: 1 024 to 16 384 rows)
-and their JSON, plus pyarrow's buffers for the row group being read. Each row becomes one
-JSON object with the schema's column names, its values encoded as the SQL sources encode
-theirs (:mod:`.sql._encoding`), converted column by column (:mod:`._arrow_json`): a decoding
-thread decodes each batch and joins its JSON with Arrow kernels (mostly without the GIL), up
-to two batches ahead, while the reading thread cuts the records out.
+Rows are read one record batch at a time (``ParquetFile.iter_batches``, one row group per
+call), never the whole file: memory holds a few batches (each about 2 MiB of decoded
+columns: 1 024 to 16 384 rows) and their JSON, plus pyarrow's buffers for the row group
+being read. Each row becomes one JSON object with the schema's column names, its values
+encoded as the SQL sources encode theirs (:mod:`.sql._encoding`), converted column by column
+(:mod:`._arrow_json`). A file of 8 MiB or more, on a machine with two cores or more, is
+decoded and encoded in a helper process (:mod:`._parquet_helper`, started by the
+constructor, so that it imports pyarrow while this process does): this process only cuts the
+records out of the newline-ended JSON it sends, as the JSON Lines reader cuts lines, and
+decodes here itself until the helper is ready, and from the first row not delivered if the
+helper stops. Otherwise a decoding thread decodes each batch and joins its JSON with Arrow
+kernels (mostly without the GIL), up to two batches ahead, while the reading thread cuts
+the records out. The records are the same bytes either way.
 
 ==================================  ==========================================================
 Arrow / Parquet type                JSON
