@@ -99,8 +99,10 @@ def main(argv: list[str]) -> None:
         sink.kill()
         sink.wait()
     base = statistics.median(r["rate"] for r in results[cases[0]])
-    print(f"| case | records/s (median) | vs {cases[0]} | range | CLI CPU µs/record | helper "
-          "CPU µs/record | peak RSS MB, CLI / helper | load average |")
+    print(
+        f"| case | records/s (median) | vs {cases[0]} | range | CLI CPU µs/record | helper "
+        "CPU µs/record | peak RSS MB, CLI / helper | load average |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for case in cases:
         rs = results[case]
