@@ -3,7 +3,7 @@
 A Parquet upload's own work per row (measured on the benchmark's 7-column rows, ns per row:
 decoding the pages ~160-200, the JSON kernels and the row join ~280-400, cutting the records
 out ~100-250) ran in the uploading process, next to the event loop, on the core that holds
-the GIL. :class:`ParquetHelper` starts this module as a second process, which decodes the
+the GIL. :class:`ParquetHelper` starts a second process, which decodes the
 same row groups and joins every row's JSON exactly as the in-process path does
 (:meth:`~._parquet.ParquetSource.joined_batches`, the same encoder), and writes it to a pipe;
 the parent only splits each batch at its newlines, as the JSON Lines reader does.
