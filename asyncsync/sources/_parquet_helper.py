@@ -34,7 +34,6 @@ closes before it is given work, and dies of a broken pipe if the parent is kille
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import select
 import struct
@@ -96,7 +95,9 @@ class ParquetHelper:
             return
         self._out = self._proc.stdout
         if self._out is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ImportError):  # Linux only
+                import fcntl
+
                 fcntl.fcntl(self._out.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
     def ready(self) -> bool:
