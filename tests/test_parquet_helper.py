@@ -88,11 +88,11 @@ class Spy:
                     assert helper._proc is not None
                     helper._proc.kill()  # dies mid-stream: what it had not written is lost
 
-        def ready(helper: ParquetHelper) -> bool:
+        def ready(helper: ParquetHelper, wait: float = 0.0) -> bool:
             if spy.not_ready_for > 0:
                 spy.not_ready_for -= 1
                 return False
-            return real_ready(helper)
+            return real_ready(helper, wait)
 
         monkeypatch.setattr(ParquetHelper, "frames", frames)
         monkeypatch.setattr(ParquetHelper, "ready", ready)
@@ -102,7 +102,7 @@ def wait_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``ready`` wait for the helper (up to 30 s), so that the helper does the work."""
     real_ready = ParquetHelper.ready
 
-    def ready(helper: ParquetHelper) -> bool:
+    def ready(helper: ParquetHelper, wait: float = 0.0) -> bool:
         for _ in range(3000):
             if real_ready(helper) or helper._out is None:
                 return helper._out is not None
@@ -146,6 +146,27 @@ def test_slow_helper_takes_over_at_a_group(path: Path, monkeypatch: pytest.Monke
     expected = here(path)
     assert helped(path) == expected
     assert spy.started == 1 and spy.frames == 13  # groups 3-7
+
+
+def test_starting_helper_is_waited_for(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not ready at the first batch: the source waits for it (``READY_WAIT``) rather than
+    decode here (and import what the helper imports)."""
+    from asyncsync.sources import _parquet
+
+    monkeypatch.setattr(_parquet, "READY_WAIT", 60.0)
+    here_groups: list[int] = []
+    real_rows_here = ParquetSource._rows_here
+
+    def rows_here(self: ParquetSource, start_group: int, *a: Any, **kw: Any) -> Any:
+        here_groups.append(start_group)
+        return real_rows_here(self, start_group, *a, **kw)
+
+    monkeypatch.setattr(ParquetSource, "_rows_here", rows_here)
+    spy = Spy(monkeypatch)
+    expected = here(path)
+    here_groups.clear()
+    assert helped(path) == expected  # drained at once, while the helper is starting
+    assert spy.frames == 22 and here_groups == []
 
 
 @pytest.mark.parametrize("after", [1, 4, 11])

@@ -8,11 +8,12 @@ encoded as the SQL sources encode theirs (:mod:`.sql._encoding`), converted colu
 (:mod:`._arrow_json`). A file of 8 MiB or more, on a machine with two cores or more, is
 decoded and encoded in a helper process (:mod:`._parquet_helper`, started by the
 constructor, so that it imports pyarrow while this process does): this process only cuts the
-records out of the newline-ended JSON it sends, as the JSON Lines reader cuts lines, and
-decodes here itself until the helper is ready, and from the first row not delivered if the
-helper stops. Otherwise a decoding thread decodes each batch and joins its JSON with Arrow
-kernels (mostly without the GIL), up to two batches ahead, while the reading thread cuts
-the records out. The records are the same bytes either way.
+records out of the newline-ended JSON it sends, as the JSON Lines reader cuts lines. It
+decodes row groups itself while the helper is not ready (after waiting up to a second for
+it), and from the first row not delivered if the helper stops. Otherwise a decoding thread
+decodes each batch and joins its JSON with Arrow kernels (mostly without the GIL), up to two
+batches ahead, while the reading thread cuts the records out. The records are the same bytes
+either way.
 
 ==================================  ==========================================================
 Arrow / Parquet type                JSON
@@ -66,7 +67,7 @@ from .._exceptions import SourceError
 from .._records import RecordBlock, Rejected
 from ..checkpoint._state import Fingerprint, SettingValue
 from ._arrow_json import ArrowJsonEncoder
-from ._parquet_helper import ParquetHelper
+from ._parquet_helper import READY_WAIT, ParquetHelper
 from ._prevalidate import worth_it
 from ._protocol import Source, SourceBase
 from ._reading import _check_path, _read_ahead, _Worker, file_fingerprint
@@ -317,9 +318,10 @@ class ParquetSource(SourceBase):
         """In the worker thread: one block per record batch.
 
         With a helper process (:mod:`._parquet_helper`, on the second core), the records
-        come as newline-ended JSON and are only cut out here. Until it is ready (its start,
-        ~0.3 s, is mostly importing pyarrow), this process decodes, a row group at a time;
-        the helper takes over at the next group. If it cannot go on (it failed to start,
+        come as newline-ended JSON and are only cut out here. If it is not ready within
+        ``READY_WAIT`` (its start, ~0.3 s, is mostly importing pyarrow), this process
+        decodes, a row group at a time, until it is; the helper takes over at the next
+        group. If it cannot go on (it failed to start,
         died, met a row only the row-by-row path handles), this process reads on from the
         first row not delivered yet. Without a helper, :meth:`_rows_here`."""
         if self.start_group >= self.stop_group:
@@ -335,7 +337,9 @@ class ParquetSource(SourceBase):
             return
         try:
             g, first_row = self.start_group, self.first_row
-            while g < self.stop_group and not helper.ready():
+            wait = READY_WAIT  # once: importing here what the helper imports costs as much
+            while g < self.stop_group and not helper.ready(wait):
+                wait = 0.0
                 yield from self._rows_here(g, g + 1, first_row, self.skip_through)
                 g += 1
                 first_row = self.group_first[g]

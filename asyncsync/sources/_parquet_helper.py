@@ -51,6 +51,9 @@ HEADER: Final = struct.Struct("<qqqq")
 END: Final = -1
 STOPPED: Final = -2
 READY: Final = -3
+#: how long the parent waits for a helper still starting before it decodes a row group itself
+#: (which costs it importing numpy and pyarrow's compute module, ~0.2 s holding the GIL)
+READY_WAIT: Final = 1.0
 #: the pipe's capacity (Linux, ``F_SETPIPE_SZ``): fewer wake-ups per batch than 64 KiB
 PIPE_BYTES: Final = 1 << 20
 _F_SETPIPE_SZ: Final = 1031
@@ -100,13 +103,14 @@ class ParquetHelper:
 
                 fcntl.fcntl(self._out.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
-    def ready(self) -> bool:
-        """Has the helper started (without waiting)? False for good once it has failed."""
+    def ready(self, wait: float = 0.0) -> bool:
+        """Has the helper started (waiting up to ``wait`` seconds)? False for good once it
+        has failed."""
         out = self._out
         if self._ready or out is None:
             return self._ready
         try:
-            if not select.select([out], [], [], 0)[0]:
+            if not select.select([out], [], [], wait)[0]:
                 return False
             head = out.read(HEADER.size)  # written at once, so never a partial read
         except (OSError, ValueError) as exc:
