@@ -321,9 +321,9 @@ class ParquetSource(SourceBase):
         come as newline-ended JSON and are only cut out here. If it is not ready within
         ``READY_WAIT`` (its start, ~0.3 s, is mostly importing pyarrow), this process
         decodes, a row group at a time, until it is; the helper takes over at the next
-        group. If it cannot go on (it failed to start,
-        died, met a row only the row-by-row path handles), this process reads on from the
-        first row not delivered yet. Without a helper, :meth:`_rows_here`."""
+        group. If it cannot go on (it failed to start, died, met a row only the row-by-row
+        path handles), this process reads on from the first row not delivered yet. Without
+        a helper, :meth:`_rows_here`."""
         if self.start_group >= self.stop_group:
             return
         per_row = self._per_row()
@@ -340,6 +340,9 @@ class ParquetSource(SourceBase):
             wait = READY_WAIT  # once: importing here what the helper imports costs as much
             while g < self.stop_group and not helper.ready(wait):
                 wait = 0.0
+                if not helper.alive:  # it failed to start: all the rest here, at once
+                    yield from self._rows_here(g, self.stop_group, first_row, self.skip_through)
+                    return
                 yield from self._rows_here(g, g + 1, first_row, self.skip_through)
                 g += 1
                 first_row = self.group_first[g]

@@ -103,6 +103,11 @@ class ParquetHelper:
 
                 fcntl.fcntl(self._out.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
+    @property
+    def alive(self) -> bool:
+        """Not given up on (it may still be starting)."""
+        return self._out is not None
+
     def ready(self, wait: float = 0.0) -> bool:
         """Has the helper started (waiting up to ``wait`` seconds)? False for good once it
         has failed."""
