@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import random
 import signal
+import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -194,6 +195,57 @@ def test_parquet_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
         done = job.run()
         assert done.code == 0, done.err
         assert_exactly_once(sink, n)
+
+
+def helpers_of(path: Path) -> list[int]:
+    """Pids of the Parquet helper processes decoding ``path``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"_parquet_decode" in cmdline and str(path).encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_parquet_helper_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
+    """A file large enough for the helper process (8 MiB): the CLI killed while the helper
+    decodes, resumed; every row once, and no helper left behind."""
+    n = 20_000
+    rng = random.Random(11)
+    table = pa.table(
+        {
+            "id": pa.array(range(1, n + 1), pa.int64()),
+            "blob": [rng.randbytes(225).hex() for _ in range(n)],  # 450 bytes snappy keeps
+        }
+    )
+    path = tmp_path / "large.parquet"
+    pq.write_table(table, path, row_group_size=2500)
+    assert path.stat().st_size >= 8 << 20
+    seen_helper = False
+    with run_sink(tmp_path, "--latency", "0.03") as sink:
+        job = Job(tmp_path, sink, str(path))
+        for target in kill_targets(rng, n, 2):
+            with job.start() as running:
+                sink.wait_records(target)
+                seen_helper = seen_helper or bool(helpers_of(path))
+                running.signal(signal.SIGKILL)
+                assert running.finish().code == -signal.SIGKILL
+        done = job.run()
+        assert done.code == 0, done.err
+        assert_exactly_once(sink, n)
+        got = {orjson.loads(r)["id"]: r for r in records_at_sink(sink)}
+    assert seen_helper
+    want = table.slice(n - 1).to_pylist()[0]
+    assert orjson.loads(got[n]) == want
+    for _ in range(100):  # a killed CLI's helper ends on its broken pipe
+        if not helpers_of(path):
+            break
+        time.sleep(0.1)
+    assert helpers_of(path) == []
 
 
 def test_parquet_unsupported_type_names_file_and_column(tmp_path: Path) -> None:

@@ -1,12 +1,19 @@
 """Parquet files (pyarrow, extra ``parquet``): one JSON object per row, streamed by row group.
 
-Rows are read one record batch at a time (``ParquetFile.iter_batches``), never the whole
-file: memory holds a few batches (each about 2 MiB of decoded columns: 1 024 to 16 384 rows)
-and their JSON, plus pyarrow's buffers for the row group being read. Each row becomes one
-JSON object with the schema's column names, its values encoded as the SQL sources encode
-theirs (:mod:`.sql._encoding`), converted column by column (:mod:`._arrow_json`): a decoding
-thread decodes each batch and joins its JSON with Arrow kernels (mostly without the GIL), up
-to two batches ahead, while the reading thread cuts the records out.
+Rows are read one record batch at a time (``ParquetFile.iter_batches``, one row group per
+call), never the whole file: memory holds a few batches (each about 2 MiB of decoded
+columns: 1 024 to 16 384 rows) and their JSON, plus pyarrow's buffers for the row group
+being read. Each row becomes one JSON object with the schema's column names, its values
+encoded as the SQL sources encode theirs (:mod:`.sql._encoding`), converted column by column
+(:mod:`._arrow_json`). A file of 8 MiB or more, on a machine with two cores or more, is
+decoded and encoded in a helper process (:mod:`._parquet_helper`, started by the
+constructor, so that it imports pyarrow while this process does): this process only cuts the
+records out of the newline-ended JSON it sends, as the JSON Lines reader cuts lines. It
+decodes row groups itself while the helper is not ready (after waiting up to a second for
+it), and from the first row not delivered if the helper stops. Otherwise a decoding thread
+decodes each batch and joins its JSON with Arrow kernels (mostly without the GIL), up to two
+batches ahead, while the reading thread cuts the records out. The records are the same bytes
+either way.
 
 ==================================  ==========================================================
 Arrow / Parquet type                JSON
@@ -42,9 +49,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
+import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Generator, Mapping
 from functools import partial
 from itertools import accumulate
@@ -57,8 +67,12 @@ from .._exceptions import SourceError
 from .._records import RecordBlock, Rejected
 from ..checkpoint._state import Fingerprint, SettingValue
 from ._arrow_json import ArrowJsonEncoder
+from ._parquet_helper import READY_WAIT, ParquetHelper
+from ._prevalidate import worth_it
 from ._protocol import Source, SourceBase
 from ._reading import _check_path, _read_ahead, _Worker, file_fingerprint
+
+logger = logging.getLogger("asyncsync.sources")
 
 __all__ = ["ParquetSource", "plan_row_group_shards"]
 
@@ -66,6 +80,18 @@ __all__ = ["ParquetSource", "plan_row_group_shards"]
 BATCH_BYTES: Final = 2 << 20
 MIN_BATCH_ROWS: Final = 1024
 MAX_BATCH_ROWS: Final = 16384
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _close_helpers(helpers: list[ParquetHelper]) -> None:
+    while helpers:
+        helpers.pop().close()
 
 
 def _pq() -> Any:
@@ -203,20 +229,34 @@ class ParquetSource(SourceBase):
         skip_through: int = 0,
         batch_rows: int | None = None,
         shard_range: tuple[int, int | None] | None = None,
+        helper: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.name = self.path
         self.state_path: Path | None = Path(self.path)
         _check_path(self.path)
-        pq = _pq()
+        #: decode in a helper process (None: when the file is large and there are two cores)
+        self.helper = helper
+        #: the helper started for this source, until :meth:`_rows` takes it (a list: the
+        #: finalizer closes what is left in it, not what was handed on)
+        self._helpers: list[ParquetHelper] = []
+        weakref.finalize(self, _close_helpers, self._helpers)
+        if helper if helper is not None else worth_it(_file_size(self.path)):
+            # started first: it imports pyarrow while this process does, and is ready sooner
+            self._helpers.append(ParquetHelper(self.path))
         try:
-            meta = pq.read_metadata(self.path)
-            schema = pq.read_schema(self.path)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise SourceError(
-                f"{self.path}: not a readable Parquet file: {exc}", path=self.path
-            ) from None
-        _check_schema(self.path, schema)
+            pq = _pq()
+            try:
+                meta = pq.read_metadata(self.path)
+                schema = pq.read_schema(self.path)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise SourceError(
+                    f"{self.path}: not a readable Parquet file: {exc}", path=self.path
+                ) from None
+            _check_schema(self.path, schema)
+        except BaseException:
+            _close_helpers(self._helpers)
+            raise
         self.schema = schema
         groups = meta.num_row_groups
         self.group_rows = [meta.row_group(i).num_rows for i in range(groups)]
@@ -238,7 +278,14 @@ class ParquetSource(SourceBase):
         self.shard_range = shard_range if shard_range is not None else (start_group, stop_group)
         self.size: int | None = sum(self.group_bytes[self.start_group : self.stop_group])
         self._maps = [_has_maps(f.type) for f in schema]
-        self._encoder = ArrowJsonEncoder(schema, _default, _column_values)
+        if not self._helpers:  # made now, before the upload; else only if needed
+            self._encoder  # noqa: B018
+
+    @functools.cached_property
+    def _encoder(self) -> ArrowJsonEncoder:
+        """The JSON encoder: with a helper, this process may never need it (nor the numpy
+        and pyarrow compute modules it imports, ~15 MB)."""
+        return ArrowJsonEncoder(self.schema, _default, _column_values)
 
     def resumed(self, *, position: int, offset: int | None = None, key: Any = None) -> Source:
         """From the row group holding row ``position + 1``, skipping the rows before it."""
@@ -247,14 +294,19 @@ class ParquetSource(SourceBase):
         # the group g with group_first[g] <= position + 1 < group_first[g + 1]
         g = bisect.bisect_right(self.group_first, position + 1) - 1
         g = max(self.start_group, min(g, self.stop_group))
-        return ParquetSource(
+        src = ParquetSource(
             self.path,
             start_group=g,
             stop_group=self.stop_group,
             skip_through=position,
             batch_rows=self.batch_rows,
             shard_range=self.shard_range,
+            helper=False,  # this one's, if started
         )
+        src.helper = self.helper
+        src._helpers += self._helpers
+        self._helpers.clear()
+        return src
 
     def fingerprint(self, settings: Mapping[str, SettingValue]) -> Fingerprint:
         start, stop = self.shard_range
@@ -265,21 +317,101 @@ class ParquetSource(SourceBase):
     def _rows(self) -> Generator[RecordBlock, None, None]:
         """In the worker thread: one block per record batch.
 
+        With a helper process (:mod:`._parquet_helper`, on the second core), the records
+        come as newline-ended JSON and are only cut out here. If it is not ready within
+        ``READY_WAIT`` (its start, ~0.3 s, is mostly importing pyarrow), this process
+        decodes, a row group at a time, until it is; the helper takes over at the next
+        group. If it cannot go on (it failed to start, died, met a row only the row-by-row
+        path handles), this process reads on from the first row not delivered yet. Without
+        a helper, :meth:`_rows_here`."""
+        if self.start_group >= self.stop_group:
+            return
+        per_row = self._per_row()
+        helper = self._helpers.pop() if self._helpers else None  # the constructor's, once
+        if helper is None and self.helper:
+            helper = ParquetHelper(self.path)
+        if helper is None:
+            yield from self._rows_here(
+                self.start_group, self.stop_group, self.first_row, self.skip_through
+            )
+            return
+        try:
+            g, first_row = self.start_group, self.first_row
+            wait = READY_WAIT  # once: importing here what the helper imports costs as much
+            while g < self.stop_group and not helper.ready(wait):
+                wait = 0.0
+                if not helper.alive:  # it failed to start: all the rest here, at once
+                    yield from self._rows_here(g, self.stop_group, first_row, self.skip_through)
+                    return
+                yield from self._rows_here(g, g + 1, first_row, self.skip_through)
+                g += 1
+                first_row = self.group_first[g]
+            if g == self.stop_group:
+                return
+            #: the first row not delivered yet (nor skipped as before the resume point)
+            next_row = max(first_row, self.skip_through + 1)
+            frames = helper.frames(
+                start_group=g,
+                stop_group=self.stop_group,
+                first_row=first_row,
+                skip_through=self.skip_through,
+                batch_rows=self.batch_rows,
+            )
+            for first, rows, count, data in frames:
+                bytes_read = int(rows * per_row)
+                if data is None:  # before the resume point: nothing to send
+                    yield RecordBlock([], [], bytes_read=bytes_read)
+                    continue
+                records = data.split(b"\n")
+                records.pop()  # after the last newline
+                if len(records) != count or first != next_row:
+                    logger.debug("Parquet helper out of step at row %d; decoding here", first)
+                    break
+                yield RecordBlock(records, range(first, first + count), bytes_read=bytes_read)
+                next_row = first + count
+            else:
+                if helper.finished:
+                    return
+        finally:
+            helper.close()
+        if next_row >= self.group_first[self.stop_group]:
+            return
+        g = bisect.bisect_right(self.group_first, next_row) - 1
+        yield from self._rows_here(
+            g, self.stop_group, self.group_first[g], next_row - 1, recount=False
+        )
+
+    def _per_row(self) -> float:
+        """Bytes of the file per row (for progress)."""
+        rows: int = sum(self.group_rows[self.start_group : self.stop_group])
+        return float(sum(self.group_bytes[self.start_group : self.stop_group])) / max(1, rows)
+
+    def _rows_here(
+        self,
+        start_group: int,
+        stop_group: int,
+        first_row: int,
+        skip_through: int,
+        *,
+        recount: bool = True,
+    ) -> Generator[RecordBlock, None, None]:
+        """In the worker thread, without a helper: one block per record batch of groups
+        ``[start_group, stop_group)``, the rows up to ``skip_through`` skipped (counted as
+        read only when ``recount``).
+
         A second thread decodes the batches and joins each one's JSON (Arrow work, mostly
         without the GIL), up to two batches ahead; this one cuts the records out (Python
         work). So the two halves overlap, and neither waits on the GIL for the other."""
-        groups = list(range(self.start_group, self.stop_group))
+        groups = list(range(start_group, stop_group))
         if not groups:
             return
         dumps = partial(orjson.dumps, default=_default)
-        per_row = sum(self.group_bytes[self.start_group : self.stop_group]) / max(
-            1, sum(self.group_rows[self.start_group : self.stop_group])
-        )
+        per_row = self._per_row()
         ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
         producer = threading.Thread(
             target=self._produce,
-            args=(groups, ahead, stop),
+            args=(groups, first_row, skip_through, ahead, stop),
             name=f"asyncsync-decode {os.path.basename(self.path)}",
             daemon=True,
         )
@@ -293,7 +425,7 @@ class ParquetSource(SourceBase):
                     raise item
                 batch, n, first, joined = item
                 if batch is None:  # before the resume point: nothing to send
-                    yield RecordBlock([], [], bytes_read=int(n * per_row))
+                    yield RecordBlock([], [], bytes_read=int(n * per_row) if recount else 0)
                     continue
                 if joined is None:  # a value orjson cannot encode: row by row
                     block = self._encode_rows(batch, first, dumps)
@@ -308,10 +440,54 @@ class ParquetSource(SourceBase):
                 with contextlib.suppress(queue.Empty):
                     ahead.get(timeout=0.05)
 
-    def _produce(self, groups: list[int], ahead: queue.Queue[Any], stop: threading.Event) -> None:
-        """In the decoding thread: ``(batch, rows, first row, joined JSON)`` for each batch
-        (``batch`` None before the resume point, ``joined`` None for the row-by-row path),
-        then None; an exception instead, if reading fails."""
+    def joined_batches(
+        self, groups: list[int], first_row: int, skip_through: int
+    ) -> Generator[tuple[Any, int, int, Any], None, None]:
+        """``(batch, rows, first row, joined JSON)`` for each record batch of ``groups``
+        (``batch`` None before the resume point, ``joined`` None where orjson must go row
+        by row): the decoding, in the decoding thread or the helper process."""
+        f = _pq().ParquetFile(self.path)
+        try:
+            row = first_row
+            # one thread: decoding columns on pyarrow's pool costs more CPU in all (~15 %
+            # here) and hands the GIL back and forth with the event loop; one row group per
+            # call: over several, the reader reads ahead (peak RSS 224 -> 148 MB, 2 M rows)
+            batches = (
+                batch
+                for g in groups
+                for batch in f.iter_batches(
+                    batch_size=self.batch_rows, row_groups=[g], use_threads=False
+                )
+            )
+            for batch in batches:
+                n = batch.num_rows
+                first = row
+                row += n
+                if row - 1 <= skip_through:
+                    yield None, n, first, None
+                    continue
+                skip = max(0, skip_through - first + 1)
+                if skip:
+                    batch = batch.slice(skip)
+                    first += skip
+                try:
+                    joined = self._encoder.join(batch)
+                except TypeError:
+                    joined = None
+                yield batch, n, first, joined
+        finally:
+            f.close()
+
+    def _produce(
+        self,
+        groups: list[int],
+        first_row: int,
+        skip_through: int,
+        ahead: queue.Queue[Any],
+        stop: threading.Event,
+    ) -> None:
+        """In the decoding thread: the items of :meth:`joined_batches`, then None; an
+        exception instead, if reading fails."""
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -321,39 +497,12 @@ class ParquetSource(SourceBase):
             return False
 
         try:
-            f = _pq().ParquetFile(self.path)
-        except BaseException as exc:  # handed to the reading thread
-            put(exc)
-            return
-        try:
-            row = self.first_row
-            # one thread: decoding columns on pyarrow's pool costs more CPU in all (~15 %
-            # here) and hands the GIL back and forth with the event loop
-            for batch in f.iter_batches(
-                batch_size=self.batch_rows, row_groups=groups, use_threads=False
-            ):
-                n = batch.num_rows
-                first = row
-                row += n
-                if row - 1 <= self.skip_through:
-                    if not put((None, n, first, None)):
-                        return
-                    continue
-                skip = max(0, self.skip_through - first + 1)
-                if skip:
-                    batch = batch.slice(skip)
-                    first += skip
-                try:
-                    joined = self._encoder.join(batch)
-                except TypeError:
-                    joined = None
-                if not put((batch, n, first, joined)):
+            for item in self.joined_batches(groups, first_row, skip_through):
+                if not put(item):
                     return
             put(None)
         except BaseException as exc:  # handed to the reading thread
             put(exc)
-        finally:
-            f.close()
 
     def _encode_rows(self, batch: Any, first: int, dumps: Any) -> RecordBlock:
         names = self.schema.names
@@ -395,7 +544,7 @@ class ParquetSource(SourceBase):
 def plan_row_group_shards(path: str, n: int) -> list[tuple[int, int, int]]:
     """``n`` shards of whole row groups, contiguous, balanced by rows: each
     ``(start group, stop group, number of its first row)``."""
-    src = ParquetSource(path)
+    src = ParquetSource(path, helper=False)
     total = sum(src.group_rows)
     cum = src.group_first  # group_first[g] - 1 rows before group g
     cuts = [0]
