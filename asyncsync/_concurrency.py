@@ -167,6 +167,8 @@ GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
 HOLD_SECONDS: Final = 5.0  # a limit above measured flat this recently is not raised to again
 EPOCH_SECONDS: Final = 0.2  # ... and last at least this long (goodput over a few ms is noise)
+#: latency and flat-goodput decreases stop here; only back-pressure takes the limit lower
+LATENCY_FLOOR: Final = 4
 TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
 _BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
 _REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
@@ -401,7 +403,11 @@ class AdaptiveLimit:
         self._end_slow_start(now)
         self._reset_epoch(now)
         alpha, _ = _band(n)
-        self._set(min(self._limit - 1, math.ceil(n - queue + alpha)))
+        self._set(max(min(self._limit - 1, math.ceil(n - queue + alpha)), self._latency_floor()))
+
+    def _latency_floor(self) -> int:
+        """The lowest limit a latency or flat-goodput rule may set (no decrease at or below)."""
+        return min(self._limit, LATENCY_FLOOR)
 
     def _end_slow_start(self, now: float) -> None:
         if self.slow_start:
@@ -481,6 +487,7 @@ class AdaptiveLimit:
         for k in below:
             if k >= target and known[k] < (1 - GOODPUT_TOLERANCE) * here:
                 target = k + 1
+        target = max(target, self._latency_floor())
         if target < limit:
             self._last_decrease = now
             self._set(target)
