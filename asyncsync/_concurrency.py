@@ -105,7 +105,7 @@ Why this law:
   that walk on a shared host: its epochs differ by 20-50% (the client's share of the CPU
   changes, a stall returns a burst of slow answers at the full limit, which also reads
   as a queue), so a 5-10% loss per step is invisible, and the old law ended at 1-3 (0.83x
-  of the best fixed limit against nginx, 0.88-0.94x on the simulated client-bound
+  of the best fixed limit against nginx, 0.88-0.97x on the simulated client-bound
   endpoint with stalls). At 4 and below the estimate is also at its coarsest: one
   request of jitter is a quarter of ``n`` or more, against ``alpha = 1`` and
   ``beta = 2``. A server that really takes fewer than 4 at a time then holds a short
