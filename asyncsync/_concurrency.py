@@ -100,8 +100,8 @@ Why this law:
   pipeline (nginx on a busy host: the client's own work per request is the bottleneck)
   the round trip grows with the requests out from 1 on, so Vegas reads a queue of about
   ``n - 1`` at every limit and a capacity of 1-2, and cuts to 2-3; yet the client needs a
-  few requests out to overlap its work with the network and its stalls (measured, per
-  seed median: 1 in flight 0.80x of the best, 2 0.89x, 4 0.99x). Goodput cannot stop
+  few requests out to overlap its work with the network and its stalls (medians over 5
+  seeds against nginx: 1 in flight 0.80x of the best, 2 0.89x, 4 0.99x). Goodput cannot stop
   that walk on a shared host: its epochs differ by 20-50% (the client's share of the CPU
   changes, a stall returns a burst of slow answers at the full limit, which also reads
   as a queue), so a 5-10% loss per step is invisible, and the old law ended at 1-3 (0.83x
@@ -110,7 +110,8 @@ Why this law:
   request of jitter is a quarter of ``n`` or more, against ``alpha = 1`` and
   ``beta = 2``. A server that really takes fewer than 4 at a time then holds a short
   queue (its round trip grows, its goodput does not fall), and one that refuses says so
-  with back-pressure, which still goes down to 1.
+  with back-pressure, which still goes down to 1. Against nginx the law now holds 4-8
+  in flight, at 0.92x of the best fixed limit (benchmarks/README.md, 2026-12-05).
 * A limit that does not bind is not what makes requests wait. When the source keeps fewer
   requests out than the limit (mean in flight under 90% of it: the client cannot encode
   batches faster, as against nginx), lowering the limit would not shorten a round trip,
