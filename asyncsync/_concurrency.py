@@ -49,6 +49,8 @@ The law: Vegas's queue estimate, checked against measured goodput::
            limit measured delivered within 5% of the best G remembered (or none is known)
                       -> limit = min(limit - 1, floor(7/8 limit))
         4. queue > beta -> limit = max(n - queue + alpha, limit / 2)
+        no latency rule (slow start's queue exit, 3, 4) sets a limit below 4 (LATENCY_FLOOR)
+        nor lowers one that is 4 or less (the probe below is a measurement, two windows)
     back-pressure (at most once per window): limit = min(limit - 1, 0.75 limit); slow start
     ends; the measured goodput of this limit and above is forgotten (no goal for rule 1)
     probe (right after slow start, then every 30 s): halve the limit for two windows and
@@ -94,6 +96,22 @@ Why this law:
   "As much" is against the best goodput remembered, not the limit just above: against
   nginx each step down cost about 4%, inside the tolerance, and steps judged one by one
   walked down to 1 at 0.8x.
+* Below 4 in flight only back-pressure lowers the limit, not latency. On a client-bound
+  pipeline (nginx on a busy host: the client's own work per request is the bottleneck)
+  the round trip grows with the requests out from 1 on, so Vegas reads a queue of about
+  ``n - 1`` at every limit and a capacity of 1-2, and cuts to 2-3; yet the client needs a
+  few requests out to overlap its work with the network and its stalls (medians over 5
+  seeds against nginx: 1 in flight 0.80x of the best, 2 0.89x, 4 0.99x). Goodput cannot stop
+  that walk on a shared host: its epochs differ by 20-50% (the client's share of the CPU
+  changes, a stall returns a burst of slow answers at the full limit, which also reads
+  as a queue), so a 5-10% loss per step is invisible, and the old law ended at 1-3 (0.83x
+  of the best fixed limit against nginx, 0.88-0.97x on the simulated client-bound
+  endpoint with stalls). At 4 and below the estimate is also at its coarsest: one
+  request of jitter is a quarter of ``n`` or more, against ``alpha = 1`` and
+  ``beta = 2``. A server that really takes fewer than 4 at a time then holds a short
+  queue (its round trip grows, its goodput does not fall), and one that refuses says so
+  with back-pressure, which still goes down to 1. Against nginx the law now holds 4-8
+  in flight, at 0.92x of the best fixed limit (benchmarks/README.md, 2026-12-05).
 * A limit that does not bind is not what makes requests wait. When the source keeps fewer
   requests out than the limit (mean in flight under 90% of it: the client cannot encode
   batches faster, as against nginx), lowering the limit would not shorten a round trip,
@@ -130,7 +148,8 @@ Why this law:
   would read as a permanent queue; the periodic probe (Envoy's minRTT window) re-measures
   it below the knee.
 
-Floor 1, ceiling ``maximum``; the limit is an integer.
+Floor 1 (back-pressure; 4 for the latency rules), ceiling ``maximum``; the limit is an
+integer.
 """
 
 from __future__ import annotations
@@ -167,6 +186,8 @@ GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
 HOLD_SECONDS: Final = 5.0  # a limit above measured flat this recently is not raised to again
 EPOCH_SECONDS: Final = 0.2  # ... and last at least this long (goodput over a few ms is noise)
+#: latency and flat-goodput decreases stop here; only back-pressure takes the limit lower
+LATENCY_FLOOR: Final = 4
 TIMELINE_POINTS: Final = 512  # the limit over time is decimated past this many points
 _BASE_SAMPLES: Final = 4  # a slow-start window with fewer answers is too noisy for ``base``
 _REFERENCE: Final = 0.875  # the goodput gradient is taken against a limit at most this share
@@ -401,7 +422,11 @@ class AdaptiveLimit:
         self._end_slow_start(now)
         self._reset_epoch(now)
         alpha, _ = _band(n)
-        self._set(min(self._limit - 1, math.ceil(n - queue + alpha)))
+        self._set(max(min(self._limit - 1, math.ceil(n - queue + alpha)), self._latency_floor()))
+
+    def _latency_floor(self) -> int:
+        """The lowest limit a latency or flat-goodput rule may set (no decrease at or below)."""
+        return min(self._limit, LATENCY_FLOOR)
 
     def _end_slow_start(self, now: float) -> None:
         if self.slow_start:
@@ -481,6 +506,7 @@ class AdaptiveLimit:
         for k in below:
             if k >= target and known[k] < (1 - GOODPUT_TOLERANCE) * here:
                 target = k + 1
+        target = max(target, self._latency_floor())
         if target < limit:
             self._last_decrease = now
             self._set(target)

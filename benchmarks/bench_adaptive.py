@@ -245,6 +245,7 @@ def capacity_cell(
 
 
 def fast_cell(url: str, token: str, concurrency: int | str, seconds: float) -> dict[str, Any]:
+    cpu = time.process_time()
     summary, _ = asyncio.run(
         run_client(
             url + "/ingest",
@@ -254,9 +255,12 @@ def fast_cell(url: str, token: str, concurrency: int | str, seconds: float) -> d
             token=token,
         )
     )
+    cpu = time.process_time() - cpu  # every thread of this process: the client's CPU
     return {
         "concurrency": concurrency,
         "records_per_s": summary["records_sent"] / summary["duration_s"],
+        "cpu_us_per_record": 1e6 * cpu / max(1, summary["records_sent"]),
+        "load": os.getloadavg()[0],
         "concurrency_final": summary["concurrency_final"],
         "concurrency_max_seen": summary["concurrency_max_seen"],
         "timeline": summary.get("concurrency_timeline"),
@@ -350,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                     for c in [*SWEEP, "auto"]:
                         secs = args.fixed_seconds * (2 if c == "auto" else 1)
                         cell = fast_cell(nginx.url, token, c, secs) | {"seed": seed}
-                        print(f"fast c={c} seed={seed}: {cell['records_per_s']:.0f} rec/s",
+                        print(f"fast c={c} seed={seed}: {cell['records_per_s']:.0f} rec/s, "
+                              f"{cell['cpu_us_per_record']:.2f} µs CPU/record, final "
+                              f"{cell['concurrency_final']}, load {cell['load']:.1f}",
                               flush=True)  # fmt: skip
                         cells.append(cell)
         out["fast"] = cells
@@ -451,9 +457,18 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         by = _by(out["fast"])
         best_c = max((c for c in by if c != "auto"), key=lambda c: by[c])
         ratio = by["auto"] / by[best_c]
+        # per seed, against that seed's best fixed cell (run minutes apart, not seconds)
+        seeds = sorted({c["seed"] for c in out["fast"]})
+        per_seed = []
+        for seed in seeds:
+            mine = {c["concurrency"]: c["records_per_s"] for c in out["fast"] if c["seed"] == seed}
+            per_seed.append(mine["auto"] / max(v for k, v in mine.items() if k != "auto"))
+        spread = [c["records_per_s"] for c in out["fast"] if c["concurrency"] == best_c]
         row(
             "fast (nginx): auto >= 0.9x best fixed",
-            f"{by['auto']:.0f} vs {by[best_c]:.0f} rec/s (fixed {best_c}): {ratio:.2f}x",
+            f"{by['auto']:.0f} vs {by[best_c]:.0f} rec/s (fixed {best_c}): {ratio:.2f}x; per seed "
+            f"vs that seed's best fixed: {', '.join(f'{r:.2f}' for r in per_seed)}; fixed "
+            f"{best_c} over the seeds {min(spread):.0f}..{max(spread):.0f}",
             ratio >= 0.9,
         )
     return rows
@@ -475,14 +490,25 @@ def report(out: dict[str, Any]) -> str:
     for name in ("knee", "halve", "double", "fast"):
         if not out.get(name):
             continue
-        lines += ["", f"## {name}", "", "| concurrency | records/s (median) | seeds (min..max) |"]
-        lines.append("|---|---|---|")
+        cpu = all("cpu_us_per_record" in x for x in out[name])
+        lines += ["", f"## {name}", ""]
+        if cpu:
+            lines += [
+                "| concurrency | records/s (median) | seeds (min..max) | client CPU µs/record "
+                "(median) | final limit |",
+                "|---|---|---|---|---|",
+            ]
+        else:
+            lines += ["| concurrency | records/s (median) | seeds (min..max) |", "|---|---|---|"]
         by = _by(out[name])
         for c, v in by.items():
-            values = [x["records_per_s"] for x in out[name] if x["concurrency"] == c]
-            lines.append(
-                f"| {c} | {v:.0f} | {len(values)} ({min(values):.0f}..{max(values):.0f}) |"
-            )
+            mine = [x for x in out[name] if x["concurrency"] == c]
+            values = [x["records_per_s"] for x in mine]
+            line = f"| {c} | {v:.0f} | {len(values)} ({min(values):.0f}..{max(values):.0f}) |"
+            if cpu:
+                finals = ", ".join(str(x["concurrency_final"]) for x in mine)
+                line += f" {median([x['cpu_us_per_record'] for x in mine]):.2f} | {finals} |"
+            lines.append(line)
     if out.get("rtt"):
         lines += [
             "",
