@@ -132,7 +132,6 @@ class Pipeline:
         # checked once: with hooks that do not want them, no per-batch event is built
         self._on_queue = hooks.on_queue if overrides(hooks, "on_queue") else None
         self._on_checkpoint = hooks.on_checkpoint if overrides(hooks, "on_checkpoint") else None
-        self._queued = 0  # batches in the queue (kept only for on_queue)
         self._scope: anyio.CancelScope | None = None
         self.stopped = False  # True when stop() or abort() ended the run early
 
@@ -195,9 +194,9 @@ class Pipeline:
                     # run ends with the cancellation or the worker's error, not this one.
                     await anyio.lowlevel.checkpoint()
                     raise
+                counters.queued += 1
                 if on_queue is not None:
-                    self._queued += 1
-                    on_queue(QueueDepth(self._queued))
+                    on_queue(QueueDepth(max(0, counters.queued)))
         finally:
             queue.close()
         # the batcher may hold an open file: close it now, not at garbage collection
@@ -221,10 +220,10 @@ class Pipeline:
                         batch = await queue.get()
                 except EndOfHandoff:
                     break
+                # the reader counts after its put: it may not have yet (-1 for a moment)
+                counters.queued -= 1
                 if on_queue is not None:
-                    # the reader counts after its send: it may not have yet; never below 0
-                    self._queued = max(0, self._queued - 1)
-                    on_queue(QueueDepth(self._queued))
+                    on_queue(QueueDepth(max(0, counters.queued)))
                 if self.stopped:  # stop() came while we waited for the batch
                     break
                 results = await self._sender.send(batch)

@@ -1,7 +1,7 @@
 """Plain-number metrics of a run: :class:`MetricsRecorder`, a hooks implementation.
 
 It keeps what a metrics system needs (requests by status, retries by reason, token events,
-a latency histogram, checkpoint saves, the queue) as plain ints and lists updated on the
+a latency histogram, checkpoint saves) as plain ints and lists updated on the
 event loop, and hands them out as a JSON-able :meth:`~MetricsRecorder.snapshot`, with the
 run's live counters. It imports no metrics library: ``asyncsync.cli._metrics`` serves the
 snapshots in the Prometheus format, from one process or summed over several
@@ -20,7 +20,6 @@ from typing import Any, Final
 
 from ._hooks import (
     CheckpointSaved,
-    QueueDepth,
     RequestDone,
     RetryDetails,
     RunStarted,
@@ -71,7 +70,6 @@ class MetricsRecorder(UploadHooks):
         # per bucket (not cumulative); the last one is +Inf
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
-        self._queue = 0
         self._concurrency = 0  # the run's limit as on_run told it (fixed --concurrency N)
         self._job_id: str | None = None
 
@@ -98,7 +96,7 @@ class MetricsRecorder(UploadHooks):
             "checkpoint_saves": self._checkpoints,
             "latency_buckets": buckets,
             "latency_sum": self._latency_sum,
-            "queue_batches": self._queue,
+            "queue_batches": max(0, c.queued) if c is not None else 0,
             "job_ids": [self._job_id] if self._job_id is not None else [],
         }
 
@@ -128,9 +126,6 @@ class MetricsRecorder(UploadHooks):
             self._refreshes[event.reason] = self._refreshes.get(event.reason, 0) + 1
         else:
             self._token_requests += 1
-
-    def on_queue(self, event: QueueDepth) -> None:
-        self._queue = event.batches
 
     def on_checkpoint(self, event: CheckpointSaved) -> None:
         self._checkpoints += 1

@@ -64,6 +64,7 @@ class Counters:
     retries_by_status, split_requests, in_flight,
     latencies
     auth_requests                                       the uploader (from the token manager)
+    queued                                              the pipeline (batches in its queue)
     concurrency_*                                       the uploader (from the limiter)
     ==================================================  ======================================
 
@@ -93,6 +94,9 @@ class Counters:
     retries_by_status: Counter[str] = field(default_factory=Counter)
     auth_requests: int = 0
     in_flight: int = 0
+    #: batches waiting in the pipeline's queue (for a moment -1: a worker took a batch
+    #: before the reader counted it)
+    queued: int = 0
     latencies: LatencySample = field(default_factory=LatencySample)
     concurrency_auto: bool = False
     concurrency_limit: int = 0

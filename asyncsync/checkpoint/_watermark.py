@@ -17,7 +17,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from .._records import Batch
 from .._summary import Counters
@@ -274,12 +274,15 @@ def _merge(ranges: Iterable[Range]) -> list[Range]:
 
 
 def _int_counters(counters: Counters) -> dict[str, int]:
-    # every int counter but the in-flight gauge, which is meaningless in another run
+    # every int counter but the gauges (in flight, queued), meaningless in another run
     return {
         f.name: value
         for f in dataclasses.fields(counters)
-        if f.name != "in_flight" and type(value := getattr(counters, f.name)) is int
+        if f.name not in _GAUGES and type(value := getattr(counters, f.name)) is int
     }
+
+
+_GAUGES: Final = frozenset({"in_flight", "queued"})
 
 
 def _iso(epoch: float) -> str:
