@@ -37,8 +37,8 @@ The law: Vegas's queue estimate, checked against measured goodput::
         1. G[k] > 1.1 G[limit] for a higher k measured in the last 10 s -> limit = k (the
            lowest such k; only if the limit was used)
         rising: G[limit] >= G[j] for every lower j measured, and
-                ln(G[limit] / G[k]) >= 0.5 ln(limit / k), k the highest measured <= 7/8 limit
-                (else the nearest below)
+                ln(G[limit] / G[k]) >= e ln(limit / k), k the highest measured <= 7/8 limit
+                (else the nearest below); e = 0.5, or 0.65 once queue >= alpha
         flat above: the nearest higher limit, measured in the last 5 s, gave <= 1.05 G[limit]
         2. the limit was used, and rising, or queue < alpha and not flat above
                       -> limit += 1; += step instead when queue < alpha and no higher limit
@@ -89,7 +89,10 @@ Why this law:
   delivered and lets it decide where latency cannot: a return to a limit that delivered
   clearly more (rule 1); a raise while goodput still grows at least half as fast as the
   limit (rule 2; a server whose throughput keeps rising past its latency knee is not
-  throttled); no raise into limits just measured to deliver no more (flat above), and a
+  throttled; once the round trip shows a queue, the gain must be clearer, elasticity 0.65:
+  at the knee an epoch's goodput varies by ~8%, and with 0.5 one noisy epoch in a few read
+  as "rising" and stepped the limit to 21-23 against L=16, out of the ±25% band); no raise
+  into limits just measured to deliver no more (flat above), and a
   walk down by 1/8 per epoch while the limit below delivers as much (rule 3: the same work
   with fewer in flight; multiplicative, so a flat endpoint is left in a few epochs, not one
   request per epoch); no decrease to a limit measured to deliver clearly less (3 and 4).
@@ -183,6 +186,7 @@ EPOCH_WINDOWS: Final = 4  # steady-state decisions are made on this many round-t
 GOODPUT_TOLERANCE: Final = 0.05  # goodput differences below this share are noise
 CHANGE_DROP: Final = 0.25  # the same limit delivering this share less: the endpoint changed
 GOODPUT_ELASTICITY: Final = 0.5  # d ln(goodput) / d ln(limit) above this: still worth raising
+QUEUED_ELASTICITY: Final = 0.65  # the same, once the round trip shows a queue
 MEMORY_SECONDS: Final = 10.0  # a level's measured goodput is trusted this long
 HOLD_SECONDS: Final = 5.0  # a limit above measured flat this recently is not raised to again
 EPOCH_SECONDS: Final = 0.2  # ... and last at least this long (goodput over a few ms is noise)
@@ -467,7 +471,10 @@ class AdaptiveLimit:
             k = max(far or below)
             # and no lower limit delivered more (a noisy low reference is no gradient)
             if known[k] > 0 and here >= max(known[j] for j in below):
-                rising = math.log(here / known[k]) >= GOODPUT_ELASTICITY * math.log(limit / k)
+                # with a queue already (past the latency knee) a raise needs a clearer gain:
+                # epoch noise (~8% at the knee) must not read as goodput still rising
+                elasticity = GOODPUT_ELASTICITY if queue < alpha else QUEUED_ELASTICITY
+                rising = math.log(here / known[k]) >= elasticity * math.log(limit / k)
         # the nearest limit above, measured recently, delivered no more than this one
         above = [k for k in known if k > limit]
         flat_above = bool(above) and (

@@ -555,3 +555,16 @@ def test_client_bound_holds_a_limit_near_the_best(seed: int, loaded: bool) -> No
     server = run(None)
     assert min(server.limits(2.0, 20.0)) >= 4
     assert server.goodput(2.0, 20.0) >= 0.95 * max(fixed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_goodput_noise_past_the_knee_does_not_raise_the_limit(seed: int) -> None:
+    """Past the knee the goodput is flat, but an epoch's count of answers is noisy (here
+    ±50% service jitter, 2 ms of client time): a noisy epoch must not read as goodput still
+    rising with the limit. Once a queue shows, a raise needs a gain of elasticity 0.65, not
+    0.5: the limit stays within 12..20 (±25% of L=16) from 10 s on. (The benchmark's knee
+    runs stepped to 21-23 under the plain 0.5; so does this simulation, in 2 of these 6
+    seeds.)"""
+    server, _ = simulate(lambda t: 16, 30.0, seed=seed, overhead=0.002, jitter=0.5)
+    assert all(12 <= limit <= 20 for limit in server.limits(10.0, 30.0))
+    assert server.goodput(10.0, 30.0) >= 0.9 * 16 / 0.020
