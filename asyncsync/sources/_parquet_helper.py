@@ -43,6 +43,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import IO, Final
 
+from ._reading import stop_helper
+
 __all__ = ["ParquetHelper"]
 
 logger = logging.getLogger("asyncsync.sources")
@@ -177,13 +179,4 @@ class ParquetHelper:
         """Stop the helper (idempotent)."""
         out, self._out = self._out, None
         proc, self._proc = self._proc, None
-        if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                proc.wait(5)
-            if proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-        if out is not None:
-            out.close()
+        stop_helper(proc, out)

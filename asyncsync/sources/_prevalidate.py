@@ -17,7 +17,6 @@ source closes, and dies of a broken pipe if the parent is killed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -26,6 +25,7 @@ from collections import deque
 from typing import IO, Final
 
 from . import _jsoncheck
+from ._reading import stop_helper
 
 __all__ = ["Prevalidator", "worth_it"]
 
@@ -123,10 +123,4 @@ class Prevalidator:
         """Stop the helper (idempotent); the parser validates any later line itself."""
         out, self._out = self._out, None
         proc, self._proc = self._proc, None
-        if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                proc.wait(5)
-        if out is not None:
-            out.close()
+        stop_helper(proc, out)

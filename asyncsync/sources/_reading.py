@@ -8,6 +8,7 @@ import contextlib
 import os
 import queue
 import stat
+import subprocess
 import threading
 from collections.abc import (
     AsyncGenerator,
@@ -111,6 +112,21 @@ class _Worker:
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                     loop.call_soon_threadsafe(_settle, fut, result, error)
             del job, loop, fut, fn, result, error
+
+
+def stop_helper(proc: subprocess.Popen[bytes] | None, out: IO[bytes] | None) -> None:
+    """Stop a source's helper process (the JSON Lines validator, the Parquet decoder): kill
+    it, reap it, close its stdin and the pipe the source read its answers from."""
+    if proc is not None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    if out is not None:
+        out.close()
 
 
 def _check_path(path: str) -> os.stat_result:
